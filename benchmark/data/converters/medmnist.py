@@ -1,0 +1,215 @@
+"""Converter for MedMNIST ``.npz`` files (Yang et al., MedMNIST v2, 2023).
+
+A MedMNIST file holds ``train_images``, ``train_labels``, ``val_images``,
+``val_labels``, ``test_images`` and ``test_labels``. Policies:
+
+* The official train / val / test split is kept as is.
+* Images (uint8) are stored channels-first: greyscale 2D ``(N, H, W)`` as
+  ``(1, H, W)``, RGB 2D ``(N, H, W, 3)`` as ``(3, H, W)`` (colour is kept), 3D
+  ``(N, D, H, W)`` as ``(1, D, H, W)``. A 4-D array whose last axis has length 3
+  is read as RGB 2D; MedMNIST 3D volumes are cubes (28 or 64 voxels a side).
+* Labels ``(N,)`` or ``(N, 1)`` are integer classes; ``(N, K)`` with ``K > 1``
+  (ChestMNIST) are multi-label 0/1 vectors (``label_shape=(K,)``).
+* Patient ids: MedMNIST publishes none, so each sample is its own patient id
+  (``"<split>-<index>"``, e.g. ``"train-00012"``); the official split itself may
+  still keep patients apart, but the file cannot show it.
+* The dataset is named after the file stem; class names come from
+  ``--classes`` or a built-in table (BreastMNIST: ``malignant``,
+  ``normal+benign``), else ``class_0``, ``class_1``, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from tqdm import tqdm
+
+from benchmark.data.converters import CONVERTERS, Converter
+from benchmark.data.converters.busi import parse_names
+from benchmark.data.h5format import SPLITS, DatasetMeta, H5Writer
+from benchmark.errors import DataError
+from benchmark.io import check_output_path
+
+KEYS = tuple(f"{s}_{k}" for s in SPLITS for k in ("images", "labels"))
+#: Known class names and modalities by file-name prefix.
+CLASS_NAMES = {"breastmnist": ["malignant", "normal+benign"]}
+MODALITIES = {
+    "breastmnist": "ultrasound",
+    "pneumoniamnist": "X-ray",
+    "chestmnist": "X-ray",
+    "pathmnist": "pathology",
+    "dermamnist": "dermatoscopy",
+    "octmnist": "OCT",
+    "retinamnist": "fundus photography",
+    "bloodmnist": "microscopy",
+    "tissuemnist": "microscopy",
+    "organ": "CT",
+    "nodulemnist3d": "CT",
+}
+CITATION = (
+    "Yang J. et al., MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D "
+    "biomedical image classification, Scientific Data 10 (2023) 41"
+)
+
+
+def _lookup(table: dict[str, Any], stem: str) -> Any:
+    return next((v for k, v in table.items() if stem.lower().startswith(k)), None)
+
+
+def load_npz(src: Path) -> dict[str, np.ndarray]:
+    """The six MedMNIST arrays of ``src``; missing keys or bad files raise DataError."""
+    if not src.exists():
+        raise DataError(f"{src}: no such file")
+    if src.is_dir():
+        raise DataError(f"{src}: is a folder, expected a MedMNIST .npz file")
+    try:
+        with np.load(src, allow_pickle=False) as npz:
+            missing = [k for k in KEYS if k not in npz.files]
+            if missing:
+                raise DataError(f"{src}: missing keys {', '.join(missing)} in MedMNIST .npz")
+            return {k: np.asarray(npz[k]) for k in KEYS}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{src}: unreadable or truncated .npz file ({reason})") from None
+
+
+def to_channels_first(images: np.ndarray, where: str) -> np.ndarray:
+    """(N, H, W) / (N, H, W, 3) / (N, D, H, W) as (N, C, *spatial) uint8."""
+    if images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.integer) or images.min() < 0 or images.max() > 255:
+            raise DataError(f"{where}: images must be uint8 (0..255), got {images.dtype}")
+        images = images.astype(np.uint8)
+    if images.ndim == 3:
+        return images[:, None]
+    if images.ndim == 4 and images.shape[-1] == 3:
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    if images.ndim == 4:
+        return images[:, None]
+    raise DataError(f"{where}: images of shape {images.shape} are neither 2D nor 3D")
+
+
+def to_labels(labels: np.ndarray, where: str) -> np.ndarray:
+    """(N,) int64 class labels, or (N, K) uint8 multi-labels."""
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim not in (1, 2) or not np.all(np.mod(labels, 1) == 0) or (labels < 0).any():
+        raise DataError(f"{where}: labels must be non-negative integers (N,) or (N, K)")
+    if labels.ndim == 2 and not np.isin(labels, (0, 1)).all():
+        raise DataError(f"{where}: multi-label labels (N, K) must be 0 or 1")
+    return labels.astype(np.int64 if labels.ndim == 1 else np.uint8)
+
+
+@CONVERTERS.register("medmnist")
+class MedMNISTConverter(Converter):
+    """MedMNIST ``.npz`` (2D grey, 2D RGB or 3D) with its official split.
+
+    Args:
+        classes: Class names in label order (comma-separated or a list).
+        dataset_name: Dataset name (default: the file stem).
+        modality: Imaging modality (default: looked up from the file name).
+    """
+
+    description: ClassVar[str] = "MedMNIST .npz file (2D/3D, official split kept)"
+    version: ClassVar[str] = "1"
+
+    def __init__(
+        self,
+        *,
+        classes: str | list[str] | None = None,
+        dataset_name: str | None = None,
+        modality: str | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.classes = parse_names(classes)
+        self.dataset_name = dataset_name
+        self.modality = modality
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """``--classes``, ``--dataset-name`` and ``--modality``."""
+        parser.add_argument("--classes", default=None, help="comma-separated class names")
+        parser.add_argument(
+            "--dataset-name", default=None, help="dataset name (default: file stem)"
+        )
+        parser.add_argument("--modality", default=None)
+
+    def convert(self, src: Path, out: Path, *, overwrite: bool = False) -> Path:
+        """Convert the ``.npz`` file ``src`` into ``out``; see the module docstring."""
+        src, out = Path(src), Path(out)
+        if not src.exists():
+            raise DataError(f"{src}: no such file")
+        check_output_path(out, overwrite)
+        arrays = load_npz(src)
+        images: dict[str, np.ndarray] = {}
+        labels: dict[str, np.ndarray] = {}
+        for s in SPLITS:
+            where = f"{src}: {s}"
+            images[s] = to_channels_first(arrays[f"{s}_images"], where)
+            labels[s] = to_labels(arrays[f"{s}_labels"], where)
+            if len(images[s]) != len(labels[s]):
+                raise DataError(
+                    f"{src}: {s}_images has {len(images[s])} samples but {s}_labels has "
+                    f"{len(labels[s])}"
+                )
+        shapes = {images[s].shape[1:] for s in SPLITS if len(images[s])}
+        lshapes = {labels[s].shape[1:] for s in SPLITS if len(labels[s])}
+        if len(shapes) > 1 or len(lshapes) > 1:
+            raise DataError(f"{src}: splits differ in image or label shape ({shapes}, {lshapes})")
+        if not shapes:
+            raise DataError(f"{src}: no images found")
+        image_shape = shapes.pop()
+        label_shape: tuple[int, ...] = lshapes.pop()
+        stem = src.name.removesuffix(".npz")
+        all_labels = np.concatenate([labels[s] for s in SPLITS])
+        k = label_shape[0] if label_shape else int(all_labels.max()) + 1
+        names = self.classes or _lookup(CLASS_NAMES, stem) or [f"class_{i}" for i in range(k)]
+        if (len(names) != k) if label_shape else (len(names) < k):
+            raise DataError(f"{src}: labels need {k} class names, got {len(names)}: {names}")
+        meta = DatasetMeta(
+            name=self.dataset_name or stem,
+            modality=self.modality or _lookup(MODALITIES, stem) or "unknown",
+            class_names=list(names),
+            source=f"MedMNIST v2 ({src.name}), https://medmnist.com",
+            licence="CC BY 4.0",
+            citation=CITATION,
+            converter=type(self).__name__,
+            converter_version=self.version,
+            extra={
+                "split_policy": {"method": "official MedMNIST split"},
+                "patient_id_policy": "no patient ids published: one id per sample, <split>-<index>",
+                "image_policy": "uint8 as published; RGB kept as 3 channels, channels-first",
+                "label_type": "multi-label" if label_shape else "class",
+                "split_counts": {s: len(images[s]) for s in SPLITS},
+            },
+        )
+        n = sum(len(images[s]) for s in SPLITS)
+        with H5Writer(
+            out,
+            n=n,
+            image_shape=image_shape,
+            meta=meta,
+            image_dtype=np.uint8,
+            has_masks=False,
+            label_shape=label_shape,
+            overwrite=overwrite,
+        ) as writer:
+            i = 0
+            with tqdm(total=n, desc=f"convert {src.name}", disable=None) as bar:
+                for s in SPLITS:
+                    for j in range(len(images[s])):
+                        writer.write(
+                            i,
+                            images[s][j],
+                            label=labels[s][j],
+                            patient_id=f"{s}-{j:05d}",
+                            split=s,
+                            source_file=f"{src.name}:{s}_images[{j}]",
+                        )
+                        i += 1
+                    bar.update(len(images[s]))
+        return out

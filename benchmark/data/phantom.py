@@ -1,0 +1,382 @@
+"""Procedural breast-ultrasound-like phantom: the built-in default dataset.
+
+The phantom lets the quickstart and the fast tests run without downloading
+anything. It is *not* a substitute for real data: results on it say nothing
+about medical images, only that the pipeline works end to end.
+
+Each image is an echogenicity map (wavy tissue layers, bright fascia lines, a
+few flattened ellipses of other echogenicity, depth-dependent attenuation)
+multiplied by spatially correlated Rayleigh speckle and log-compressed to
+uint8. The class is a property of the lesion *shape*:
+
+* ``0 "none"``: no lesion, empty mask;
+* ``1 "smooth"``: hypoechoic ellipse(oid) with a smooth outline, a third of
+  them slightly lobulated;
+* ``2 "irregular"``: hypoechoic blob whose radius is modulated by random low-
+  and high-frequency waves on the circle (sphere) and, for 60 %, star-like
+  spikes.
+
+Lesion contrast (0.15-0.7 of the surrounding echogenicity) overlaps with the
+background ellipses (0.45-1.6), sizes vary about 2.5x and posterior
+enhancement/shadowing is drawn independently of the class, so neither image
+brightness nor "is there a dark blob" alone solves the task.
+
+Patients: ``images_per_patient`` consecutive images share one patient id, one
+class and one scene (anatomy and lesion), seen with a different shift, lesion
+pose, gain and speckle, so a split that ignored patients would leak. Classes
+are dealt to patients in shuffled blocks of 20 patients with
+``class_balance`` (default 25 % / 40 % / 35 %, roughly like breast ultrasound
+collections with few normal images), so the balance is exact for multiples
+of 20 patients. Every random draw comes from a :class:`numpy.random.SeedSequence`
+keyed by ``(seed, patient, view)``: sample ``i`` is identical whatever ``n``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from benchmark.data.h5format import DatasetMeta, H5Writer
+from benchmark.data.splits import make_split
+from benchmark.errors import SSLBenchError
+
+CLASS_NAMES = ("none", "smooth", "irregular")
+MASK_CLASS_NAMES = ("background", "lesion")
+DEFAULT_CLASS_BALANCE = (0.25, 0.40, 0.35)
+GENERATOR_VERSION = "1"
+_BLOCK = 20  # patients per class-balance block
+_KEY_SCENE, _KEY_CLASS = 0x5CE7E, 0xC1A55
+
+
+class PhantomError(SSLBenchError, ValueError):
+    """Invalid phantom generator arguments."""
+
+
+@dataclass(frozen=True)
+class _Lesion:
+    centre: np.ndarray  # (d,) in units of the image width
+    axes: np.ndarray  # (d,) semi-axes
+    rot: np.ndarray  # (d, d) orthonormal, columns = lesion frame axes
+    contrast: float  # echogenicity factor inside the lesion
+    posterior: float  # >0 enhancement, <0 shadowing below the lesion
+    waves: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # dirs, freqs, amps, phases
+    spikes: tuple[np.ndarray, np.ndarray, np.ndarray]  # dirs, amps, angular widths
+
+
+@dataclass(frozen=True)
+class _Scene:
+    dims: int
+    gain: float
+    atten: float
+    layer_base: np.ndarray  # (L-1,) boundary depths
+    layer_wave: np.ndarray  # (L-1, d-1, 2, 3) amplitude, frequency, phase per lateral axis
+    layer_level: np.ndarray  # (L,) echogenicity per layer
+    layer_line: np.ndarray  # (L-1,) fascia brightness at each boundary
+    blobs: tuple[tuple[np.ndarray, np.ndarray, np.ndarray, float], ...]
+    lesion: _Lesion | None
+    shift: np.ndarray  # (d,) per-view shift of the whole scene
+
+
+def _depth_axis(dims: int) -> int:
+    """Spatial axis along which sound travels: rows in 2D, H of (D, H, W) in 3D."""
+    return 0 if dims == 2 else 1
+
+
+def _rotation(rng: np.random.Generator, d: int, jitter: float | None = None) -> np.ndarray:
+    """Random orthonormal matrix; near the identity when ``jitter`` is given."""
+    m = rng.normal(size=(d, d))
+    if jitter is not None:
+        m = np.eye(d) + jitter * m
+    q, r = np.linalg.qr(m)
+    return q * np.sign(np.diag(r))
+
+
+def _unit(rng: np.random.Generator, k: int, d: int) -> np.ndarray:
+    v = rng.normal(size=(k, d))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _draw_lesion(rng: np.random.Generator, cls: int, dims: int) -> _Lesion:
+    da = _depth_axis(dims)
+    centre = rng.uniform(0.28, 0.72, dims)
+    centre[da] = rng.uniform(0.3, 0.65)
+    radius = rng.uniform(0.07, 0.18)
+    axes = radius * np.exp(rng.normal(0.0, 0.22, dims))
+    irregularity = 1.0
+    if cls == 1:  # smooth; some slightly lobulated
+        k = int(rng.integers(1, 4)) if rng.random() < 0.4 else 0
+        freqs, amps = rng.uniform(1.0, 3.0, k), rng.uniform(0.02, 0.1, k)
+        n_spikes = 0
+    else:  # irregular: low + high frequency waves, often spikes, of varying strength
+        k_lo, k_hi = int(rng.integers(2, 5)), int(rng.integers(3, 9))
+        freqs = np.concatenate([rng.uniform(1.5, 4.0, k_lo), rng.uniform(5.0, 12.0, k_hi)])
+        amps = np.concatenate([rng.uniform(0.05, 0.15, k_lo), rng.uniform(0.02, 0.06, k_hi)])
+        k = k_lo + k_hi
+        n_spikes = int(rng.integers(6, 15)) if rng.random() < 0.6 else 0
+        irregularity = float(rng.uniform(0.3, 1.0))
+    waves = (_unit(rng, k, dims), freqs, amps * irregularity, rng.uniform(0, 2 * np.pi, k))
+    spikes = (_unit(rng, n_spikes, dims), rng.uniform(0.2, 0.6, n_spikes) * irregularity,
+              rng.uniform(0.05, 0.12, n_spikes))
+    return _Lesion(centre, axes, _rotation(rng, dims), float(10 ** (rng.uniform(-20, -4) / 20)),
+                   float(rng.uniform(-0.4, 0.4)), waves, spikes)
+
+
+def _draw_scene(rng: np.random.Generator, cls: int, dims: int) -> _Scene:
+    """Anatomy and lesion of one patient (shared by all of its views)."""
+    da = _depth_axis(dims)
+    n_layers = int(rng.integers(3, 6))
+    base = np.sort(rng.uniform(0.06, 0.95, n_layers - 1))
+    wave = np.stack([rng.uniform(0.005, 0.05, (n_layers - 1, dims - 1, 2)),
+                     rng.uniform(0.5, 3.5, (n_layers - 1, dims - 1, 2)),
+                     rng.uniform(0, 2 * np.pi, (n_layers - 1, dims - 1, 2))], axis=-1)
+    blobs = []
+    for _ in range(int(rng.integers(1, 5))):
+        axes = rng.uniform(0.06, 0.2, dims)
+        axes[da] = rng.uniform(0.025, 0.08)
+        blobs.append((rng.uniform(0.0, 1.0, dims), axes, _rotation(rng, dims, 0.25),
+                      float(10 ** (rng.uniform(-12, 6) / 20))))
+    return _Scene(
+        dims=dims, gain=float(rng.uniform(0.75, 1.25)), atten=float(rng.uniform(0.3, 1.6)),
+        layer_base=base, layer_wave=wave, layer_level=10 ** (rng.uniform(-18, 0, n_layers) / 20),
+        layer_line=rng.uniform(0.0, 0.8, n_layers - 1) * (rng.random(n_layers - 1) < 0.6),
+        blobs=tuple(blobs), lesion=_draw_lesion(rng, cls, dims) if cls > 0 else None,
+        shift=np.zeros(dims),
+    )
+
+
+def _view(scene: _Scene, rng: np.random.Generator) -> _Scene:
+    """Another acquisition of the same patient: shift, lesion pose, gain."""
+    lesion = scene.lesion
+    if lesion is not None:
+        lesion = replace(lesion, rot=_rotation(rng, scene.dims, 0.15) @ lesion.rot,
+                         axes=lesion.axes * rng.uniform(0.92, 1.08))
+    return replace(scene, gain=scene.gain * float(rng.uniform(0.9, 1.1)),
+                   atten=scene.atten * float(rng.uniform(0.9, 1.1)),
+                   shift=rng.uniform(-0.04, 0.04, scene.dims), lesion=lesion)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
+
+
+def _ellipsoid(grid: list[np.ndarray], centre: np.ndarray, axes: np.ndarray,
+               rot: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Normalised ellipsoidal radius and lesion-frame coordinates of every pixel."""
+    diff = [g - c for g, c in zip(grid, _f32(centre), strict=True)]
+    r = _f32(rot)
+    local = [sum(r[i, j] * diff[i] for i in range(len(grid))) for j in range(len(grid))]
+    rho = np.sqrt(sum((p / a) ** 2 for p, a in zip(local, _f32(axes), strict=True)))
+    return np.broadcast_to(rho, np.broadcast_shapes(*(g.shape for g in grid))), local
+
+
+def _modulation(les: _Lesion, local: list[np.ndarray]) -> np.ndarray:
+    """Radial factor of the lesion outline in the direction of each given point."""
+    norm = np.sqrt(sum(p**2 for p in local)) + 1e-12
+    u = [p / norm for p in local]
+    mod = np.ones_like(norm)
+    dirs, freqs, amps, phases = les.waves
+    for v, f, a, ph in zip(_f32(dirs), freqs, amps, phases, strict=True):
+        cos = sum(vj * uj for vj, uj in zip(v, u, strict=True))
+        mod += float(a) * np.cos(float(np.pi * f) * cos + float(ph))
+    for v, a, width in zip(_f32(les.spikes[0]), *les.spikes[1:], strict=True):
+        cos = sum(vj * uj for vj, uj in zip(v, u, strict=True))
+        mod += float(a) * np.exp((cos - 1.0) / float(width**2))
+    return np.maximum(mod, 0.35)
+
+
+def _render(scene: _Scene, rng: np.random.Generator,
+            shape: tuple[int, ...], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw speckle and render one view to (uint8 image (1, *shape), uint8 mask)."""
+    d, da, px = scene.dims, _depth_axis(scene.dims), 1.0 / size
+    grid = [((np.arange(n, dtype=np.float32) + 0.5) / size + float(s))
+            .reshape([-1 if k == a else 1 for k in range(d)])
+            for a, (n, s) in enumerate(zip(shape, scene.shift, strict=True))]
+    depth, lateral = grid[da], [g for a, g in enumerate(grid) if a != da]
+    # tissue layers with wavy boundaries and bright fascia lines
+    level = scene.layer_level.tolist()
+    echo = np.full(shape, level[0], dtype=np.float32)
+    for k, b0 in enumerate(scene.layer_base.tolist()):
+        w = scene.layer_wave[k].tolist()
+        bound = b0 + sum(w[j][h][0] * np.sin(2 * np.pi * w[j][h][1] * lateral[j] + w[j][h][2])
+                         for j in range(d - 1) for h in range(2))
+        rel = (depth - bound) * size
+        echo += (level[k + 1] - level[k]) * _sigmoid(rel / 1.5)
+        if scene.layer_line[k] > 0:
+            echo += float(scene.layer_line[k]) * np.exp(-((rel / 1.2) ** 2))
+    for centre, axes, rot, factor in scene.blobs:
+        rho, _ = _ellipsoid(grid, centre, axes, rot)
+        echo *= 1.0 + (factor - 1.0) * _sigmoid((1.0 - rho) * float(axes.mean() * size / 1.5))
+    mask = np.zeros(shape, dtype=np.uint8)
+    les = scene.lesion
+    if les is not None:
+        rho, local = _ellipsoid(grid, les.centre, les.axes, les.rot)
+        scale = float(les.axes.mean() * size)  # normalised radius -> ~pixels
+        # the outline only matters near the lesion: evaluate it there
+        mod_max = 1.0 + float(np.abs(les.waves[2]).sum() + les.spikes[1].sum())
+        near = rho < mod_max + 8.0 / float(les.axes.min() * size)
+        mod = np.full(shape, mod_max, dtype=np.float32)
+        mod[near] = _modulation(les, [np.broadcast_to(p, shape)[near] for p in local])
+        inside = (mod - rho) * scale  # ~ signed distance to the outline in pixels
+        mask = (inside > 0).astype(np.uint8)
+        if not mask.any():  # tiny lesion between pixel centres: keep the nearest pixel
+            idx = tuple(int(np.clip(np.argmin(np.abs(g.ravel() - c)), 0, n - 1))
+                        for g, c, n in zip(grid, les.centre, shape, strict=True))
+            mask[idx] = 1
+        echo *= 1.0 - (1.0 - les.contrast) * _sigmoid(inside / 0.8)
+        centre = les.centre.tolist()
+        lat = np.sqrt(sum((g - centre[a]) ** 2 for a, g in enumerate(grid) if a != da))
+        below = _sigmoid((depth - centre[da] - 0.5 * float(les.axes.mean())) * (size / 2))
+        echo *= 1.0 + les.posterior * below * np.exp(-((lat / float(les.axes.mean())) ** 4))
+    echo = np.maximum(echo * np.exp(-scene.atten * depth) * scene.gain, 1e-3)
+    # correlated Rayleigh speckle: envelope of smoothed complex Gaussian noise,
+    # grains elongated laterally as with a real transducer
+    sigma = [1.0 * size / 64] * d
+    sigma[da] = 0.45 * size / 64
+    re = gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, mode="wrap")
+    im = gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, mode="wrap")
+    env = np.hypot(re, im)
+    env /= np.sqrt(np.mean(env**2))
+    db = 20.0 * np.log10(echo * env + 1e-4)  # log compression, 48 dB display range
+    img = np.clip((db + 36.0) * (255.0 / 48.0), 0.0, 255.0)
+    return np.round(img).astype(np.uint8)[None], mask
+
+
+def phantom_sample(rng: np.random.Generator, cls: int, size: int = 64, dims: int = 2,
+                   depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One random phantom image of a given class.
+
+    Args:
+        rng: Source of randomness (the sample is a pure function of its state).
+        cls: 0 "none", 1 "smooth" or 2 "irregular".
+        size: Height and width (and depth for 3D unless ``depth`` is given).
+        dims: 2 for images, 3 for volumes.
+        depth: Number of slices D of a 3D volume; defaults to ``size``.
+
+    Returns:
+        ``(image, mask)``: uint8 (1, size, size) or (1, D, size, size), and a uint8
+        0/1 lesion mask of the spatial shape (all zero for class 0).
+    """
+    shape = _check_shape(size, dims, depth)
+    if cls not in (0, 1, 2):
+        raise PhantomError(f"phantom class must be 0, 1 or 2, got {cls!r}")
+    return _render(_draw_scene(rng, cls, dims), rng, shape, size)
+
+
+def _check_shape(size: int, dims: int, depth: int | None) -> tuple[int, ...]:
+    if dims not in (2, 3):
+        raise PhantomError(f"phantom dims must be 2 or 3, got {dims!r}")
+    if int(size) != size or size < 16:
+        raise PhantomError(f"phantom size must be an integer >= 16, got {size!r}")
+    if dims == 2:
+        if depth is not None:
+            raise PhantomError("depth applies to 3D phantoms only (dims=3)")
+        return (size, size)
+    d = size if depth is None else depth
+    if int(d) != d or d < 8:
+        raise PhantomError(f"phantom depth must be an integer >= 8, got {depth!r}")
+    return (int(d), size, size)
+
+
+def _block_counts(balance: tuple[float, ...]) -> np.ndarray:
+    """Patients per class in a block of ``_BLOCK``, by largest remainder."""
+    w = np.asarray(balance, dtype=np.float64)
+    if w.shape != (3,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise PhantomError(f"class_balance needs 3 non-negative weights, got {balance!r}")
+    exact = w / w.sum() * _BLOCK
+    counts = np.floor(exact).astype(np.int64)
+    extra = np.argsort(-(exact - counts), kind="stable")[: _BLOCK - counts.sum()]
+    counts[extra] += 1
+    return counts
+
+
+def patient_classes(n_patients: int, seed: int,
+                    class_balance: tuple[float, ...] = DEFAULT_CLASS_BALANCE) -> np.ndarray:
+    """Class of each patient: shuffled blocks of 20 with the given balance."""
+    pattern = np.repeat(np.arange(3), _block_counts(class_balance))
+    blocks = [np.random.default_rng(np.random.SeedSequence([seed, _KEY_CLASS], spawn_key=(b,)))
+              .permutation(pattern) for b in range(math.ceil(n_patients / _BLOCK))]
+    return np.concatenate(blocks)[:n_patients] if blocks else np.zeros(0, dtype=np.int64)
+
+
+def generate_phantom(
+    out: str | Path,
+    *,
+    n: int | None = None,
+    size: int = 64,
+    dims: int = 2,
+    seed: int = 0,
+    images_per_patient: int = 2,
+    class_balance: tuple[float, float, float] = DEFAULT_CLASS_BALANCE,
+    depth: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a procedural phantom dataset as an sslbench HDF5 file (atomically).
+
+    Args:
+        out: Output ``.h5`` path.
+        n: Number of images; default 240 (2D) or 120 (3D).
+        size: Image height and width in pixels.
+        dims: 2 for (1, size, size) images, 3 for (1, D, size, size) volumes.
+        seed: Seed of every image and of the train/val/test split.
+        images_per_patient: Consecutive images sharing a patient id, class and scene.
+        class_balance: Weights of classes none / smooth / irregular.
+        depth: Slices D of 3D volumes (default ``size``).
+        overwrite: Replace an existing file.
+
+    Returns:
+        The output path.
+
+    Raises:
+        PhantomError: Invalid arguments.
+        OutputExistsError: ``out`` exists and ``overwrite`` is false.
+        SplitError: Too few patients for a train/val/test split.
+    """
+    shape = _check_shape(size, dims, depth)
+    n = (240 if dims == 2 else 120) if n is None else n
+    if int(n) != n or n < 1:
+        raise PhantomError(f"phantom n must be a positive integer, got {n!r}")
+    if int(images_per_patient) != images_per_patient or images_per_patient < 1:
+        raise PhantomError(f"images_per_patient must be >= 1, got {images_per_patient!r}")
+    ipp, seed = int(images_per_patient), int(seed)
+    patient = np.arange(n) // ipp
+    labels = patient_classes(int(patient[-1]) + 1, seed, class_balance)[patient]
+    pids = np.array([f"phantom-{p:05d}" for p in patient], dtype=object)
+    split = make_split(labels, pids, seed=seed)
+    meta = DatasetMeta(
+        name="phantom" if dims == 2 else "phantom3d",
+        modality="synthetic-ultrasound-phantom",
+        spacing=[1.0] * dims,
+        class_names=list(CLASS_NAMES),
+        mask_class_names=list(MASK_CLASS_NAMES),
+        source="sslbench procedural phantom",
+        licence="Apache-2.0 (generated)",
+        citation="",
+        converter="phantom",
+        converter_version=GENERATOR_VERSION,
+        extra={"n": int(n), "size": int(size), "dims": dims, "depth": shape[0] if dims == 3
+               else None, "seed": seed, "images_per_patient": ipp,
+               "class_balance": [float(w) for w in class_balance],
+               "class_block": _BLOCK, "split": "make_split(labels, patient_ids, seed)"},
+    )
+    with H5Writer(out, n=n, image_shape=(1, *shape), meta=meta, has_masks=True,
+                  label_shape=(), overwrite=overwrite) as writer:
+        scene: _Scene | None = None
+        for i in range(n):
+            p, v = int(patient[i]), i % ipp
+            if v == 0 or scene is None:
+                ss = np.random.SeedSequence([seed, _KEY_SCENE], spawn_key=(p,))
+                scene = _draw_scene(np.random.default_rng(ss), int(labels[i]), dims)
+            rng = np.random.default_rng(np.random.SeedSequence([seed, _KEY_SCENE],
+                                                               spawn_key=(p, v)))
+            image, mask = _render(_view(scene, rng), rng, shape, size)
+            writer.write(i, image, mask=mask, label=int(labels[i]), patient_id=pids[i],
+                         split=split[i], source_file=f"phantom:seed{seed}:patient{p}:view{v}")
+    return Path(out)

@@ -1,0 +1,1 @@
+"""Pretraining strategies: sources x SSL methods x encoders -> one shared encoder checkpoint."""

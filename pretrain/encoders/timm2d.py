@@ -1,0 +1,120 @@
+"""2D encoders from timm, randomly initialised, single-channel by default.
+
+CNNs expose timm's ``feature_info`` levels through ``forward_intermediates``.
+A plain ViT has one stride (its patch size); it is turned into a four-level
+pyramid (strides 4, 8, 16, 32 for patch 16) by taking tokens of four evenly
+spaced blocks and resampling them, as in ViTDet's simple feature pyramid
+(Li et al. 2022) and UNETR's multi-depth skip connections (Hatamizadeh et al.
+2022), so every segmentation adapter also works with ViTs. No weights are ever
+downloaded (``pretrained=False``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import timm
+import torch
+import torch.nn.functional as F
+
+from pretrain.encoders.base import ENCODERS, Encoder, FeatureInfo
+
+
+class TimmCNNEncoder(Encoder):
+    """A timm CNN (ResNet, ConvNeXt, EfficientNet, ...) behind the shared contract."""
+
+    timm_name: ClassVar[str] = ""
+
+    def __init__(self, in_chans: int = 1, img_size: int | tuple[int, ...] = 64,
+                 drop_path_rate: float = 0.0) -> None:
+        super().__init__(in_chans=in_chans, img_size=img_size)
+        kwargs: dict[str, Any] = {}
+        if drop_path_rate:
+            kwargs["drop_path_rate"] = drop_path_rate
+        self.model = timm.create_model(
+            self.timm_name, pretrained=False, in_chans=in_chans, num_classes=0, **kwargs
+        )
+        self.encoder_args["drop_path_rate"] = drop_path_rate
+        self.num_features = int(self.model.num_features)
+        self.feature_info = [
+            FeatureInfo(int(d["num_chs"]), int(d["reduction"])) for d in self.model.feature_info
+        ]
+        self.size_multiple = max(f.stride for f in self.feature_info)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def forward_multiscale(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.model.forward_intermediates(x, intermediates_only=True))
+
+
+class TimmViTEncoder(Encoder):
+    """A timm Vision Transformer with a parameter-free multi-scale pyramid."""
+
+    timm_name: ClassVar[str] = ""
+    is_vit: ClassVar[bool] = True
+    default_patch_size: ClassVar[int] = 16
+
+    def __init__(self, in_chans: int = 1, img_size: int | tuple[int, ...] = 64,
+                 patch_size: int | None = None, drop_path_rate: float = 0.0) -> None:
+        super().__init__(in_chans=in_chans, img_size=img_size)
+        patch = patch_size or self.default_patch_size
+        self.model = timm.create_model(
+            self.timm_name, pretrained=False, in_chans=in_chans, num_classes=0,
+            img_size=img_size, patch_size=patch, drop_path_rate=drop_path_rate,
+            dynamic_img_size=True,
+        )
+        self.encoder_args.update(patch_size=patch, drop_path_rate=drop_path_rate)
+        self.patch_size = patch
+        self.size_multiple = patch
+        self.num_features = int(self.model.num_features)
+        depth = len(self.model.blocks)
+        self.pyramid_blocks = [round(depth * k / 4) - 1 for k in (1, 2, 3, 4)]
+        self.pyramid_strides = [patch // 4, patch // 2, patch, patch * 2]
+        self.feature_info = [FeatureInfo(self.num_features, max(1, s))
+                             for s in self.pyramid_strides]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def forward_multiscale(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps = self.model.forward_intermediates(
+            x, indices=self.pyramid_blocks, intermediates_only=True
+        )
+        out = []
+        h, w = x.shape[-2:]
+        for fmap, stride in zip(maps, self.pyramid_strides, strict=True):
+            size = (max(1, h // max(1, stride)), max(1, w // max(1, stride)))
+            if size[0] > fmap.shape[-2]:
+                fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
+            elif size[0] < fmap.shape[-2]:
+                fmap = F.adaptive_avg_pool2d(fmap, size)
+            out.append(fmap)
+        return out
+
+
+def _register_cnn(name: str, timm_name: str) -> None:
+    cls = type(f"Timm_{name}", (TimmCNNEncoder,), {"name": name, "timm_name": timm_name,
+                                                    "__doc__": f"timm ``{timm_name}``."})
+    ENCODERS.register(name)(cls)
+
+
+def _register_vit(name: str, timm_name: str, patch: int) -> None:
+    cls = type(f"Timm_{name}", (TimmViTEncoder,), {
+        "name": name, "timm_name": timm_name, "default_patch_size": patch,
+        "__doc__": f"timm ``{timm_name}`` (patch {patch}).",
+    })
+    ENCODERS.register(name)(cls)
+
+
+for _name, _timm in [
+    ("resnet18", "resnet18"),
+    ("resnet50", "resnet50"),
+    ("convnext_atto", "convnext_atto"),
+    ("efficientnet_b0", "efficientnet_b0"),
+]:
+    _register_cnn(_name, _timm)
+
+_register_vit("vit_tiny", "vit_tiny_patch16_224", 16)
+_register_vit("vit_tiny_p8", "vit_tiny_patch16_224", 8)
+_register_vit("vit_small", "vit_small_patch16_224", 16)

@@ -1,0 +1,148 @@
+"""BYOL, assembled from lightly's heads, loss and momentum utilities.
+
+Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised
+Learning", NeurIPS 2020, https://arxiv.org/abs/2006.07733.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from numbers import Real
+from typing import Any, ClassVar
+
+import torch
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.scheduler import cosine_schedule
+
+from pretrain.augment import ViewRecipe
+from pretrain.encoders.base import Encoder
+from pretrain.methods.base import METHODS, MethodConfigError, SSLMethod, StepOutput
+
+#: Image size the paper's blur sigmas (pixels) refer to; they are rescaled to the view size.
+_PAPER_SIZE = 224
+
+
+@METHODS.register("byol")
+class BYOL(SSLMethod):
+    """BYOL: an online network predicts the projections of a momentum target network.
+
+    Online: shared encoder, lightly's :class:`BYOLProjectionHead` and
+    :class:`BYOLPredictionHead`; target: an exponential moving average of the
+    encoder and projection head (no gradients). The loss is lightly's
+    :class:`NegativeCosineSimilarity`, symmetrised over the two views and scaled
+    as in lightly's benchmark: ``2 * (ncs(p0, t1) + ncs(p1, t0))``, which is the
+    paper's sum of normalised squared errors minus 4 (range [-4, 4]). The family
+    is ``distillation``: a student is trained to match an EMA teacher, as in DINO.
+
+    Config (besides the common optimisation keys):
+        hidden_dim: Hidden width of both MLPs (paper: 4096; 1024 here).
+        output_dim: Size of projections and predictions (paper: 256).
+        ema_momentum: Target momentum at the first step, in [0, 1); the paper's
+            0.996 suits 300+ ImageNet epochs; 0.99 (the authors' 100-epoch setting,
+            used by lightly's benchmark) lets the target follow in short runs.
+        ema_momentum_end: Cosine-scheduled final momentum, in [ema_momentum, 1] (paper: 1).
+        optimizer, lr, weight_decay: LARS, 0.2 per 256 images, 1.5e-6 (paper).
+    """
+
+    name: ClassVar[str] = "byol"
+    family: ClassVar[str] = "distillation"
+    paper: ClassVar[str] = (
+        "Grill et al., Bootstrap Your Own Latent: A New Approach to Self-Supervised "
+        "Learning, NeurIPS 2020, arXiv:2006.07733"
+    )
+    default_config: ClassVar[dict[str, Any]] = {
+        "hidden_dim": 1024,
+        "output_dim": 256,
+        "ema_momentum": 0.99,
+        "ema_momentum_end": 1.0,
+        "optimizer": "lars",
+        "lr": 0.2,
+        "weight_decay": 1.5e-6,
+    }
+
+    def __init__(self, encoder: Encoder, **config: Any) -> None:
+        super().__init__(encoder, **config)
+        hidden, out = self.config["hidden_dim"], self.config["output_dim"]
+        self.projection_head = BYOLProjectionHead(encoder.num_features, hidden, out)
+        self.prediction_head = BYOLPredictionHead(out, hidden, out)
+        self.encoder_momentum = copy.deepcopy(encoder)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.encoder_momentum)
+        deactivate_requires_grad(self.projection_head_momentum)
+        self.criterion = NegativeCosineSimilarity()
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        for key in ("hidden_dim", "output_dim"):
+            value = config[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise MethodConfigError(
+                    f"method {cls.name!r}: {key} must be a positive integer, got {value!r}"
+                )
+        start, end = config["ema_momentum"], config["ema_momentum_end"]
+        for key, value in (("ema_momentum", start), ("ema_momentum_end", end)):
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise MethodConfigError(f"method {cls.name!r}: {key} must be a number")
+        if not 0 <= start < 1:
+            raise MethodConfigError(
+                f"method {cls.name!r}: ema_momentum must be in [0, 1), got {start!r}"
+            )
+        if not start <= end <= 1:
+            raise MethodConfigError(
+                f"method {cls.name!r}: ema_momentum_end must be in [ema_momentum, 1], got {end!r}"
+            )
+
+    def view_recipes(self, size: int) -> list[ViewRecipe]:
+        """The paper's asymmetric pair (its Table 6), adapted to greyscale.
+
+        Both views: random resized crop (scale 0.08-1), horizontal flip, colour
+        jitter p 0.8 whose greyscale part is kept (brightness 0.4 as an intensity
+        scale in [0.6, 1.4], contrast 0.4 as a gamma in [1/1.4, 1.4]; saturation,
+        hue and random greyscale do not apply). Gaussian blur (sigma 0.1-2 px at
+        224 px, rescaled to ``size``) with p 1.0 on view 0 and 0.1 on view 1.
+        Solarisation (p 0 / 0.2) is not available in :class:`ViewRecipe` and is
+        left out; an intensity inversion of the bright half also does not keep
+        the meaning of CT/MR/X-ray intensities. No rotation or noise.
+        """
+        k = size / _PAPER_SIZE
+        view0 = ViewRecipe(
+            size=size,
+            scale=(0.08, 1.0),
+            hflip_p=0.5,
+            vflip_p=0.0,
+            rotate_p=0.0,
+            intensity_scale=(0.6, 1.4),
+            intensity_shift=(0.0, 0.0),
+            intensity_p=0.8,
+            gamma=(1 / 1.4, 1.4),
+            gamma_p=0.8,
+            blur_sigma=(0.1 * k, 2.0 * k),
+            blur_p=1.0,
+            noise_p=0.0,
+        )
+        return [view0, dataclasses.replace(view0, blur_p=0.1)]
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        """Target momentum at ``step`` (cosine from ema_momentum to ema_momentum_end)."""
+        cfg = self.config
+        return cosine_schedule(step, total_steps, cfg["ema_momentum"], cfg["ema_momentum_end"])
+
+    def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:
+        z0 = self.projection_head(self.encoder.forward_features(views[0]))
+        z1 = self.projection_head(self.encoder.forward_features(views[1]))
+        p0, p1 = self.prediction_head(z0), self.prediction_head(z1)
+        with torch.no_grad():
+            t0 = self.projection_head_momentum(self.encoder_momentum.forward_features(views[0]))
+            t1 = self.projection_head_momentum(self.encoder_momentum.forward_features(views[1]))
+        loss = 2 * (self.criterion(p0, t1) + self.criterion(p1, t0))
+        logs = {"ema_momentum": self.momentum_at(step, total_steps)}
+        return StepOutput(loss=loss, embeddings=z0.detach(), logs=logs)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        m = self.momentum_at(step, total_steps)
+        update_momentum(self.encoder, self.encoder_momentum, m=m)
+        update_momentum(self.projection_head, self.projection_head_momentum, m=m)

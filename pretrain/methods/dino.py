@@ -1,0 +1,210 @@
+"""DINO: self-distillation with no labels.
+
+Caron et al., "Emerging Properties in Self-Supervised Vision Transformers",
+ICCV 2021 (https://arxiv.org/abs/2104.14294).
+
+A student (the shared encoder + a DINO head) is trained to match the centred,
+sharpened output of a momentum teacher (an exponential moving average of the
+student). Multi-crop: the teacher sees the two global views only, the student
+sees all views, and every student view is matched to every *other* teacher view.
+Built from lightly's ``DINOProjectionHead``, ``DINOLoss`` (centring, teacher
+temperature), ``update_momentum`` and ``cosine_schedule``. Works with CNN and
+ViT encoders (the head has no batch norm by default, as in the paper's ViTs).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, ClassVar, NoReturn
+
+import torch
+from lightly.loss import DINOLoss
+from lightly.models.modules import DINOProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.scheduler import cosine_schedule
+
+from pretrain.augment import ViewRecipe
+from pretrain.encoders.base import Encoder
+from pretrain.methods.base import METHODS, MethodConfigError, SSLMethod, StepOutput
+
+#: Image size the paper's blur sigmas (pixels) refer to; they are rescaled to the view size.
+_PAPER_SIZE = 224
+
+
+def _pair(value: Any) -> tuple[float, float]:
+    low, high = value
+    return float(low), float(high)
+
+
+@METHODS.register("dino")
+class DINO(SSLMethod):
+    """DINO (Caron et al. 2021) around the shared encoder.
+
+    Config (besides :data:`~pretrain.methods.base.COMMON_DEFAULTS`):
+        head_hidden_dim / head_bottleneck_dim / head_out_dim: DINO head (paper:
+            2048 / 256 / 65536; ``head_out_dim`` is 2048 at CPU scale).
+        head_batch_norm: Batch norm in the head MLP (paper: off).
+        norm_last_layer: Weight-normalised last layer with fixed norm (paper: on).
+        momentum_start / momentum_end: Teacher EMA momentum, cosine schedule.
+        teacher_temp / warmup_teacher_temp / warmup_teacher_temp_fraction: Linear
+            teacher-temperature warm-up 0.04 -> 0.07 over the first 30% of steps.
+        student_temp / center_momentum: Student temperature and centring EMA.
+        n_local_views: Number of small local crops (0 disables multi-crop).
+        global_scale / local_scale: Crop area ranges of global / local views.
+    """
+
+    family = "distillation"
+    paper = "Caron et al., DINO, ICCV 2021 (arXiv:2104.14294)"
+    default_config: ClassVar[dict[str, Any]] = {
+        "lr": 5e-4,
+        "weight_decay": 0.04,
+        "warmup_fraction": 0.1,
+        "head_hidden_dim": 2048,
+        "head_bottleneck_dim": 256,
+        "head_out_dim": 2048,
+        "head_batch_norm": False,
+        "norm_last_layer": True,
+        "momentum_start": 0.996,
+        "momentum_end": 1.0,
+        "teacher_temp": 0.07,
+        "warmup_teacher_temp": 0.04,
+        "warmup_teacher_temp_fraction": 0.3,
+        "student_temp": 0.1,
+        "center_momentum": 0.9,
+        "n_local_views": 2,
+        "global_scale": (0.4, 1.0),
+        "local_scale": (0.05, 0.4),
+    }
+
+    def __init__(self, encoder: Encoder, **config: Any) -> None:
+        super().__init__(encoder, **config)
+        cfg = self.config
+        self.student_head = DINOProjectionHead(
+            input_dim=encoder.num_features,
+            hidden_dim=cfg["head_hidden_dim"],
+            bottleneck_dim=cfg["head_bottleneck_dim"],
+            output_dim=cfg["head_out_dim"],
+            batch_norm=cfg["head_batch_norm"],
+            norm_last_layer=cfg["norm_last_layer"],
+        )
+        self.teacher_encoder = copy.deepcopy(encoder)
+        self.teacher_head = copy.deepcopy(self.student_head)
+        deactivate_requires_grad(self.teacher_encoder)
+        deactivate_requires_grad(self.teacher_head)
+        self.criterion = DINOLoss(
+            output_dim=cfg["head_out_dim"],
+            teacher_temp=cfg["teacher_temp"],
+            student_temp=cfg["student_temp"],
+            center_momentum=cfg["center_momentum"],
+        )
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        def fail(msg: str) -> NoReturn:
+            raise MethodConfigError(f"method 'dino': {msg}")
+
+        for key in ("head_hidden_dim", "head_bottleneck_dim", "head_out_dim"):
+            if not (isinstance(config[key], int) and config[key] > 0):
+                fail(f"{key} must be a positive int")
+        if not 0 <= config["momentum_start"] <= config["momentum_end"] <= 1:
+            fail("need 0 <= momentum_start <= momentum_end <= 1")
+        for key in ("teacher_temp", "warmup_teacher_temp", "student_temp"):
+            if not config[key] > 0:
+                fail(f"{key} must be > 0")
+        if not 0 <= config["warmup_teacher_temp_fraction"] <= 1:
+            fail("warmup_teacher_temp_fraction must be in [0, 1]")
+        if not 0 <= config["center_momentum"] < 1:
+            fail("center_momentum must be in [0, 1)")
+        if not (isinstance(config["n_local_views"], int) and config["n_local_views"] >= 0):
+            fail("n_local_views must be an int >= 0")
+        for key in ("global_scale", "local_scale"):
+            try:
+                low, high = _pair(config[key])
+            except (TypeError, ValueError):
+                fail(f"{key} must be a pair (low, high)")
+            if not 0 < low <= high <= 1:
+                fail(f"{key} must be (low, high) with 0 < low <= high <= 1")
+
+    def local_size(self, size: int) -> int:
+        """Local crop size: ``size // 2`` floored to a size the encoder accepts.
+
+        With 224 px global views and a stride-32 CNN this gives DINO's 96 px.
+        """
+        multiple = self.encoder.size_multiple
+        return max(multiple, (size // 2) // multiple * multiple)
+
+    def view_recipes(self, size: int) -> list[ViewRecipe]:
+        """DINO's multi-crop (its appendix / ``DataAugmentationDINO``), for greyscale.
+
+        Two global views at ``size`` (crop scale ``global_scale``) and
+        ``n_local_views`` local views at :meth:`local_size` (``local_scale``),
+        all with horizontal flip and colour jitter p 0.8 whose greyscale part is
+        kept (brightness 0.4 -> intensity scale [0.6, 1.4], contrast 0.4 -> gamma
+        [1/1.4, 1.4]). Gaussian blur (sigma 0.1-2 px at 224 px, rescaled to
+        ``size``) with p 1.0 / 0.1 on the global views and 0.5 on the local ones.
+        Solarisation of the second global view has no counterpart in
+        :class:`ViewRecipe`; rotation, vertical flips and noise are off.
+        """
+        k = size / _PAPER_SIZE
+        view0 = ViewRecipe(
+            size=size,
+            scale=_pair(self.config["global_scale"]),
+            hflip_p=0.5,
+            vflip_p=0.0,
+            rotate_p=0.0,
+            intensity_scale=(0.6, 1.4),
+            intensity_shift=(0.0, 0.0),
+            intensity_p=0.8,
+            gamma=(1 / 1.4, 1.4),
+            gamma_p=0.8,
+            blur_sigma=(0.1 * k, 2.0 * k),
+            blur_p=1.0,
+            noise_p=0.0,
+        )
+        local = dataclasses.replace(
+            view0, size=self.local_size(size), scale=_pair(self.config["local_scale"]), blur_p=0.5
+        )
+        return [view0, dataclasses.replace(view0, blur_p=0.1)] + [local] * self.config[
+            "n_local_views"
+        ]
+
+    def _teacher_temp(self, step: int, total_steps: int) -> float:
+        cfg = self.config
+        warmup = cfg["warmup_teacher_temp_fraction"] * total_steps
+        if step >= warmup:
+            return float(cfg["teacher_temp"])
+        t = step / warmup
+        return float(
+            cfg["warmup_teacher_temp"] + t * (cfg["teacher_temp"] - cfg["warmup_teacher_temp"])
+        )
+
+    def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:
+        n_expected = 2 + self.config["n_local_views"]
+        if len(views) != n_expected:
+            raise ValueError(f"dino expects {n_expected} views, got {len(views)}")
+        global_views = torch.cat(views[:2])
+        batch = views[0].shape[0]
+        with torch.no_grad():
+            teacher_out = self.teacher_head(self.teacher_encoder.forward_features(global_views))
+        student_features = [self.encoder.forward_features(global_views)]
+        if len(views) > 2:  # all local views share one size: one forward pass
+            student_features.append(self.encoder.forward_features(torch.cat(views[2:])))
+        student_out = self.student_head(torch.cat(student_features))
+        teacher_temp = self._teacher_temp(step, total_steps)
+        loss = self.criterion(
+            list(teacher_out.chunk(2)), list(student_out.split(batch)), teacher_temp=teacher_temp
+        )
+        embeddings = student_features[0][:batch].detach()
+        return StepOutput(loss=loss, embeddings=embeddings, logs={"teacher_temp": teacher_temp})
+
+    def momentum(self, step: int, total_steps: int) -> float:
+        """Teacher EMA momentum at ``step`` (cosine from start to end value)."""
+        cfg = self.config
+        return cosine_schedule(step, total_steps, cfg["momentum_start"], cfg["momentum_end"])
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        m = self.momentum(step, total_steps)
+        update_momentum(self.encoder, self.teacher_encoder, m=m)
+        update_momentum(self.student_head, self.teacher_head, m=m)

@@ -1,0 +1,156 @@
+"""MoCo v2, assembled from lightly's projection head, memory bank loss and momentum utilities.
+
+Chen, Fan, Girshick and He, "Improved Baselines with Momentum Contrastive
+Learning", arXiv:2003.04297, 2020 (on He et al., "Momentum Contrast for
+Unsupervised Visual Representation Learning", CVPR 2020).
+"""
+
+from __future__ import annotations
+
+import copy
+from numbers import Real
+from typing import Any, ClassVar
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import MoCoProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.scheduler import cosine_schedule
+
+from pretrain.augment import ViewRecipe
+from pretrain.encoders.base import Encoder
+from pretrain.methods.base import METHODS, MethodConfigError, SSLMethod, StepOutput
+
+#: Image size the paper's blur sigmas (pixels) refer to; they are rescaled to the view size.
+_PAPER_SIZE = 224
+
+
+@METHODS.register("mocov2", aliases=("moco",))
+class MoCoV2(SSLMethod):
+    """MoCo v2: queries against momentum-encoder keys and a queue of past keys.
+
+    The query network is the shared encoder plus lightly's :class:`MoCoProjectionHead`
+    (2-layer MLP, no batch norm); the key network is an exponential moving average
+    of it (no gradients). Lightly's :class:`NTXentLoss` with a memory bank is the
+    InfoNCE loss of the paper: view 0 is the query, view 1 the key, and the keys
+    of the last ``memory_bank_size`` images are the negatives. The loss is not
+    symmetrised (as in the paper). Shuffle BN is not used: on one device the
+    whole key batch shares one batch-norm statistic anyway.
+
+    Config (besides the common optimisation keys):
+        hidden_dim: Hidden width of the projection head (paper: 2048; 512 here).
+        output_dim: Size of the projections and queued keys (paper: 128).
+        temperature: InfoNCE temperature, > 0 (paper: 0.2).
+        memory_bank_size: Number of queued negative keys, > 0 (paper: 65536; 4096
+            here). Keep it below the number of training images, or stale keys of
+            the query's own image become negatives.
+        ema_momentum: Momentum of the key network at the first step, in [0, 1).
+            The paper's fixed 0.999 suits 200 ImageNet epochs; short runs need the
+            key network to follow faster, so it starts at 0.99 ...
+        ema_momentum_end: ... and follows a cosine schedule to this value, in
+            [ema_momentum, 1] (1.0 as in BYOL; set it to ema_momentum for a fixed value).
+        optimizer, lr, weight_decay: SGD, 0.03 per 256 images, 1e-4 (paper).
+    """
+
+    name: ClassVar[str] = "mocov2"
+    family: ClassVar[str] = "contrastive"
+    paper: ClassVar[str] = (
+        "Chen et al., Improved Baselines with Momentum Contrastive Learning, arXiv:2003.04297, 2020"
+    )
+    default_config: ClassVar[dict[str, Any]] = {
+        "hidden_dim": 512,
+        "output_dim": 128,
+        "temperature": 0.2,
+        "memory_bank_size": 4096,
+        "ema_momentum": 0.99,
+        "ema_momentum_end": 1.0,
+        "optimizer": "sgd",
+        "lr": 0.03,
+        "weight_decay": 1e-4,
+    }
+
+    def __init__(self, encoder: Encoder, **config: Any) -> None:
+        super().__init__(encoder, **config)
+        cfg = self.config
+        self.projection_head = MoCoProjectionHead(
+            encoder.num_features, cfg["hidden_dim"], cfg["output_dim"]
+        )
+        self.encoder_momentum = copy.deepcopy(encoder)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.encoder_momentum)
+        deactivate_requires_grad(self.projection_head_momentum)
+        self.criterion = NTXentLoss(
+            temperature=cfg["temperature"],
+            memory_bank_size=(cfg["memory_bank_size"], cfg["output_dim"]),
+        )
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        for key in ("hidden_dim", "output_dim", "memory_bank_size"):
+            value = config[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise MethodConfigError(
+                    f"method {cls.name!r}: {key} must be a positive integer, got {value!r}"
+                )
+        for key in ("temperature", "ema_momentum", "ema_momentum_end"):
+            if isinstance(config[key], bool) or not isinstance(config[key], Real):
+                raise MethodConfigError(f"method {cls.name!r}: {key} must be a number")
+        if config["temperature"] <= 0:
+            raise MethodConfigError(
+                f"method {cls.name!r}: temperature must be > 0, got {config['temperature']!r}"
+            )
+        start, end = config["ema_momentum"], config["ema_momentum_end"]
+        if not 0 <= start < 1:
+            raise MethodConfigError(
+                f"method {cls.name!r}: ema_momentum must be in [0, 1), got {start!r}"
+            )
+        if not start <= end <= 1:
+            raise MethodConfigError(
+                f"method {cls.name!r}: ema_momentum_end must be in [ema_momentum, 1], got {end!r}"
+            )
+
+    def view_recipes(self, size: int) -> list[ViewRecipe]:
+        """Query and key views from the same distribution (MoCo v2 = SimCLR-style recipe).
+
+        Random resized crop (scale 0.2-1) and horizontal flip. Colour jitter
+        (0.4, 0.4, 0.4, 0.1; p 0.8) keeps its greyscale part: brightness 0.4 as an
+        intensity scale in [0.6, 1.4], contrast 0.4 as a gamma in [1/1.4, 1.4].
+        Random greyscale is a no-op on greyscale images. Gaussian blur p 0.5 with
+        sigma 0.1-2 px at 224 px, rescaled to ``size``. No rotation or noise.
+        """
+        k = size / _PAPER_SIZE
+        recipe = ViewRecipe(
+            size=size,
+            scale=(0.2, 1.0),
+            hflip_p=0.5,
+            vflip_p=0.0,
+            rotate_p=0.0,
+            intensity_scale=(0.6, 1.4),
+            intensity_shift=(0.0, 0.0),
+            intensity_p=0.8,
+            gamma=(1 / 1.4, 1.4),
+            gamma_p=0.8,
+            blur_sigma=(0.1 * k, 2.0 * k),
+            blur_p=0.5,
+            noise_p=0.0,
+        )
+        return [recipe, recipe]
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        """Key-network momentum at ``step`` (cosine from ema_momentum to ema_momentum_end)."""
+        cfg = self.config
+        return cosine_schedule(step, total_steps, cfg["ema_momentum"], cfg["ema_momentum_end"])
+
+    def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:
+        query = self.projection_head(self.encoder.forward_features(views[0]))
+        with torch.no_grad():
+            key = self.projection_head_momentum(self.encoder_momentum.forward_features(views[1]))
+        loss = self.criterion(query, key)  # enqueues the keys after reading the queue
+        logs = {"ema_momentum": self.momentum_at(step, total_steps)}
+        return StepOutput(loss=loss, embeddings=query.detach(), logs=logs)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        m = self.momentum_at(step, total_steps)
+        update_momentum(self.encoder, self.encoder_momentum, m=m)
+        update_momentum(self.projection_head, self.projection_head_momentum, m=m)

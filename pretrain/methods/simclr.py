@@ -1,0 +1,119 @@
+"""SimCLR, assembled from lightly's projection head and NT-Xent loss.
+
+Chen, Kornblith, Norouzi and Hinton, "A Simple Framework for Contrastive Learning
+of Visual Representations", ICML 2020, https://arxiv.org/abs/2002.05709.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+from typing import Any, ClassVar
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+
+from pretrain.augment import ViewRecipe
+from pretrain.encoders.base import Encoder
+from pretrain.methods.base import METHODS, MethodConfigError, SSLMethod, StepOutput
+
+#: Image size the paper's blur sigmas (pixels) refer to; they are rescaled to the view size.
+_PAPER_SIZE = 224
+
+
+@METHODS.register("simclr")
+class SimCLR(SSLMethod):
+    """SimCLR: NT-Xent between two views with the other images of the batch as negatives.
+
+    Pooled encoder features go through lightly's :class:`SimCLRProjectionHead`
+    (2-layer MLP with batch norm); lightly's :class:`NTXentLoss` contrasts the 2B
+    L2-normalised projections (one positive and 2B - 2 negatives per view).
+
+    Config (besides the common optimisation keys):
+        hidden_dim: Hidden width of the projection head (paper: 2048 for ResNet-50;
+            512 here, the width of ResNet-18 features).
+        output_dim: Size of the projections (paper: 128).
+        temperature: NT-Xent temperature, > 0. Default 0.5, lightly's default and
+            suited to the small batches (<= 512) of this benchmark; the paper uses
+            0.1 at batch 4096 on ImageNet and tunes it in {0.1, 0.5, 1.0} on CIFAR-10.
+        optimizer, lr, weight_decay: LARS, 0.3 per 256 images, 1e-6 (paper). LARS's
+            layer-wise trust ratio keeps updates proportionate at small batch sizes;
+            ``optimizer="adamw", lr=1e-3, weight_decay=1e-4`` is the robust choice
+            for very short CPU runs.
+    """
+
+    name: ClassVar[str] = "simclr"
+    family: ClassVar[str] = "contrastive"
+    paper: ClassVar[str] = (
+        "Chen et al., A Simple Framework for Contrastive Learning of Visual "
+        "Representations, ICML 2020, arXiv:2002.05709"
+    )
+    default_config: ClassVar[dict[str, Any]] = {
+        "hidden_dim": 512,
+        "output_dim": 128,
+        "temperature": 0.5,
+        "optimizer": "lars",
+        "lr": 0.3,
+        "weight_decay": 1e-6,
+    }
+
+    def __init__(self, encoder: Encoder, **config: Any) -> None:
+        super().__init__(encoder, **config)
+        cfg = self.config
+        self.projection_head = SimCLRProjectionHead(
+            encoder.num_features, cfg["hidden_dim"], cfg["output_dim"]
+        )
+        self.criterion = NTXentLoss(temperature=cfg["temperature"])
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        for key in ("hidden_dim", "output_dim"):
+            value = config[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise MethodConfigError(
+                    f"method {cls.name!r}: {key} must be a positive integer, got {value!r}"
+                )
+        temperature = config["temperature"]
+        if isinstance(temperature, bool) or not isinstance(temperature, Real) or temperature <= 0:
+            raise MethodConfigError(
+                f"method {cls.name!r}: temperature must be > 0, got {temperature!r}"
+            )
+
+    def view_recipes(self, size: int) -> list[ViewRecipe]:
+        """Two views from the same distribution, the paper's recipe for greyscale.
+
+        Random resized crop (scale 0.08-1) and horizontal flip as in the paper.
+        Colour jitter (strength 1, p 0.8) keeps its greyscale part: brightness 0.8
+        becomes an intensity scale in [0.2, 1.8] and contrast 0.8 a gamma in
+        [1/1.8, 1.8]; saturation, hue and random greyscale have no greyscale
+        counterpart. Gaussian blur p 0.5 with sigma 0.1-2 px at 224 px, rescaled to
+        ``size``. Rotation, vertical flips and noise are not in the paper (off).
+        """
+        k = size / _PAPER_SIZE
+        recipe = ViewRecipe(
+            size=size,
+            scale=(0.08, 1.0),
+            hflip_p=0.5,
+            vflip_p=0.0,
+            rotate_p=0.0,
+            intensity_scale=(0.2, 1.8),
+            intensity_shift=(0.0, 0.0),
+            intensity_p=0.8,
+            gamma=(1 / 1.8, 1.8),
+            gamma_p=0.8,
+            blur_sigma=(0.1 * k, 2.0 * k),
+            blur_p=0.5,
+            noise_p=0.0,
+        )
+        return [recipe, recipe]
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Projections ``(B, output_dim)`` of a batch of views."""
+        return self.projection_head(self.encoder.forward_features(x))
+
+    def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:
+        # One forward over both views: batch norm sees all 2B views, like the
+        # paper's global batch norm (and like lightly's SimCLR benchmark).
+        z0, z1 = self.project(torch.cat(views[:2])).chunk(2)
+        loss = self.criterion(z0, z1)
+        return StepOutput(loss=loss, embeddings=z0.detach())

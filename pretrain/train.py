@@ -1,0 +1,358 @@
+"""The shared pretraining loop: source x SSL method x encoder -> encoder checkpoint.
+
+A run is defined by its number of optimizer steps and its batch size, not by
+epochs over a pool, so real-only, synthetic-only and mixed runs see exactly the
+same number of images (compute matching). Each step:
+
+1. the source returns the batch of step ``t`` (a pure function of seed and ``t``);
+2. the method's views are built on the device by batched tensor augmentations;
+3. forward, loss, backward, optimizer and scheduler step, momentum updates.
+
+All randomness of step ``t`` (augmentations, masks, dropout) is drawn from
+generators re-seeded from ``(seed, t)``, so a run killed at any point and
+resumed from its last checkpoint ends with the same weights as an uninterrupted
+run. The training state (model, optimizer, scheduler, RNG states, step) is
+saved every ``checkpoint_every`` steps; the final encoder is saved in the
+shared checkpoint format (:mod:`pretrain.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightly.utils.debug import std_of_l2_normalized
+from tqdm.auto import tqdm
+
+from benchmark.errors import SSLBenchError
+from benchmark.io import atomic_path, atomic_write_json, atomic_write_text, provenance
+from pretrain.augment import make_views
+from pretrain.checkpoint import save_encoder
+from pretrain.encoders import create_encoder
+from pretrain.methods import METHODS, create_method
+from pretrain.sources import create_source
+
+STATE = "state.pt"
+CONFIG = "config.json"
+SUMMARY = "pretrain.json"
+METRICS = "metrics.jsonl"
+ENCODER_DIR = "encoder"
+
+
+class TrainingDivergedError(SSLBenchError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that defines a pretraining run (saved as ``config.json``).
+
+    Attributes:
+        method: Registered SSL method name.
+        encoder: Registered encoder name.
+        source: ``real``, ``synthetic`` or ``mixed``.
+        real: Real dataset file (its train split is used).
+        synthetic: Synthetic dataset file.
+        synthetic_ratio: Fraction of synthetic images per batch for ``mixed``.
+        steps: Number of optimizer steps.
+        batch_size: Images per step (compute matching: steps x batch_size).
+        image_size: Spatial size of the views fed to the encoder.
+        seed: Seed of everything random in the run.
+        method_config: Overrides of the method's defaults.
+        encoder_config: Extra encoder constructor arguments.
+        checkpoint_every: Save the training state every N steps (0: only at the end).
+        log_every: Record metrics every N steps.
+        device: ``cpu``, ``cuda``, ``cuda:1``, or ``auto``.
+        amp: Mixed precision: ``auto`` (bf16 on CUDA if supported, else off), ``bf16``,
+            ``fp16`` or ``none``.
+    """
+
+    method: str = "simclr"
+    encoder: str = "resnet18"
+    source: str = "real"
+    real: str | None = None
+    synthetic: str | None = None
+    synthetic_ratio: float = 0.5
+    steps: int = 100
+    batch_size: int = 64
+    image_size: int = 64
+    seed: int = 0
+    method_config: dict[str, Any] = field(default_factory=dict)
+    encoder_config: dict[str, Any] = field(default_factory=dict)
+    checkpoint_every: int = 50
+    log_every: int = 10
+    device: str = "auto"
+    amp: str = "auto"
+
+    def validate(self) -> None:
+        """Raise :class:`SSLBenchError` for values that cannot run."""
+        METHODS.resolve(self.method)
+        from pretrain.encoders import ENCODERS
+
+        ENCODERS.resolve(self.encoder)
+        if self.steps <= 0 or self.batch_size <= 1:
+            raise SSLBenchError(
+                f"steps must be > 0 and batch_size > 1 (got {self.steps}, {self.batch_size})"
+            )
+        if self.amp not in ("auto", "bf16", "fp16", "none"):
+            raise SSLBenchError(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PretrainResult:
+    """Paths and figures of a finished run."""
+
+    out_dir: Path
+    checkpoint: Path
+    summary: dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "auto" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def build_optimizer(method: torch.nn.Module, config: dict[str, Any],
+                    batch_size: int) -> torch.optim.Optimizer:
+    """The method's optimizer with the linear learning-rate scaling rule (lr x B / 256)."""
+    groups = method.parameter_groups()  # type: ignore[operator]
+    lr = config["lr"] * batch_size / 256
+    name = config["optimizer"]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=config["momentum"])
+    from lightly.utils.lars import LARS
+
+    return LARS(groups, lr=lr, momentum=config["momentum"])
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float) -> Any:
+    """Multiplier of the base learning rate: linear warm-up, then cosine decay to 0."""
+    warmup = int(total_steps * warmup_fraction)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1)
+
+
+class Trainer:
+    """One pretraining run in a folder; see :func:`pretrain`."""
+
+    def __init__(self, config: PretrainConfig, out_dir: str | Path) -> None:
+        config.validate()
+        self.config = config
+        self.out = Path(out_dir)
+        self.device = resolve_device(config.device)
+        self.amp_dtype = _amp_dtype(config.amp, self.device)
+        torch.manual_seed(config.seed)  # initial weights
+        self.source = create_source(
+            config.source, real=config.real, synthetic=config.synthetic,
+            synthetic_ratio=config.synthetic_ratio, batch_size=config.batch_size,
+            seed=config.seed, device=str(self.device),
+        )
+        in_chans = int(self.source.image_shape[0])
+        encoder = create_encoder(config.encoder, in_chans=in_chans, img_size=config.image_size,
+                                 **config.encoder_config)
+        spatial = (config.image_size,) * encoder.spatial_dims
+        try:
+            encoder.check_input_size(spatial)
+        except ValueError as exc:
+            raise SSLBenchError(str(exc)) from None
+        self.method = create_method(config.method, encoder, **config.method_config).to(self.device)
+        self.recipes = self.method.view_recipes(config.image_size)
+        self.optimizer = build_optimizer(self.method, self.method.config, config.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(config.steps, self.method.config["warmup_fraction"])
+        )
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.train_time = 0.0
+
+    # -- state ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "history": self.history,
+            "train_time": self.train_time,
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["config"] != self.config.to_dict():
+            raise SSLBenchError(
+                f"{self.out / STATE}: saved run has a different config; use a new output folder"
+            )
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.step = int(state["step"])
+        self.history = list(state["history"])
+        self.train_time = float(state["train_time"])
+
+    def save_state(self) -> None:
+        with atomic_path(self.out / STATE) as tmp:
+            torch.save(self.state_dict(), tmp)
+
+    # -- loop -------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimizer step; returns the logged scalars."""
+        seed = _step_seed(self.config.seed, step)
+        torch.manual_seed(seed)  # dropout, masks and other global-RNG draws
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        images = self.source.batch(step)
+        views = make_views(images, self.recipes, gen)
+        self.method.train()
+        with self._autocast():
+            out = self.method.training_step(views, step, self.config.steps)
+        loss = out.loss.float()
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"loss became {loss.item()} at step {step}; the last good checkpoint is "
+                f"{self.out / STATE} (try a lower lr or amp=none)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.method.after_optimizer_step(step, self.config.steps)
+        logs = {"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"]}
+        logs["embedding_std"] = float(std_of_l2_normalized(out.embeddings.detach().float()))
+        logs.update({k: float(v) for k, v in out.logs.items()})
+        return logs
+
+    def run(self, progress: bool = True) -> Iterator[dict[str, Any]]:
+        """Train from the current step to the end, yielding logged records."""
+        cfg = self.config
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step",
+                   desc=f"pretrain {cfg.method}/{cfg.encoder}/{cfg.source}", dynamic_ncols=True)
+        try:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                logs = self.train_step(self.step)
+                dt = time.perf_counter() - t0
+                self.train_time += dt
+                self.step += 1
+                ips = cfg.batch_size / dt
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{ips:.0f}",
+                                std=f"{logs['embedding_std']:.3f}")
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    record = {"step": self.step, "images_per_s": ips, **logs}
+                    self.history.append(record)
+                    yield record
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save_state()
+        finally:
+            bar.close()
+
+    def finish(self) -> PretrainResult:
+        """Save the encoder checkpoint and the run summary."""
+        cfg = self.config
+        last = self.history[-1] if self.history else {}
+        images_seen = cfg.steps * cfg.batch_size
+        summary = {
+            "method": cfg.method,
+            "method_config": self.method.config,
+            "encoder": cfg.encoder,
+            "source": self.source.describe(),
+            "synthetic_ratio": cfg.synthetic_ratio if cfg.source == "mixed" else
+            (1.0 if cfg.source == "synthetic" else 0.0),
+            "steps": cfg.steps,
+            "batch_size": cfg.batch_size,
+            "images_seen": images_seen,
+            "data_usage": self.source.stats(),
+            "seed": cfg.seed,
+            "image_size": cfg.image_size,
+            "final_loss": last.get("loss"),
+            "final_embedding_std": last.get("embedding_std"),
+            "train_time_s": round(self.train_time, 3),
+            "images_per_s": images_seen / self.train_time if self.train_time else None,
+            "device": str(self.device),
+            "amp": str(self.amp_dtype) if self.amp_dtype else "none",
+            "config": cfg.to_dict(),
+            "provenance": provenance(),
+        }
+        ckpt = save_encoder(self.out / ENCODER_DIR, self.method.encoder, summary)
+        atomic_write_json(self.out / SUMMARY, summary)
+        return PretrainResult(self.out, ckpt, summary)
+
+
+def pretrain(config: PretrainConfig, out_dir: str | Path, *, resume: bool = False,
+             overwrite: bool = False, progress: bool = True) -> PretrainResult:
+    """Run (or resume) a pretraining run into ``out_dir``.
+
+    Args:
+        config: The run's configuration.
+        out_dir: Output folder (``config.json``, ``state.pt``, ``metrics.jsonl``,
+            ``pretrain.json`` and the ``encoder/`` checkpoint).
+        resume: Continue from ``state.pt`` if present.
+        overwrite: Start again even if the folder holds a run.
+        progress: Show a progress bar.
+    """
+    out = Path(out_dir)
+    state_path = out / STATE
+    if out.exists() and not (resume or overwrite):
+        if (out / ENCODER_DIR).exists() or state_path.exists():
+            raise SSLBenchError(
+                f"{out}: holds a pretraining run already; pass --resume to continue it or "
+                "--overwrite to start again"
+            )
+    trainer = Trainer(config, out)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and state_path.exists() and not overwrite:
+        try:
+            state = torch.load(state_path, map_location=trainer.device, weights_only=False)
+        except Exception as exc:
+            raise SSLBenchError(f"{state_path}: unreadable training state ({exc})") from None
+        trainer.load_state_dict(state)
+    atomic_write_json(out / CONFIG, config.to_dict())
+    lines = [json.dumps(r) for r in trainer.history]
+    for record in trainer.run(progress=progress):
+        lines.append(json.dumps(record))
+    atomic_write_text(out / METRICS, "\n".join(lines) + "\n")
+    if config.checkpoint_every:
+        trainer.save_state()
+    return trainer.finish()

@@ -1,0 +1,1 @@
+"""Downstream task adapters (classification, segmentation) and versioned task specs."""
