@@ -69,7 +69,11 @@ def _cmd_data_phantom(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     out = generate_phantom(
-        args.output, n=args.n, size=args.size, dims=args.dims, seed=args.seed,
+        args.output,
+        n=args.n,
+        size=args.size,
+        dims=args.dims,
+        seed=args.seed,
         overwrite=args.overwrite,
     )
     print(f"wrote {out} in {time.perf_counter() - start:.1f}s")
@@ -133,26 +137,46 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
             raise unknown_name_error(f"key in {path}", unknown[0], sorted(fields))
         values.update(loaded)
     cli = {
-        "method": args.method, "encoder": args.encoder, "source": args.source,
-        "real": args.data, "synthetic": args.synthetic, "synthetic_ratio": args.ratio,
-        "steps": args.steps, "batch_size": args.batch_size, "image_size": args.size,
-        "seed": args.seed, "checkpoint_every": args.checkpoint_every,
-        "log_every": args.log_every, "device": args.device, "amp": args.amp,
+        "method": args.method,
+        "encoder": args.encoder,
+        "source": args.source,
+        "real": args.data,
+        "synthetic": args.synthetic,
+        "synthetic_ratio": args.ratio,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "image_size": args.size,
+        "seed": args.seed,
+        "checkpoint_every": args.checkpoint_every,
+        "log_every": args.log_every,
+        "device": args.device,
+        "amp": args.amp,
     }
     values.update({k: v for k, v in cli.items() if v is not None})
     if args.set:
-        values["method_config"] = {**values.get("method_config", {}),
-                                   **parse_assignments(args.set, "--set")}
+        values["method_config"] = {
+            **values.get("method_config", {}),
+            **parse_assignments(args.set, "--set"),
+        }
     if args.encoder_set:
-        values["encoder_config"] = {**values.get("encoder_config", {}),
-                                    **parse_assignments(args.encoder_set, "--encoder-set")}
+        values["encoder_config"] = {
+            **values.get("encoder_config", {}),
+            **parse_assignments(args.encoder_set, "--encoder-set"),
+        }
     config = PretrainConfig(**values)
-    result = pretrain(config, args.output, resume=args.resume, overwrite=args.overwrite,
-                      progress=not args.no_progress)
+    result = pretrain(
+        config,
+        args.output,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     s = result.summary
     print(f"encoder checkpoint: {result.checkpoint}")
-    print(f"final loss {s['final_loss']:.4f}, embedding std {s['final_embedding_std']:.4f}, "
-          f"{s['images_per_s']:.1f} images/s, {s['images_seen']} images seen")
+    print(
+        f"final loss {s['final_loss']:.4f}, embedding std {s['final_embedding_std']:.4f}, "
+        f"{s['images_per_s']:.1f} images/s, {s['images_seen']} images seen"
+    )
     return 0
 
 
@@ -190,8 +214,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------
-_COMMON_DESTS = {"command", "subcommand", "handler", "kind", "src", "output", "overwrite",
-                 "quiet"}
+_COMMON_DESTS = {"command", "subcommand", "handler", "kind", "src", "output", "overwrite", "quiet"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,8 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in CONVERTERS.names():
         cls = CONVERTERS.get(name)
-        p = conv_kinds.add_parser(name, aliases=CONVERTERS.aliases_of(name),
-                                  help=cls.description, description=cls.description)
+        p = conv_kinds.add_parser(
+            name,
+            aliases=CONVERTERS.aliases_of(name),
+            help=cls.description,
+            description=cls.description,
+        )
         p.add_argument("src", help="source folder or file")
         p.add_argument("-o", "--output", required=True, help="output .h5 file")
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")

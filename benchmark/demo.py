@@ -45,8 +45,10 @@ def run_demo(out: Path, overwrite: bool = False, quick: bool = False) -> int:
         print(format_summary(summary))
     record = {
         "stage": "data",
-        "datasets": {k: {"path": str(p), "content_hash": summaries[k]["attributes"]["content_hash"]}
-                     for k, p in files.items()},
+        "datasets": {
+            k: {"path": str(p), "content_hash": summaries[k]["attributes"]["content_hash"]}
+            for k, p in files.items()
+        },
         "wall_time_s": round(time.perf_counter() - start, 2),
         "provenance": provenance(),
     }

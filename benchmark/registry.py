@@ -91,7 +91,7 @@ class Registry(Generic[T]):
         """The registered object for ``name``; raises :class:`UnknownNameError`."""
         return self._items[self.resolve(name)]
 
-    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    def create(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Instantiate (or call) the component registered as ``name``."""
         factory = self.get(name)
         if not callable(factory):

@@ -45,8 +45,7 @@ class PngDataset(Dataset[dict[str, Any]]):
         return len(self.files)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        img = Image.open(self.files[i]).convert("L").resize((self.size, self.size),
-                                                            Image.BILINEAR)
+        img = Image.open(self.files[i]).convert("L").resize((self.size, self.size), Image.BILINEAR)
         mask = Image.open(str(self.files[i])[:-4] + "_mask.png").convert("L")
         mask = mask.resize((self.size, self.size), Image.BILINEAR)
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
@@ -66,19 +65,30 @@ class NiftiDataset(Dataset[dict[str, Any]]):
     def __getitem__(self, i: int) -> dict[str, Any]:
         img = np.asarray(nib.load(self.files[i]).dataobj, dtype=np.float32)
         lab = np.asarray(nib.load(self.root / "labelsTr" / self.files[i].name).dataobj)
-        return {"image": torch.from_numpy(img)[None], "mask": torch.from_numpy(lab.astype(np.int64))}
+        return {
+            "image": torch.from_numpy(img)[None],
+            "mask": torch.from_numpy(lab.astype(np.int64)),
+        }
 
 
 def _collate_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return batch  # NIfTI volumes differ in size: no stacking
 
 
-def throughput(ds: Dataset[Any], workers: int, batch: int = 64, max_samples: int = 780,
-               collate: Any = None) -> float:
+def throughput(
+    ds: Dataset[Any], workers: int, batch: int = 64, max_samples: int = 780, collate: Any = None
+) -> float:
     """Samples/s of a shuffled pass (random access) over up to ``max_samples`` samples."""
     gen = torch.Generator().manual_seed(0)
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, generator=gen,
-                        collate_fn=collate, persistent_workers=False)
+    loader = DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        generator=gen,
+        collate_fn=collate,
+        persistent_workers=False,
+    )
     n = 0
     start = time.perf_counter()
     for b in loader:
@@ -107,7 +117,9 @@ def resnet_step_rate(size: int, batch: int = 64, steps: int = 3) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared/data"))
+    parser.add_argument(
+        "--shared", default=str(Path(__file__).resolve().parents[2] / "shared/data")
+    )
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     shared = Path(args.shared)
@@ -129,18 +141,26 @@ def main() -> None:
         for size in (64, 128):
             for workers in (0, 2):
                 results[f"read_h5_busi{size}_w{workers}"] = throughput(
-                    H5Dataset(files[size]), workers)
+                    H5Dataset(files[size]), workers
+                )
                 results[f"read_png_busi{size}_w{workers}"] = throughput(
-                    PngDataset(shared / "busi_256", size), workers)
+                    PngDataset(shared / "busi_256", size), workers
+                )
             results[f"read_h5_inmemory_busi{size}"] = throughput(
-                H5Dataset(files[size], in_memory=True), 0)
+                H5Dataset(files[size], in_memory=True), 0
+            )
             results[f"resnet18_train_step_{size}px_img_s"] = resnet_step_rate(size)
         for workers in (0, 2):
-            results[f"read_h5_msd_w{workers}"] = throughput(H5Dataset(files["msd"]), workers,
-                                                            batch=16, max_samples=260)
+            results[f"read_h5_msd_w{workers}"] = throughput(
+                H5Dataset(files["msd"]), workers, batch=16, max_samples=260
+            )
             results[f"read_nifti_msd_w{workers}"] = throughput(
-                NiftiDataset(shared / "msd_hippocampus"), workers, batch=16, max_samples=260,
-                collate=_collate_list)
+                NiftiDataset(shared / "msd_hippocampus"),
+                workers,
+                batch=16,
+                max_samples=260,
+                collate=_collate_list,
+            )
     width = max(len(k) for k in results)
     for key, value in results.items():
         unit = "s" if key.endswith("_s") else ("img/s" if "img_s" in key else "samples/s")

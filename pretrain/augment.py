@@ -105,25 +105,42 @@ class ViewRecipe:
     def __post_init__(self) -> None:
         if int(self.size) != self.size or self.size < 1:
             raise AugmentError(f"ViewRecipe: size must be a positive int, got {self.size!r}")
-        for name in ("hflip_p", "vflip_p", "rotate_p", "intensity_p", "gamma_p", "blur_p",
-                     "noise_p"):
+        for name in (
+            "hflip_p",
+            "vflip_p",
+            "rotate_p",
+            "intensity_p",
+            "gamma_p",
+            "blur_p",
+            "noise_p",
+        ):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise AugmentError(f"ViewRecipe: {name} must be in [0, 1], got {p}")
-        for name, positive in (("scale", True), ("ratio", True), ("intensity_scale", False),
-                               ("intensity_shift", False), ("gamma", True),
-                               ("blur_sigma", True), ("noise_std", False)):
+        for name, positive in (
+            ("scale", True),
+            ("ratio", True),
+            ("intensity_scale", False),
+            ("intensity_shift", False),
+            ("gamma", True),
+            ("blur_sigma", True),
+            ("noise_std", False),
+        ):
             lo, hi = getattr(self, name)
             if not lo <= hi or (positive and lo <= 0) or (name == "noise_std" and lo < 0):
-                raise AugmentError(f"ViewRecipe: {name} must be a range (low <= high) of "
-                                   f"{'positive ' if positive else ''}numbers, got {(lo, hi)}")
+                raise AugmentError(
+                    f"ViewRecipe: {name} must be a range (low <= high) of "
+                    f"{'positive ' if positive else ''}numbers, got {(lo, hi)}"
+                )
         if self.scale[1] > 1.0:
             raise AugmentError(f"ViewRecipe: scale must lie in (0, 1], got {self.scale}")
         if self.rotate_deg < 0:
             raise AugmentError(f"ViewRecipe: rotate_deg must be >= 0, got {self.rotate_deg}")
         if self.padding_mode not in PADDING_MODES:
-            raise AugmentError(f"ViewRecipe: padding_mode must be one of {PADDING_MODES}, "
-                               f"got {self.padding_mode!r}")
+            raise AugmentError(
+                f"ViewRecipe: padding_mode must be one of {PADDING_MODES}, "
+                f"got {self.padding_mode!r}"
+            )
 
 
 def _uniform(u: Tensor, bounds: tuple[float, float]) -> Tensor:
@@ -188,8 +205,11 @@ def affine_grid(theta: Tensor, size: list[int]) -> Tensor:
     for j in range(nd):
         axis = nd - 1 - j  # x varies along W (last spatial axis), y along H, z along D
         n = spatial[axis]
-        coord = torch.arange(n, dtype=theta.dtype, device=theta.device).mul_(2.0 / n).add_(
-            1.0 / n - 1.0)
+        coord = (
+            torch.arange(n, dtype=theta.dtype, device=theta.device)
+            .mul_(2.0 / n)
+            .add_(1.0 / n - 1.0)
+        )
         shape = [1] * (nd + 2)
         shape[1 + axis] = n
         grid = grid + coord.view(shape) * th[:, j].reshape(bview)
@@ -253,8 +273,10 @@ def augment_batch(
         (B, C, size, size) or (B, C, size, size, size), same float dtype, in [0, 1].
     """
     if images.ndim not in (4, 5):
-        raise AugmentError(f"augment_batch: expected (B, C, H, W) or (B, C, D, H, W), "
-                           f"got shape {tuple(images.shape)}")
+        raise AugmentError(
+            f"augment_batch: expected (B, C, H, W) or (B, C, D, H, W), "
+            f"got shape {tuple(images.shape)}"
+        )
     if images.dtype == torch.uint8:
         images = images.float().div_(255.0)
     elif not images.is_floating_point():
@@ -263,15 +285,18 @@ def augment_batch(
     nd = len(spatial)
     device, dtype = images.device, images.dtype
     gdev = generator.device if generator is not None else device
-    u = torch.rand(b, _NUM_PARAMS, generator=generator, device=gdev, dtype=dtype).to(device)
+    # all scalar parameters in float32 (also for half-precision images), one draw
+    u = torch.rand(b, _NUM_PARAMS, generator=generator, device=gdev).to(device)
     out_shape = [b, c] + [int(recipe.size)] * nd
 
     # Spatial: crop + flips + rotation in one resampling straight to the output size.
-    theta = _affine_theta(u, recipe, tuple(spatial))
+    theta = _affine_theta(u, recipe, tuple(spatial)).to(dtype)
     grid = affine_grid(theta, out_shape)
-    x = F.grid_sample(images, grid, mode="bilinear", padding_mode=recipe.padding_mode,
-                      align_corners=False)
-    bshape = (b,) + (1,) * (nd + 1)
+    x = F.grid_sample(
+        images, grid, mode="bilinear", padding_mode=recipe.padding_mode, align_corners=False
+    )
+    bshape = (b,) + (1,) * (nd + 1)  # per-sample scalars broadcast over (C, *spatial)
+    sshape = (-1, *bshape[1:])  # the same for a subset of samples
 
     # Intensity: linear scale/shift (identity for samples not selected).
     if recipe.intensity_p > 0:
@@ -285,7 +310,7 @@ def augment_batch(
     # x**g as exp(g*log(x)) (0 stays 0), much faster than pow with a per-sample exponent.
     idx = _selected(u[:, _GAMMA_P], recipe.gamma_p)
     if idx is not None:
-        g = _log_uniform(u[idx, _GAMMA], recipe.gamma).view((-1,) + bshape[1:])
+        g = _log_uniform(u[idx, _GAMMA], recipe.gamma).view(sshape)
         x.index_copy_(0, idx, x.index_select(0, idx).log_().mul_(g).exp_())
 
     # Gaussian blur with a per-sample sigma (separable, grouped conv per axis).
@@ -299,9 +324,10 @@ def augment_batch(
     # Additive Gaussian noise.
     idx = _selected(u[:, _NOISE_P], recipe.noise_p)
     if idx is not None:
-        std = _uniform(u[idx, _NOISE], recipe.noise_std).view((-1,) + bshape[1:])
-        noise = torch.randn([idx.numel(), *out_shape[1:]], generator=generator, device=gdev,
-                            dtype=dtype).to(device)
+        std = _uniform(u[idx, _NOISE], recipe.noise_std).view(sshape)
+        noise = torch.randn(
+            [idx.numel(), *out_shape[1:]], generator=generator, device=gdev, dtype=dtype
+        ).to(device)
         # (index_add_ is a slow scatter on CPU; gather, add and copy back instead)
         x.index_copy_(0, idx, x.index_select(0, idx).add_(noise.mul_(std)))
     return x.clamp_(0.0, 1.0)

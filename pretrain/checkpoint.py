@@ -79,8 +79,9 @@ def checkpoint_hash(path: str | Path) -> str:
     return str(read_checkpoint_meta(path)["weights_sha256"])
 
 
-def load_encoder(path: str | Path, map_location: str | torch.device = "cpu",
-                 verify: bool = True) -> Encoder:
+def load_encoder(
+    path: str | Path, map_location: str | torch.device = "cpu", verify: bool = True
+) -> Encoder:
     """Rebuild the encoder of a checkpoint with its weights.
 
     Args:

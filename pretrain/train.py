@@ -133,8 +133,9 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def build_optimizer(method: torch.nn.Module, config: dict[str, Any],
-                    batch_size: int) -> torch.optim.Optimizer:
+def build_optimizer(
+    method: torch.nn.Module, config: dict[str, Any], batch_size: int
+) -> torch.optim.Optimizer:
     """The method's optimizer with the linear learning-rate scaling rule (lr x B / 256)."""
     groups = method.parameter_groups()  # type: ignore[operator]
     lr = config["lr"] * batch_size / 256
@@ -176,13 +177,18 @@ class Trainer:
         self.amp_dtype = _amp_dtype(config.amp, self.device)
         torch.manual_seed(config.seed)  # initial weights
         self.source = create_source(
-            config.source, real=config.real, synthetic=config.synthetic,
-            synthetic_ratio=config.synthetic_ratio, batch_size=config.batch_size,
-            seed=config.seed, device=str(self.device),
+            config.source,
+            real=config.real,
+            synthetic=config.synthetic,
+            synthetic_ratio=config.synthetic_ratio,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            device=str(self.device),
         )
         in_chans = int(self.source.image_shape[0])
-        encoder = create_encoder(config.encoder, in_chans=in_chans, img_size=config.image_size,
-                                 **config.encoder_config)
+        encoder = create_encoder(
+            config.encoder, in_chans=in_chans, img_size=config.image_size, **config.encoder_config
+        )
         spatial = (config.image_size,) * encoder.spatial_dims
         try:
             encoder.check_input_size(spatial)
@@ -266,8 +272,14 @@ class Trainer:
     def run(self, progress: bool = True) -> Iterator[dict[str, Any]]:
         """Train from the current step to the end, yielding logged records."""
         cfg = self.config
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step",
-                   desc=f"pretrain {cfg.method}/{cfg.encoder}/{cfg.source}", dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            disable=not progress,
+            unit="step",
+            desc=f"pretrain {cfg.method}/{cfg.encoder}/{cfg.source}",
+            dynamic_ncols=True,
+        )
         try:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
@@ -277,8 +289,11 @@ class Trainer:
                 self.step += 1
                 ips = cfg.batch_size / dt
                 bar.update(1)
-                bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{ips:.0f}",
-                                std=f"{logs['embedding_std']:.3f}")
+                bar.set_postfix(
+                    loss=f"{logs['loss']:.4f}",
+                    img_s=f"{ips:.0f}",
+                    std=f"{logs['embedding_std']:.3f}",
+                )
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     record = {"step": self.step, "images_per_s": ips, **logs}
                     self.history.append(record)
@@ -298,8 +313,9 @@ class Trainer:
             "method_config": self.method.config,
             "encoder": cfg.encoder,
             "source": self.source.describe(),
-            "synthetic_ratio": cfg.synthetic_ratio if cfg.source == "mixed" else
-            (1.0 if cfg.source == "synthetic" else 0.0),
+            "synthetic_ratio": cfg.synthetic_ratio
+            if cfg.source == "mixed"
+            else (1.0 if cfg.source == "synthetic" else 0.0),
             "steps": cfg.steps,
             "batch_size": cfg.batch_size,
             "images_seen": images_seen,
@@ -320,8 +336,14 @@ class Trainer:
         return PretrainResult(self.out, ckpt, summary)
 
 
-def pretrain(config: PretrainConfig, out_dir: str | Path, *, resume: bool = False,
-             overwrite: bool = False, progress: bool = True) -> PretrainResult:
+def pretrain(
+    config: PretrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PretrainResult:
     """Run (or resume) a pretraining run into ``out_dir``.
 
     Args:

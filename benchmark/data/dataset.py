@@ -82,8 +82,11 @@ class H5Dataset(Dataset[dict[str, Any]]):
         self.labels = all_labels[selected] if all_labels is not None else None
         self.patient_ids = self.all_patient_ids[selected]
         self.split = self.file_split[selected]
-        self.keys = tuple(k for k in keys if (k == "label" and self.has_labels)
-                          or (k == "mask" and self.has_masks))
+        self.keys = tuple(
+            k
+            for k in keys
+            if (k == "label" and self.has_labels) or (k == "mask" and self.has_masks)
+        )
         self._h5: h5py.File | None = None
         self._pid: int | None = None
         self._images: np.ndarray | None = None
@@ -178,5 +181,7 @@ class H5Dataset(Dataset[dict[str, Any]]):
         return item
 
     def __repr__(self) -> str:
-        return (f"H5Dataset({str(self.path)!r}, n={len(self)}, image_shape={self.image_shape}, "
-                f"keys={self.keys}, in_memory={self.in_memory})")
+        return (
+            f"H5Dataset({str(self.path)!r}, n={len(self)}, image_shape={self.image_shape}, "
+            f"keys={self.keys}, in_memory={self.in_memory})"
+        )

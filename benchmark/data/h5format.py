@@ -137,21 +137,35 @@ class H5Writer:
         self.has_masks = has_masks
         self.label_shape = label_shape
         self._tmp = partial_path(self.path)
-        self._f = h5py.File(self._tmp, "w")
-        chunk = (1, *self.image_shape)
-        self._f.create_dataset(
-            "images", shape=(n, *self.image_shape), dtype=self.dtype, chunks=chunk,
-            compression=compression, shuffle=compression == "gzip",
-        )
-        if has_masks:
-            spatial = self.image_shape[1:]
+        try:
+            self._f = h5py.File(self._tmp, "w")
+            chunk = (1, *self.image_shape)
             self._f.create_dataset(
-                "masks", shape=(n, *spatial), dtype=np.uint8, chunks=(1, *spatial),
+                "images",
+                shape=(n, *self.image_shape),
+                dtype=self.dtype,
+                chunks=chunk,
                 compression=compression,
+                shuffle=compression == "gzip",
             )
-        if label_shape is not None:
-            ldtype = np.int64 if label_shape == () else np.uint8
-            self._f.create_dataset("labels", shape=(n, *label_shape), dtype=ldtype)
+            if has_masks:
+                spatial = self.image_shape[1:]
+                self._f.create_dataset(
+                    "masks",
+                    shape=(n, *spatial),
+                    dtype=np.uint8,
+                    chunks=(1, *spatial),
+                    compression=compression,
+                )
+            if label_shape is not None:
+                ldtype = np.int64 if label_shape == () else np.uint8
+                self._f.create_dataset("labels", shape=(n, *label_shape), dtype=ldtype)
+            self._images = self._f["images"]
+            self._masks: Any = self._f["masks"] if has_masks else None
+            self._labels: Any = self._f["labels"] if label_shape is not None else None
+        except BaseException:
+            self.abort()
+            raise
         self._pids: list[str] = [""] * n
         self._sources: list[str] = [""] * n
         self._split: np.ndarray = np.array([""] * n, dtype=object)
@@ -181,7 +195,7 @@ class H5Writer:
                 raise DataError(f"{where}: float image values must lie in [0, 1]")
         elif image.dtype != np.uint8:
             raise DataError(f"{where}: image dtype {image.dtype} != uint8")
-        self._f["images"][i] = image
+        self._images[i] = image
         mask_arr = None
         if self.has_masks:
             if mask is None:
@@ -193,13 +207,13 @@ class H5Writer:
                     f"{self.image_shape[1:]}"
                 )
             mask_arr = mask_arr.astype(np.uint8)
-            self._f["masks"][i] = mask_arr
+            self._masks[i] = mask_arr
         label_arr = None
         if self.label_shape is not None:
             if label is None:
                 raise DataError(f"{where}: no label given but this dataset requires labels")
             label_arr = np.asarray(label).reshape(self.label_shape)
-            self._f["labels"][i] = label_arr
+            self._labels[i] = label_arr
         if split and split not in SPLITS:
             raise DataError(f"{where}: split {split!r} is not one of {SPLITS}")
         self._pids[i] = str(patient_id)
@@ -253,8 +267,9 @@ class H5Writer:
 
     def abort(self) -> None:
         """Close and delete the temporary file, leaving any existing output intact."""
-        with contextlib.suppress(Exception):
-            self._f.close()
+        if hasattr(self, "_f"):
+            with contextlib.suppress(Exception):
+                self._f.close()
         with contextlib.suppress(FileNotFoundError):
             self._tmp.unlink()
 
@@ -325,8 +340,9 @@ def read_split(f: h5py.File) -> np.ndarray:
 
 def read_strings(f: h5py.File, key: str) -> np.ndarray:
     """A string dataset decoded to a numpy array of str."""
-    return np.array([s.decode("utf-8") if isinstance(s, bytes) else s for s in f[key][()]],
-                    dtype=object)
+    return np.array(
+        [s.decode("utf-8") if isinstance(s, bytes) else s for s in f[key][()]], dtype=object
+    )
 
 
 def compute_content_hash(path: str | Path) -> str:
@@ -346,6 +362,7 @@ def compute_content_hash(path: str | Path) -> str:
             )
             for i in range(n)
         ]
-        header = _header(tuple(f["images"].shape[1:]), f["images"].dtype, masks is not None,
-                         label_shape)
+        header = _header(
+            tuple(f["images"].shape[1:]), f["images"].dtype, masks is not None, label_shape
+        )
         return _combine_digests(header, digests, read_split(f))

@@ -25,19 +25,29 @@ def summarize(path: str | Path, max_mask_samples: int = 100_000) -> dict[str, An
         out: dict[str, Any] = {
             "path": str(path),
             "n": int(images.shape[0]),
-            "images": {"shape": list(images.shape), "dtype": str(images.dtype),
-                       "chunks": list(images.chunks or []), "compression": images.compression},
+            "images": {
+                "shape": list(images.shape),
+                "dtype": str(images.dtype),
+                "chunks": list(images.chunks or []),
+                "compression": images.compression,
+            },
             "splits": {},
         }
         labels = f["labels"][()] if "labels" in f else None
         class_names = attrs.get("class_names")
         if labels is not None:
-            out["labels"] = {"shape": list(f["labels"].shape), "dtype": str(f["labels"].dtype),
-                             "class_names": class_names}
+            out["labels"] = {
+                "shape": list(f["labels"].shape),
+                "dtype": str(f["labels"].dtype),
+                "class_names": class_names,
+            }
         has_masks = "masks" in f
         if has_masks:
-            out["masks"] = {"shape": list(f["masks"].shape), "dtype": str(f["masks"].dtype),
-                            "mask_class_names": attrs.get("mask_class_names")}
+            out["masks"] = {
+                "shape": list(f["masks"].shape),
+                "dtype": str(f["masks"].dtype),
+                "mask_class_names": attrs.get("mask_class_names"),
+            }
         for s in SPLITS:
             idx = np.flatnonzero(split == s)
             entry: dict[str, Any] = {"n": int(idx.size), "patients": int(np.unique(pids[idx]).size)}
@@ -57,8 +67,10 @@ def _class_counts(labels: np.ndarray, class_names: list[str] | None) -> dict[str
         return dict(zip(keys, counts, strict=False))
     values, counts = np.unique(labels, return_counts=True)
     names = class_names or []
-    return {(names[v] if 0 <= v < len(names) else str(v)): int(c)
-            for v, c in zip(values.tolist(), counts.tolist(), strict=True)}
+    return {
+        (names[v] if 0 <= v < len(names) else str(v)): int(c)
+        for v, c in zip(values.tolist(), counts.tolist(), strict=True)
+    }
 
 
 def _mask_coverage(masks: Any, idx: np.ndarray) -> dict[str, Any]:
@@ -91,11 +103,15 @@ def format_summary(s: dict[str, Any]) -> str:
         f"chunks={tuple(s['images']['chunks'])} compression={s['images']['compression']}",
     ]
     if "labels" in s:
-        lines.append(f"  labels      {tuple(s['labels']['shape'])} {s['labels']['dtype']} "
-                     f"classes={s['labels']['class_names']}")
+        lines.append(
+            f"  labels      {tuple(s['labels']['shape'])} {s['labels']['dtype']} "
+            f"classes={s['labels']['class_names']}"
+        )
     if "masks" in s:
-        lines.append(f"  masks       {tuple(s['masks']['shape'])} {s['masks']['dtype']} "
-                     f"classes={s['masks']['mask_class_names']}")
+        lines.append(
+            f"  masks       {tuple(s['masks']['shape'])} {s['masks']['dtype']} "
+            f"classes={s['masks']['mask_class_names']}"
+        )
     lines.append(f"  spacing     {a.get('spacing')}")
     lines.append("  splits")
     for name, e in s["splits"].items():
@@ -105,8 +121,10 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(row)
         if "mask_coverage" in e:
             mc = e["mask_coverage"]
-            lines.append(f"          masks non-empty {mc['nonempty_fraction']:.1%}, "
-                         f"mean foreground {mc['mean_foreground_fraction']:.2%}")
+            lines.append(
+                f"          masks non-empty {mc['nonempty_fraction']:.1%}, "
+                f"mean foreground {mc['mean_foreground_fraction']:.2%}"
+            )
     prov = a.get("provenance") or {}
     lines += [
         "  provenance",

@@ -10,16 +10,18 @@ multiplied by spatially correlated Rayleigh speckle and log-compressed to
 uint8. The class is a property of the lesion *shape*:
 
 * ``0 "none"``: no lesion, empty mask;
-* ``1 "smooth"``: hypoechoic ellipse(oid) with a smooth outline, a third of
-  them slightly lobulated;
+* ``1 "smooth"``: hypoechoic ellipse(oid) with a smooth outline, 40 % of them
+  slightly lobulated;
 * ``2 "irregular"``: hypoechoic blob whose radius is modulated by random low-
   and high-frequency waves on the circle (sphere) and, for 60 %, star-like
-  spikes.
+  spikes, all scaled by an irregularity strength of 0.3-1 (so the mildest
+  ones are hard to tell from lobulated smooth lesions at 64 px).
 
-Lesion contrast (0.15-0.7 of the surrounding echogenicity) overlaps with the
-background ellipses (0.45-1.6), sizes vary about 2.5x and posterior
+Lesion contrast (-20 to -4 dB of the surrounding echogenicity) overlaps with
+the background ellipses (-12 to +6 dB), sizes vary about 2.5x and posterior
 enhancement/shadowing is drawn independently of the class, so neither image
-brightness nor "is there a dark blob" alone solves the task.
+brightness nor "is there a dark blob" alone solves the task. Speckle grain
+scales with ``size`` (about one pixel at 64 px).
 
 Patients: ``images_per_patient`` consecutive images share one patient id, one
 class and one scene (anatomy and lesion), seen with a different shift, lesion
@@ -119,10 +121,20 @@ def _draw_lesion(rng: np.random.Generator, cls: int, dims: int) -> _Lesion:
         n_spikes = int(rng.integers(6, 15)) if rng.random() < 0.6 else 0
         irregularity = float(rng.uniform(0.3, 1.0))
     waves = (_unit(rng, k, dims), freqs, amps * irregularity, rng.uniform(0, 2 * np.pi, k))
-    spikes = (_unit(rng, n_spikes, dims), rng.uniform(0.2, 0.6, n_spikes) * irregularity,
-              rng.uniform(0.05, 0.12, n_spikes))
-    return _Lesion(centre, axes, _rotation(rng, dims), float(10 ** (rng.uniform(-20, -4) / 20)),
-                   float(rng.uniform(-0.4, 0.4)), waves, spikes)
+    spikes = (
+        _unit(rng, n_spikes, dims),
+        rng.uniform(0.2, 0.6, n_spikes) * irregularity,
+        rng.uniform(0.05, 0.12, n_spikes),
+    )
+    return _Lesion(
+        centre,
+        axes,
+        _rotation(rng, dims),
+        float(10 ** (rng.uniform(-20, -4) / 20)),
+        float(rng.uniform(-0.4, 0.4)),
+        waves,
+        spikes,
+    )
 
 
 def _draw_scene(rng: np.random.Generator, cls: int, dims: int) -> _Scene:
@@ -130,20 +142,36 @@ def _draw_scene(rng: np.random.Generator, cls: int, dims: int) -> _Scene:
     da = _depth_axis(dims)
     n_layers = int(rng.integers(3, 6))
     base = np.sort(rng.uniform(0.06, 0.95, n_layers - 1))
-    wave = np.stack([rng.uniform(0.005, 0.05, (n_layers - 1, dims - 1, 2)),
-                     rng.uniform(0.5, 3.5, (n_layers - 1, dims - 1, 2)),
-                     rng.uniform(0, 2 * np.pi, (n_layers - 1, dims - 1, 2))], axis=-1)
+    wave = np.stack(
+        [
+            rng.uniform(0.005, 0.05, (n_layers - 1, dims - 1, 2)),
+            rng.uniform(0.5, 3.5, (n_layers - 1, dims - 1, 2)),
+            rng.uniform(0, 2 * np.pi, (n_layers - 1, dims - 1, 2)),
+        ],
+        axis=-1,
+    )
     blobs = []
     for _ in range(int(rng.integers(1, 5))):
         axes = rng.uniform(0.06, 0.2, dims)
         axes[da] = rng.uniform(0.025, 0.08)
-        blobs.append((rng.uniform(0.0, 1.0, dims), axes, _rotation(rng, dims, 0.25),
-                      float(10 ** (rng.uniform(-12, 6) / 20))))
+        blobs.append(
+            (
+                rng.uniform(0.0, 1.0, dims),
+                axes,
+                _rotation(rng, dims, 0.25),
+                float(10 ** (rng.uniform(-12, 6) / 20)),
+            )
+        )
     return _Scene(
-        dims=dims, gain=float(rng.uniform(0.75, 1.25)), atten=float(rng.uniform(0.3, 1.6)),
-        layer_base=base, layer_wave=wave, layer_level=10 ** (rng.uniform(-18, 0, n_layers) / 20),
+        dims=dims,
+        gain=float(rng.uniform(0.75, 1.25)),
+        atten=float(rng.uniform(0.3, 1.6)),
+        layer_base=base,
+        layer_wave=wave,
+        layer_level=10 ** (rng.uniform(-18, 0, n_layers) / 20),
         layer_line=rng.uniform(0.0, 0.8, n_layers - 1) * (rng.random(n_layers - 1) < 0.6),
-        blobs=tuple(blobs), lesion=_draw_lesion(rng, cls, dims) if cls > 0 else None,
+        blobs=tuple(blobs),
+        lesion=_draw_lesion(rng, cls, dims) if cls > 0 else None,
         shift=np.zeros(dims),
     )
 
@@ -152,11 +180,18 @@ def _view(scene: _Scene, rng: np.random.Generator) -> _Scene:
     """Another acquisition of the same patient: shift, lesion pose, gain."""
     lesion = scene.lesion
     if lesion is not None:
-        lesion = replace(lesion, rot=_rotation(rng, scene.dims, 0.15) @ lesion.rot,
-                         axes=lesion.axes * rng.uniform(0.92, 1.08))
-    return replace(scene, gain=scene.gain * float(rng.uniform(0.9, 1.1)),
-                   atten=scene.atten * float(rng.uniform(0.9, 1.1)),
-                   shift=rng.uniform(-0.04, 0.04, scene.dims), lesion=lesion)
+        lesion = replace(
+            lesion,
+            rot=_rotation(rng, scene.dims, 0.15) @ lesion.rot,
+            axes=lesion.axes * rng.uniform(0.92, 1.08),
+        )
+    return replace(
+        scene,
+        gain=scene.gain * float(rng.uniform(0.9, 1.1)),
+        atten=scene.atten * float(rng.uniform(0.9, 1.1)),
+        shift=rng.uniform(-0.04, 0.04, scene.dims),
+        lesion=lesion,
+    )
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -167,8 +202,9 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float32)
 
 
-def _ellipsoid(grid: list[np.ndarray], centre: np.ndarray, axes: np.ndarray,
-               rot: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+def _ellipsoid(
+    grid: list[np.ndarray], centre: np.ndarray, axes: np.ndarray, rot: np.ndarray
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Normalised ellipsoidal radius and lesion-frame coordinates of every pixel."""
     diff = [g - c for g, c in zip(grid, _f32(centre), strict=True)]
     r = _f32(rot)
@@ -192,21 +228,28 @@ def _modulation(les: _Lesion, local: list[np.ndarray]) -> np.ndarray:
     return np.maximum(mod, 0.35)
 
 
-def _render(scene: _Scene, rng: np.random.Generator,
-            shape: tuple[int, ...], size: int) -> tuple[np.ndarray, np.ndarray]:
+def _render(
+    scene: _Scene, rng: np.random.Generator, shape: tuple[int, ...], size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw speckle and render one view to (uint8 image (1, *shape), uint8 mask)."""
-    d, da, px = scene.dims, _depth_axis(scene.dims), 1.0 / size
-    grid = [((np.arange(n, dtype=np.float32) + 0.5) / size + float(s))
-            .reshape([-1 if k == a else 1 for k in range(d)])
-            for a, (n, s) in enumerate(zip(shape, scene.shift, strict=True))]
+    d, da = scene.dims, _depth_axis(scene.dims)
+    grid = [
+        ((np.arange(n, dtype=np.float32) + 0.5) / size + float(s)).reshape(
+            [-1 if k == a else 1 for k in range(d)]
+        )
+        for a, (n, s) in enumerate(zip(shape, scene.shift, strict=True))
+    ]
     depth, lateral = grid[da], [g for a, g in enumerate(grid) if a != da]
     # tissue layers with wavy boundaries and bright fascia lines
     level = scene.layer_level.tolist()
     echo = np.full(shape, level[0], dtype=np.float32)
     for k, b0 in enumerate(scene.layer_base.tolist()):
         w = scene.layer_wave[k].tolist()
-        bound = b0 + sum(w[j][h][0] * np.sin(2 * np.pi * w[j][h][1] * lateral[j] + w[j][h][2])
-                         for j in range(d - 1) for h in range(2))
+        bound = b0 + sum(
+            w[j][h][0] * np.sin(2 * np.pi * w[j][h][1] * lateral[j] + w[j][h][2])
+            for j in range(d - 1)
+            for h in range(2)
+        )
         rel = (depth - bound) * size
         echo += (level[k + 1] - level[k]) * _sigmoid(rel / 1.5)
         if scene.layer_line[k] > 0:
@@ -227,8 +270,10 @@ def _render(scene: _Scene, rng: np.random.Generator,
         inside = (mod - rho) * scale  # ~ signed distance to the outline in pixels
         mask = (inside > 0).astype(np.uint8)
         if not mask.any():  # tiny lesion between pixel centres: keep the nearest pixel
-            idx = tuple(int(np.clip(np.argmin(np.abs(g.ravel() - c)), 0, n - 1))
-                        for g, c, n in zip(grid, les.centre, shape, strict=True))
+            idx = tuple(
+                int(np.clip(np.argmin(np.abs(g.ravel() - c)), 0, n - 1))
+                for g, c, n in zip(grid, les.centre, shape, strict=True)
+            )
             mask[idx] = 1
         echo *= 1.0 - (1.0 - les.contrast) * _sigmoid(inside / 0.8)
         centre = les.centre.tolist()
@@ -249,8 +294,9 @@ def _render(scene: _Scene, rng: np.random.Generator,
     return np.round(img).astype(np.uint8)[None], mask
 
 
-def phantom_sample(rng: np.random.Generator, cls: int, size: int = 64, dims: int = 2,
-                   depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def phantom_sample(
+    rng: np.random.Generator, cls: int, size: int = 64, dims: int = 2, depth: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One random phantom image of a given class.
 
     Args:
@@ -267,7 +313,7 @@ def phantom_sample(rng: np.random.Generator, cls: int, size: int = 64, dims: int
     shape = _check_shape(size, dims, depth)
     if cls not in (0, 1, 2):
         raise PhantomError(f"phantom class must be 0, 1 or 2, got {cls!r}")
-    return _render(_draw_scene(rng, cls, dims), rng, shape, size)
+    return _render(_draw_scene(rng, int(cls), dims), rng, shape, shape[-1])
 
 
 def _check_shape(size: int, dims: int, depth: int | None) -> tuple[int, ...]:
@@ -278,11 +324,11 @@ def _check_shape(size: int, dims: int, depth: int | None) -> tuple[int, ...]:
     if dims == 2:
         if depth is not None:
             raise PhantomError("depth applies to 3D phantoms only (dims=3)")
-        return (size, size)
+        return (int(size), int(size))
     d = size if depth is None else depth
     if int(d) != d or d < 8:
         raise PhantomError(f"phantom depth must be an integer >= 8, got {depth!r}")
-    return (int(d), size, size)
+    return (int(d), int(size), int(size))
 
 
 def _block_counts(balance: tuple[float, ...]) -> np.ndarray:
@@ -297,12 +343,17 @@ def _block_counts(balance: tuple[float, ...]) -> np.ndarray:
     return counts
 
 
-def patient_classes(n_patients: int, seed: int,
-                    class_balance: tuple[float, ...] = DEFAULT_CLASS_BALANCE) -> np.ndarray:
+def patient_classes(
+    n_patients: int, seed: int, class_balance: tuple[float, ...] = DEFAULT_CLASS_BALANCE
+) -> np.ndarray:
     """Class of each patient: shuffled blocks of 20 with the given balance."""
     pattern = np.repeat(np.arange(3), _block_counts(class_balance))
-    blocks = [np.random.default_rng(np.random.SeedSequence([seed, _KEY_CLASS], spawn_key=(b,)))
-              .permutation(pattern) for b in range(math.ceil(n_patients / _BLOCK))]
+    blocks = [
+        np.random.default_rng(
+            np.random.SeedSequence([seed, _KEY_CLASS], spawn_key=(b,))
+        ).permutation(pattern)
+        for b in range(math.ceil(n_patients / _BLOCK))
+    ]
     return np.concatenate(blocks)[:n_patients] if blocks else np.zeros(0, dtype=np.int64)
 
 
@@ -335,7 +386,7 @@ def generate_phantom(
         The output path.
 
     Raises:
-        PhantomError: Invalid arguments.
+        PhantomError: Invalid arguments (also a ValueError).
         OutputExistsError: ``out`` exists and ``overwrite`` is false.
         SplitError: Too few patients for a train/val/test split.
     """
@@ -345,7 +396,9 @@ def generate_phantom(
         raise PhantomError(f"phantom n must be a positive integer, got {n!r}")
     if int(images_per_patient) != images_per_patient or images_per_patient < 1:
         raise PhantomError(f"images_per_patient must be >= 1, got {images_per_patient!r}")
-    ipp, seed = int(images_per_patient), int(seed)
+    if int(seed) != seed or seed < 0:
+        raise PhantomError(f"phantom seed must be a non-negative integer, got {seed!r}")
+    ipp, seed, size = int(images_per_patient), int(seed), shape[-1]
     patient = np.arange(n) // ipp
     labels = patient_classes(int(patient[-1]) + 1, seed, class_balance)[patient]
     pids = np.array([f"phantom-{p:05d}" for p in patient], dtype=object)
@@ -361,22 +414,44 @@ def generate_phantom(
         citation="",
         converter="phantom",
         converter_version=GENERATOR_VERSION,
-        extra={"n": int(n), "size": int(size), "dims": dims, "depth": shape[0] if dims == 3
-               else None, "seed": seed, "images_per_patient": ipp,
-               "class_balance": [float(w) for w in class_balance],
-               "class_block": _BLOCK, "split": "make_split(labels, patient_ids, seed)"},
+        extra={
+            "n": int(n),
+            "size": int(size),
+            "dims": dims,
+            "depth": shape[0] if dims == 3 else None,
+            "seed": seed,
+            "images_per_patient": ipp,
+            "class_balance": [float(w) for w in class_balance],
+            "class_block": _BLOCK,
+            "split": "make_split(labels, patient_ids, seed)",
+        },
     )
-    with H5Writer(out, n=n, image_shape=(1, *shape), meta=meta, has_masks=True,
-                  label_shape=(), overwrite=overwrite) as writer:
+    with H5Writer(
+        out,
+        n=n,
+        image_shape=(1, *shape),
+        meta=meta,
+        has_masks=True,
+        label_shape=(),
+        overwrite=overwrite,
+    ) as writer:
         scene: _Scene | None = None
         for i in range(n):
             p, v = int(patient[i]), i % ipp
             if v == 0 or scene is None:
                 ss = np.random.SeedSequence([seed, _KEY_SCENE], spawn_key=(p,))
                 scene = _draw_scene(np.random.default_rng(ss), int(labels[i]), dims)
-            rng = np.random.default_rng(np.random.SeedSequence([seed, _KEY_SCENE],
-                                                               spawn_key=(p, v)))
+            rng = np.random.default_rng(
+                np.random.SeedSequence([seed, _KEY_SCENE], spawn_key=(p, v))
+            )
             image, mask = _render(_view(scene, rng), rng, shape, size)
-            writer.write(i, image, mask=mask, label=int(labels[i]), patient_id=pids[i],
-                         split=split[i], source_file=f"phantom:seed{seed}:patient{p}:view{v}")
+            writer.write(
+                i,
+                image,
+                mask=mask,
+                label=int(labels[i]),
+                patient_id=pids[i],
+                split=split[i],
+                source_file=f"phantom:seed{seed}:patient{p}:view{v}",
+            )
     return Path(out)

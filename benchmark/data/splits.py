@@ -20,6 +20,7 @@ class, so every class is represented by at least one patient.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,7 +29,9 @@ from sklearn.model_selection import StratifiedGroupKFold
 from benchmark.errors import SplitError
 
 
-def strata_for(labels: np.ndarray | None = None, masks_empty: np.ndarray | None = None) -> np.ndarray:
+def strata_for(
+    labels: np.ndarray | None = None, masks_empty: np.ndarray | None = None
+) -> np.ndarray:
     """Integer strata from class labels, multi-labels or mask emptiness.
 
     Args:
@@ -91,8 +94,13 @@ def subset(
     if strata.ndim != 1:
         strata = strata_for(strata)
     n = strata.size
-    if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
-        raise SplitError(f"fraction must lie in (0, 1], got {fraction!r}")
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
+        raise SplitError(f"fraction must be a number in (0, 1], got {fraction!r}")
+    fraction = float(fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise SplitError(f"fraction must lie in (0, 1], got {fraction}")
+    if int(seed) < 0:
+        raise SplitError(f"seed must be >= 0, got {seed}")
     if n == 0:
         raise SplitError("cannot take a subset of an empty pool")
     classes = np.unique(strata)
@@ -114,7 +122,7 @@ def subset(
     uniq, gstrat = _group_strata(strata, grp)
     ginv = np.unique(grp, return_inverse=True)[1]
     gsize = np.bincount(ginv, minlength=uniq.size)
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5e1f]))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5E1F]))
     order = rng.permutation(uniq.size)  # one order per seed -> nested prefixes
     chosen: list[int] = []
     for c in classes.tolist():
@@ -157,6 +165,8 @@ def make_split(
     y = np.asarray(strata)
     g = np.asarray(groups)
     n = y.size
+    if int(seed) < 0:
+        raise SplitError(f"seed must be >= 0, got {seed}")
     if not (0 < test_fraction < 1 and 0 < val_fraction < 1 and val_fraction + test_fraction < 1):
         raise SplitError(f"invalid split fractions val={val_fraction} test={test_fraction}")
     n_groups = np.unique(g).size

@@ -25,13 +25,14 @@ class TimmCNNEncoder(Encoder):
 
     timm_name: ClassVar[str] = ""
 
-    def __init__(self, in_chans: int = 1, img_size: int | tuple[int, ...] = 64,
-                 drop_path_rate: float = 0.0) -> None:
+    def __init__(
+        self, in_chans: int = 1, img_size: int | tuple[int, ...] = 64, drop_path_rate: float = 0.0
+    ) -> None:
         super().__init__(in_chans=in_chans, img_size=img_size)
         kwargs: dict[str, Any] = {}
         if drop_path_rate:
             kwargs["drop_path_rate"] = drop_path_rate
-        self.model = timm.create_model(
+        self.model: Any = timm.create_model(
             self.timm_name, pretrained=False, in_chans=in_chans, num_classes=0, **kwargs
         )
         self.encoder_args["drop_path_rate"] = drop_path_rate
@@ -55,13 +56,23 @@ class TimmViTEncoder(Encoder):
     is_vit: ClassVar[bool] = True
     default_patch_size: ClassVar[int] = 16
 
-    def __init__(self, in_chans: int = 1, img_size: int | tuple[int, ...] = 64,
-                 patch_size: int | None = None, drop_path_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_chans: int = 1,
+        img_size: int | tuple[int, ...] = 64,
+        patch_size: int | None = None,
+        drop_path_rate: float = 0.0,
+    ) -> None:
         super().__init__(in_chans=in_chans, img_size=img_size)
         patch = patch_size or self.default_patch_size
-        self.model = timm.create_model(
-            self.timm_name, pretrained=False, in_chans=in_chans, num_classes=0,
-            img_size=img_size, patch_size=patch, drop_path_rate=drop_path_rate,
+        self.model: Any = timm.create_model(
+            self.timm_name,
+            pretrained=False,
+            in_chans=in_chans,
+            num_classes=0,
+            img_size=img_size,
+            patch_size=patch,
+            drop_path_rate=drop_path_rate,
             dynamic_img_size=True,
         )
         self.encoder_args.update(patch_size=patch, drop_path_rate=drop_path_rate)
@@ -71,8 +82,9 @@ class TimmViTEncoder(Encoder):
         depth = len(self.model.blocks)
         self.pyramid_blocks = [round(depth * k / 4) - 1 for k in (1, 2, 3, 4)]
         self.pyramid_strides = [patch // 4, patch // 2, patch, patch * 2]
-        self.feature_info = [FeatureInfo(self.num_features, max(1, s))
-                             for s in self.pyramid_strides]
+        self.feature_info = [
+            FeatureInfo(self.num_features, max(1, s)) for s in self.pyramid_strides
+        ]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -94,16 +106,25 @@ class TimmViTEncoder(Encoder):
 
 
 def _register_cnn(name: str, timm_name: str) -> None:
-    cls = type(f"Timm_{name}", (TimmCNNEncoder,), {"name": name, "timm_name": timm_name,
-                                                    "__doc__": f"timm ``{timm_name}``."})
+    cls = type(
+        f"Timm_{name}",
+        (TimmCNNEncoder,),
+        {"name": name, "timm_name": timm_name, "__doc__": f"timm ``{timm_name}``."},
+    )
     ENCODERS.register(name)(cls)
 
 
 def _register_vit(name: str, timm_name: str, patch: int) -> None:
-    cls = type(f"Timm_{name}", (TimmViTEncoder,), {
-        "name": name, "timm_name": timm_name, "default_patch_size": patch,
-        "__doc__": f"timm ``{timm_name}`` (patch {patch}).",
-    })
+    cls = type(
+        f"Timm_{name}",
+        (TimmViTEncoder,),
+        {
+            "name": name,
+            "timm_name": timm_name,
+            "default_patch_size": patch,
+            "__doc__": f"timm ``{timm_name}`` (patch {patch}).",
+        },
+    )
     ENCODERS.register(name)(cls)
 
 

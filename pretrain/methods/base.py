@@ -142,7 +142,8 @@ class SSLMethod(nn.Module):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Parameter groups: no weight decay on biases and norm parameters."""
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for _, p in self.named_parameters():
             if not p.requires_grad:
                 continue

@@ -80,16 +80,22 @@ class DINO(SSLMethod):
     def __init__(self, encoder: Encoder, **config: Any) -> None:
         super().__init__(encoder, **config)
         cfg = self.config
-        self.student_head = DINOProjectionHead(
-            input_dim=encoder.num_features,
-            hidden_dim=cfg["head_hidden_dim"],
-            bottleneck_dim=cfg["head_bottleneck_dim"],
-            output_dim=cfg["head_out_dim"],
-            batch_norm=cfg["head_batch_norm"],
-            norm_last_layer=cfg["norm_last_layer"],
-        )
+
+        def make_head() -> DINOProjectionHead:
+            return DINOProjectionHead(
+                input_dim=encoder.num_features,
+                hidden_dim=cfg["head_hidden_dim"],
+                bottleneck_dim=cfg["head_bottleneck_dim"],
+                output_dim=cfg["head_out_dim"],
+                batch_norm=cfg["head_batch_norm"],
+                norm_last_layer=cfg["norm_last_layer"],
+            )
+
+        self.student_head = make_head()
+        # A weight-normalised layer cannot be deep-copied: build a twin and copy the state.
+        self.teacher_head = make_head()
+        self.teacher_head.load_state_dict(self.student_head.state_dict())
         self.teacher_encoder = copy.deepcopy(encoder)
-        self.teacher_head = copy.deepcopy(self.student_head)
         deactivate_requires_grad(self.teacher_encoder)
         deactivate_requires_grad(self.teacher_head)
         self.criterion = DINOLoss(

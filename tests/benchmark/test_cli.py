@@ -13,8 +13,13 @@ from benchmark.data import read_meta
 
 
 def sslbench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "benchmark.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmark.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
@@ -42,8 +47,15 @@ def test_phantom_info_and_json(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     info = sslbench("data", "info", str(out), "--verify")
     assert info.returncode == 0, info.stderr
-    for needle in ("train", "val", "test", "masks non-empty", "content hash verified",
-                   "phantom", "sha256:"):
+    for needle in (
+        "train",
+        "val",
+        "test",
+        "masks non-empty",
+        "content hash verified",
+        "phantom",
+        "sha256:",
+    ):
         assert needle in info.stdout
     js = json.loads(sslbench("data", "info", str(out), "--json").stdout)
     assert js["n"] == 48
@@ -58,8 +70,9 @@ def test_existing_output_refused_without_overwrite(tmp_path: Path) -> None:
     err = one_line_error(sslbench("data", "phantom", "-o", str(out), "-n", "24", "--size", "32"))
     assert str(out) in err and "--overwrite" in err
     assert out.read_bytes() == before
-    proc = sslbench("data", "phantom", "-o", str(out), "-n", "24", "--size", "32", "--seed", "1",
-                    "--overwrite")
+    proc = sslbench(
+        "data", "phantom", "-o", str(out), "-n", "24", "--size", "32", "--seed", "1", "--overwrite"
+    )
     assert proc.returncode == 0 and out.read_bytes() != before
 
 
@@ -87,8 +100,9 @@ def test_bad_input_gives_one_line_error(tmp_path: Path, args: list[str], needle:
 
 def test_convert_real_breastmnist_via_cli(tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "breastmnist.h5"
-    proc = sslbench("data", "convert", "medmnist", str(shared_data / "medmnist/breastmnist.npz"),
-                    "-o", str(out))
+    proc = sslbench(
+        "data", "convert", "medmnist", str(shared_data / "medmnist/breastmnist.npz"), "-o", str(out)
+    )
     assert proc.returncode == 0, proc.stderr
     assert "train n=546" in proc.stdout and "val   n=78" in proc.stdout
     assert "test  n=156" in proc.stdout

@@ -22,8 +22,13 @@ from pretrain.train import PretrainConfig, Trainer, TrainingDivergedError, pretr
 
 def tiny_file(path: Path, n: int = 24, size: int = 32, value: int | None = None) -> Path:
     rng = np.random.default_rng(0)
-    with H5Writer(path, n=n, image_shape=(1, size, size), label_shape=None,
-                  meta=DatasetMeta(name=path.stem, modality="test")) as w:
+    with H5Writer(
+        path,
+        n=n,
+        image_shape=(1, size, size),
+        label_shape=None,
+        meta=DatasetMeta(name=path.stem, modality="test"),
+    ) as w:
         for i in range(n):
             img = rng.integers(0, 256, (1, size, size), dtype=np.uint8)
             if value is not None:
@@ -33,11 +38,21 @@ def tiny_file(path: Path, n: int = 24, size: int = 32, value: int | None = None)
 
 
 def config(tmp_path: Path, **kw) -> PretrainConfig:
-    base = dict(method="simclr", encoder="resnet18", source="real",
-                real=str(tiny_file(tmp_path / "real.h5")) if not (tmp_path / "real.h5").exists()
-                else str(tmp_path / "real.h5"),
-                steps=4, batch_size=4, image_size=32, seed=0, checkpoint_every=2, log_every=1,
-                device="cpu")
+    base = dict(
+        method="simclr",
+        encoder="resnet18",
+        source="real",
+        real=str(tiny_file(tmp_path / "real.h5"))
+        if not (tmp_path / "real.h5").exists()
+        else str(tmp_path / "real.h5"),
+        steps=4,
+        batch_size=4,
+        image_size=32,
+        seed=0,
+        checkpoint_every=2,
+        log_every=1,
+        device="cpu",
+    )
     base.update(kw)
     return PretrainConfig(**base)
 
@@ -49,8 +64,20 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def test_run_writes_checkpoint_and_records(tmp_path: Path) -> None:
     res = pretrain(config(tmp_path), tmp_path / "run", progress=False)
     meta = read_checkpoint_meta(res.checkpoint)
-    for key in ("method", "encoder", "source", "synthetic_ratio", "steps", "batch_size", "seed",
-                "config", "provenance", "weights_sha256", "data_usage", "images_seen"):
+    for key in (
+        "method",
+        "encoder",
+        "source",
+        "synthetic_ratio",
+        "steps",
+        "batch_size",
+        "seed",
+        "config",
+        "provenance",
+        "weights_sha256",
+        "data_usage",
+        "images_seen",
+    ):
         assert key in meta, key
     assert meta["images_seen"] == 16 and meta["steps"] == 4
     assert meta["source"]["real"]["content_hash"]
@@ -87,9 +114,29 @@ def test_determinism_and_resume_equivalence(tmp_path: Path) -> None:
 def test_sigkill_and_resume_via_cli(tmp_path: Path) -> None:
     """A real process killed with SIGKILL resumes to the same weights."""
     real = tiny_file(tmp_path / "real.h5")
-    args = [sys.executable, "-m", "benchmark.cli", "pretrain", "--data", str(real),
-            "--method", "simclr", "--encoder", "resnet18", "--steps", "60", "--batch-size", "4",
-            "--size", "32", "--checkpoint-every", "5", "--no-progress", "--device", "cpu"]
+    args = [
+        sys.executable,
+        "-m",
+        "benchmark.cli",
+        "pretrain",
+        "--data",
+        str(real),
+        "--method",
+        "simclr",
+        "--encoder",
+        "resnet18",
+        "--steps",
+        "60",
+        "--batch-size",
+        "4",
+        "--size",
+        "32",
+        "--checkpoint-every",
+        "5",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     ref = subprocess.run([*args, "-o", str(tmp_path / "ref")], capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     proc = subprocess.Popen([*args, "-o", str(tmp_path / "killed")])
@@ -102,16 +149,18 @@ def test_sigkill_and_resume_via_cli(tmp_path: Path) -> None:
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (tmp_path / "killed/encoder/encoder.json").exists()
-    res = subprocess.run([*args, "-o", str(tmp_path / "killed"), "--resume"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [*args, "-o", str(tmp_path / "killed"), "--resume"], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr
     wr, wk = weights(tmp_path / "ref"), weights(tmp_path / "killed")
     assert all(torch.equal(wr[k], wk[k]) for k in wr)
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path: Path) -> None:
-    cfg = config(tmp_path, steps=30, checkpoint_every=1,
-                 method_config={"optimizer": "sgd", "lr": 1e12})
+    cfg = config(
+        tmp_path, steps=30, checkpoint_every=1, method_config={"optimizer": "sgd", "lr": 1e12}
+    )
     with pytest.raises(TrainingDivergedError, match="last good checkpoint"):
         pretrain(cfg, tmp_path / "nan", progress=False)
     state = torch.load(tmp_path / "nan/state.pt", weights_only=False)
@@ -129,14 +178,18 @@ def test_bad_configs(tmp_path: Path) -> None:
         pretrain(config(tmp_path, batch_size=64), tmp_path / "x", progress=False)
     syn = tiny_file(tmp_path / "syn.h5", size=64)
     with pytest.raises(SSLBenchError, match="syn.h5"):
-        pretrain(config(tmp_path, source="mixed", synthetic=str(syn)), tmp_path / "x",
-                 progress=False)
+        pretrain(
+            config(tmp_path, source="mixed", synthetic=str(syn)), tmp_path / "x", progress=False
+        )
 
 
 def test_mixed_source_records_usage(tmp_path: Path) -> None:
     syn = tiny_file(tmp_path / "syn.h5", n=40, value=7)
-    res = pretrain(config(tmp_path, source="mixed", synthetic=str(syn), synthetic_ratio=0.5),
-                   tmp_path / "m", progress=False)
+    res = pretrain(
+        config(tmp_path, source="mixed", synthetic=str(syn), synthetic_ratio=0.5),
+        tmp_path / "m",
+        progress=False,
+    )
     usage = res.summary["data_usage"]
     assert json.dumps(usage)  # serialisable
     text = json.dumps(usage)
@@ -149,9 +202,19 @@ def test_short_real_busi_pretraining_does_not_collapse(tmp_path: Path, shared_da
     from benchmark.data.converters import CONVERTERS
 
     data = CONVERTERS.create("busi", size=64).convert(shared_data / "busi_256", tmp_path / "b.h5")
-    cfg = PretrainConfig(method="simclr", encoder="resnet18", source="real", real=str(data),
-                         steps=30, batch_size=32, image_size=64, seed=0, checkpoint_every=0,
-                         log_every=5, device="cpu")
+    cfg = PretrainConfig(
+        method="simclr",
+        encoder="resnet18",
+        source="real",
+        real=str(data),
+        steps=30,
+        batch_size=32,
+        image_size=64,
+        seed=0,
+        checkpoint_every=0,
+        log_every=5,
+        device="cpu",
+    )
     res = pretrain(cfg, tmp_path / "busi", progress=False)
     dim = 128  # SimCLR projection output
     assert res.summary["final_embedding_std"] > 0.5 / np.sqrt(dim)

@@ -35,7 +35,8 @@ class Converter(ABC):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add converter-specific options to ``sslbench data convert``."""
+        """Add converter-specific options to ``sslbench data convert`` (none by default)."""
+        return None
 
     @abstractmethod
     def convert(self, src: Path, out: Path, *, overwrite: bool = False) -> Path:

@@ -19,24 +19,52 @@ from benchmark.data import DatasetMeta, H5Dataset, H5Writer, compute_content_has
 from benchmark.errors import DataError, OutputExistsError
 
 
-def write_tiny(path: Path, n: int = 12, *, dims: int = 2, dtype=np.uint8, masks: bool = True,
-               label_shape=(), overwrite: bool = False, seed: int = 0) -> Path:
+def write_tiny(
+    path: Path,
+    n: int = 12,
+    *,
+    dims: int = 2,
+    dtype=np.uint8,
+    masks: bool = True,
+    label_shape=(),
+    overwrite: bool = False,
+    seed: int = 0,
+) -> Path:
     rng = np.random.default_rng(seed)
     spatial = (8, 8) if dims == 2 else (4, 8, 8)
-    meta = DatasetMeta(name="tiny", modality="test", class_names=["a", "b", "c"],
-                       mask_class_names=["bg", "fg"], converter="test")
+    meta = DatasetMeta(
+        name="tiny",
+        modality="test",
+        class_names=["a", "b", "c"],
+        mask_class_names=["bg", "fg"],
+        converter="test",
+    )
     splits = ["train", "train", "val", "test"] * (n // 4)
-    with H5Writer(path, n=n, image_shape=(1, *spatial), meta=meta, image_dtype=dtype,
-                  has_masks=masks, label_shape=label_shape, overwrite=overwrite) as w:
+    with H5Writer(
+        path,
+        n=n,
+        image_shape=(1, *spatial),
+        meta=meta,
+        image_dtype=dtype,
+        has_masks=masks,
+        label_shape=label_shape,
+        overwrite=overwrite,
+    ) as w:
         for i in range(n):
             if dtype == np.uint8:
                 img = rng.integers(0, 256, (1, *spatial), dtype=np.uint8)
             else:
                 img = rng.random((1, *spatial), dtype=np.float32)
             label = i % 3 if label_shape == () else (rng.random(label_shape) > 0.5).astype(int)
-            w.write(i, img, mask=(img[0] > 128).astype(np.uint8) if masks else None,
-                    label=label if label_shape is not None else None,
-                    patient_id=f"p{i // 2}", split=splits[i], source_file=f"img{i}.png")
+            w.write(
+                i,
+                img,
+                mask=(img[0] > 128).astype(np.uint8) if masks else None,
+                label=label if label_shape is not None else None,
+                patient_id=f"p{i // 2}",
+                split=splits[i],
+                source_file=f"img{i}.png",
+            )
     return path
 
 
@@ -125,19 +153,26 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
     path = tmp_path / "t.h5"
     meta = DatasetMeta(name="x", modality="y")
     with pytest.raises(DataError, match="mask shape"):
-        with H5Writer(path, n=2, image_shape=(1, 4, 4), meta=meta, has_masks=True,
-                      label_shape=None) as w:
+        with H5Writer(
+            path, n=2, image_shape=(1, 4, 4), meta=meta, has_masks=True, label_shape=None
+        ) as w:
             w.write(0, np.zeros((1, 4, 4), np.uint8), mask=np.zeros((4, 4)), split="train")
-            w.write(1, np.zeros((1, 4, 4), np.uint8), mask=np.zeros((5, 4)), split="train",
-                    source_file="bad.png")
+            w.write(
+                1,
+                np.zeros((1, 4, 4), np.uint8),
+                mask=np.zeros((5, 4)),
+                split="train",
+                source_file="bad.png",
+            )
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(DataError, match="never written"):
         with H5Writer(path, n=2, image_shape=(1, 4, 4), meta=meta, label_shape=None) as w:
             w.write(0, np.zeros((1, 4, 4), np.uint8), split="train")
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(DataError, match=r"\[0, 1\]"):
-        with H5Writer(path, n=1, image_shape=(1, 4, 4), meta=meta, image_dtype=np.float32,
-                      label_shape=None) as w:
+        with H5Writer(
+            path, n=1, image_shape=(1, 4, 4), meta=meta, image_dtype=np.float32, label_shape=None
+        ) as w:
             w.write(0, np.full((1, 4, 4), 2.0), split="train")
     assert list(tmp_path.iterdir()) == []
 
@@ -176,3 +211,15 @@ def test_open_errors(tmp_path: Path) -> None:
         f["x"] = np.zeros(3)
     with pytest.raises(DataError, match="missing 'images'"):
         H5Dataset(other)
+
+
+def test_writer_setup_failure_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        H5Writer(
+            tmp_path / "t.h5",
+            n=2,
+            image_shape=(1, 4, 4),
+            meta=DatasetMeta(name="x", modality="y"),
+            compression="no-such-filter",
+        )
+    assert list(tmp_path.iterdir()) == []

@@ -145,4 +145,4 @@ def test_training_steps(trained: tuple[str, SSLMethod, list[StepOutput]]) -> Non
 def test_determinism(trained: tuple[str, SSLMethod, list[StepOutput]]) -> None:
     name, _, outputs = trained
     _, again = train(name)
-    assert [float(o.loss) for o in outputs] == [float(o.loss) for o in again]
+    assert [o.loss.item() for o in outputs] == [o.loss.item() for o in again]
