@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
 
     _add_pretrain(sub)
+    from pretrain.generators.cli import add_synth_command
+    add_synth_command(sub)
     for register in EXTRA_COMMANDS:
         register(sub)
     return parser

@@ -72,6 +72,8 @@ class Registry(Generic[T]):
                 if key in self._items or key in self._aliases:
                     raise ValueError(f"{self.kind}: name {key!r} is registered twice")
             self._items[name] = obj
+            if isinstance(obj, type) and getattr(obj, "name", None) == "":
+                obj.name = name  # classes learn the name they are registered under
             for alias in aliases:
                 self._aliases[alias] = name
             return obj

@@ -47,9 +47,9 @@ def save_encoder(path: str | Path, encoder: Encoder, metadata: dict[str, Any]) -
     with atomic_path(folder / WEIGHTS) as tmp:
         torch.save(state, tmp)
     meta = {
-        "checkpoint_version": CHECKPOINT_VERSION,
-        "encoder": encoder.describe(),
         **metadata,
+        "checkpoint_version": CHECKPOINT_VERSION,
+        "encoder": encoder.describe(),  # always the full description, never a bare name
         "weights_sha256": sha256_file(folder / WEIGHTS),
     }
     meta.setdefault("provenance", provenance())

@@ -203,16 +203,29 @@ class Source:
             out[f"epochs_{kind}"] = seen / size if size else 0.0
         return out
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Per-image shape ``(C, *spatial)`` (the same for every pool)."""
+        return next(iter(self.parts.values()))[0].image_shape
+
     def describe(self) -> dict[str, Any]:
-        """Metadata to record with a run (files, content hashes, pool sizes)."""
-        return {
+        """Metadata to record with a run.
+
+        Keys: ``name``, ``synthetic_ratio``, ``batch_size``, ``seed``,
+        ``per_batch`` (images per batch of each part) and, for each pool used,
+        ``real`` / ``synthetic``: ``path``, ``content_hash``, ``split``,
+        ``pool_size``, ``image_shape`` and ``dtype``.
+        """
+        out: dict[str, Any] = {
             "name": self.name,
             "synthetic_ratio": self.synthetic_ratio,
             "batch_size": self.batch_size,
             "seed": self.seed,
             "per_batch": {kind: count for kind, (_, count) in self.parts.items()},
-            "files": {kind: pool.describe() for kind, (pool, _) in self.parts.items()},
         }
+        for kind, (pool, _) in self.parts.items():
+            out[kind] = pool.describe()
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Resume state: the step count and what the batches depend on."""
@@ -226,8 +239,8 @@ class Source:
                 raise SourceError(
                     f"source state does not match: {key} was {theirs.get(key)!r}, now {mine[key]!r}"
                 )
-        for kind, info in mine["files"].items():
-            old = theirs.get("files", {}).get(kind, {})
+        for kind in self.parts:
+            info, old = mine[kind], theirs.get(kind, {})
             if old.get("content_hash") != info["content_hash"]:
                 raise DataError(
                     f"{info['path']}: content hash differs from the one the run "

@@ -234,6 +234,13 @@ class Trainer:
         self.train_time = float(state["train_time"])
 
     def save_state(self) -> None:
+        """Save the training state, refusing to overwrite a good one with diverged weights."""
+        for name, p in self.method.state_dict().items():
+            if p.is_floating_point() and not torch.isfinite(p).all():
+                raise TrainingDivergedError(
+                    f"{name} became non-finite by step {self.step}; the last good checkpoint "
+                    f"is {self.out / STATE} (try a lower lr or amp=none)"
+                )
         with atomic_path(self.out / STATE) as tmp:
             torch.save(self.state_dict(), tmp)
 
@@ -261,10 +268,18 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        clip = float(self.method.config["clip_grad"]) or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.method.parameters(), clip)
+        if not torch.isfinite(grad_norm):
+            raise TrainingDivergedError(
+                f"gradients became {grad_norm.item()} at step {step}; the last good checkpoint "
+                f"is {self.out / STATE} (try a lower lr or amp=none)"
+            )
         self.optimizer.step()
         self.scheduler.step()
         self.method.after_optimizer_step(step, self.config.steps)
-        logs = {"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"]}
+        logs = {"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"],
+                "grad_norm": grad_norm.item()}
         logs["embedding_std"] = float(std_of_l2_normalized(out.embeddings.detach().float()))
         logs.update({k: float(v) for k, v in out.logs.items()})
         return logs

@@ -37,6 +37,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "weight_decay": 1e-4,
     "warmup_fraction": 0.05,  # fraction of steps with linear warm-up, then cosine decay
     "momentum": 0.9,  # SGD/LARS momentum
+    "clip_grad": 0.0,  # clip the global gradient norm to this value (0: no clipping)
 }
 
 
@@ -50,7 +51,7 @@ class StepOutput:
 
     Attributes:
         loss: Scalar loss to back-propagate.
-        embeddings: (B, D) embeddings of one view (for the collapse indicator:
+        embeddings: (B, D) detached embeddings of one view (for the collapse indicator:
             std of L2-normalised embeddings, ~1/sqrt(D) when healthy, 0 when collapsed).
         logs: Extra scalars to log (floats).
     """
@@ -103,6 +104,21 @@ class SSLMethod(nn.Module):
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise MethodConfigError(f"method {cls.name!r}: unknown option {key!r}{hint}")
         merged = {**defaults, **config}
+        for key, default in defaults.items():  # YAML reads "1e-3" as a string
+            value = merged[key]
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                if isinstance(value, str):
+                    try:
+                        value = float(value) if isinstance(default, float) else int(value)
+                    except ValueError:
+                        raise MethodConfigError(
+                            f"method {cls.name!r}: {key} must be a number, got {value!r}"
+                        ) from None
+                    merged[key] = value
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise MethodConfigError(
+                        f"method {cls.name!r}: {key} must be a number, got {value!r}"
+                    )
         if merged["optimizer"] not in ("adamw", "sgd", "lars"):
             raise MethodConfigError(
                 f"method {cls.name!r}: optimizer must be adamw, sgd or lars, got "
@@ -112,6 +128,12 @@ class SSLMethod(nn.Module):
             raise MethodConfigError(f"method {cls.name!r}: lr must be > 0, got {merged['lr']}")
         if not 0 <= merged["warmup_fraction"] < 1:
             raise MethodConfigError(f"method {cls.name!r}: warmup_fraction must be in [0, 1)")
+        if merged["clip_grad"] < 0:
+            raise MethodConfigError(f"method {cls.name!r}: clip_grad must be >= 0")
+        if merged["weight_decay"] < 0:
+            raise MethodConfigError(f"method {cls.name!r}: weight_decay must be >= 0")
+        if not 0 <= merged["momentum"] < 1:
+            raise MethodConfigError(f"method {cls.name!r}: momentum must be in [0, 1)")
         cls.check_config(merged)
         return merged
 
@@ -122,6 +144,11 @@ class SSLMethod(nn.Module):
     @classmethod
     def check_encoder(cls, encoder: Encoder) -> None:
         """Raise :class:`MethodConfigError` if ``encoder`` cannot be used."""
+        if cls.requires_multiscale and not encoder.supports_multiscale:
+            raise MethodConfigError(
+                f"method {cls.name!r} needs an encoder with multi-scale features; "
+                f"{encoder.name!r} has none"
+            )
         if cls.requires_vit and not encoder.is_vit:
             raise MethodConfigError(
                 f"method {cls.name!r} needs a ViT encoder (patch tokens); "
@@ -155,7 +182,17 @@ class SSLMethod(nn.Module):
 
 
 def create_method(name: str, encoder: Encoder, **config: Any) -> SSLMethod:
-    """Build a registered SSL method around ``encoder``."""
+    """Build a registered SSL method around ``encoder``.
+
+    Buffers of the method's own modules (memory banks, centres, momentum copies)
+    are made persistent so that a resumed run restores them; lightly registers
+    some of them as non-persistent. The encoder's buffers are left as they are,
+    so encoder checkpoints keep the encoder's own format.
+    """
     method = METHODS.create(name, encoder, **config)
     assert isinstance(method, SSLMethod)
+    encoder_modules = {id(m) for m in method.encoder.modules()}
+    for module in method.modules():
+        if id(module) not in encoder_modules:
+            module._non_persistent_buffers_set.clear()
     return method

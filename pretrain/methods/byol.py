@@ -40,10 +40,10 @@ class BYOL(SSLMethod):
     Config (besides the common optimisation keys):
         hidden_dim: Hidden width of both MLPs (paper: 4096; 1024 here).
         output_dim: Size of projections and predictions (paper: 256).
-        ema_momentum: Target momentum at the first step, in [0, 1); the paper's
+        momentum_start: Target momentum at the first step, in [0, 1); the paper's
             0.996 suits 300+ ImageNet epochs; 0.99 (the authors' 100-epoch setting,
             used by lightly's benchmark) lets the target follow in short runs.
-        ema_momentum_end: Cosine-scheduled final momentum, in [ema_momentum, 1] (paper: 1).
+        momentum_end: Cosine-scheduled final momentum, in [momentum_start, 1] (paper: 1).
         optimizer, lr, weight_decay: LARS, 0.2 per 256 images, 1.5e-6 (paper).
     """
 
@@ -56,8 +56,8 @@ class BYOL(SSLMethod):
     default_config: ClassVar[dict[str, Any]] = {
         "hidden_dim": 1024,
         "output_dim": 256,
-        "ema_momentum": 0.99,
-        "ema_momentum_end": 1.0,
+        "momentum_start": 0.99,
+        "momentum_end": 1.0,
         "optimizer": "lars",
         "lr": 0.2,
         "weight_decay": 1.5e-6,
@@ -82,17 +82,17 @@ class BYOL(SSLMethod):
                 raise MethodConfigError(
                     f"method {cls.name!r}: {key} must be a positive integer, got {value!r}"
                 )
-        start, end = config["ema_momentum"], config["ema_momentum_end"]
-        for key, value in (("ema_momentum", start), ("ema_momentum_end", end)):
+        start, end = config["momentum_start"], config["momentum_end"]
+        for key, value in (("momentum_start", start), ("momentum_end", end)):
             if isinstance(value, bool) or not isinstance(value, Real):
                 raise MethodConfigError(f"method {cls.name!r}: {key} must be a number")
         if not 0 <= start < 1:
             raise MethodConfigError(
-                f"method {cls.name!r}: ema_momentum must be in [0, 1), got {start!r}"
+                f"method {cls.name!r}: momentum_start must be in [0, 1), got {start!r}"
             )
         if not start <= end <= 1:
             raise MethodConfigError(
-                f"method {cls.name!r}: ema_momentum_end must be in [ema_momentum, 1], got {end!r}"
+                f"method {cls.name!r}: momentum_end must be in [momentum_start, 1], got {end!r}"
             )
 
     def view_recipes(self, size: int) -> list[ViewRecipe]:
@@ -126,9 +126,9 @@ class BYOL(SSLMethod):
         return [view0, dataclasses.replace(view0, blur_p=0.1)]
 
     def momentum_at(self, step: int, total_steps: int) -> float:
-        """Target momentum at ``step`` (cosine from ema_momentum to ema_momentum_end)."""
+        """Target momentum at ``step`` (cosine from momentum_start to momentum_end)."""
         cfg = self.config
-        return cosine_schedule(step, total_steps, cfg["ema_momentum"], cfg["ema_momentum_end"])
+        return cosine_schedule(step, total_steps, cfg["momentum_start"], cfg["momentum_end"])
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:
         z0 = self.projection_head(self.encoder.forward_features(views[0]))

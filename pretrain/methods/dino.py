@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from typing import Any, ClassVar, NoReturn
 
 import torch
@@ -52,14 +53,20 @@ class DINO(SSLMethod):
         student_temp / center_momentum: Student temperature and centring EMA.
         n_local_views: Number of small local crops (0 disables multi-crop).
         global_scale / local_scale: Crop area ranges of global / local views.
+        clip_grad: Gradient-norm clipping (paper: 3.0).
     """
 
-    family = "distillation"
-    paper = "Caron et al., DINO, ICCV 2021 (arXiv:2104.14294)"
+    name: ClassVar[str] = "dino"
+    family: ClassVar[str] = "distillation"
+    paper: ClassVar[str] = (
+        "Caron et al., Emerging Properties in Self-Supervised Vision Transformers (DINO), "
+        "ICCV 2021, arXiv:2104.14294"
+    )
     default_config: ClassVar[dict[str, Any]] = {
         "lr": 5e-4,
         "weight_decay": 0.04,
         "warmup_fraction": 0.1,
+        "clip_grad": 3.0,
         "head_hidden_dim": 2048,
         "head_bottleneck_dim": 256,
         "head_out_dim": 2048,
@@ -82,14 +89,16 @@ class DINO(SSLMethod):
         cfg = self.config
 
         def make_head() -> DINOProjectionHead:
-            return DINOProjectionHead(
-                input_dim=encoder.num_features,
-                hidden_dim=cfg["head_hidden_dim"],
-                bottleneck_dim=cfg["head_bottleneck_dim"],
-                output_dim=cfg["head_out_dim"],
-                batch_norm=cfg["head_batch_norm"],
-                norm_last_layer=cfg["norm_last_layer"],
-            )
+            with warnings.catch_warnings():  # lightly still uses nn.utils.weight_norm
+                warnings.filterwarnings("ignore", ".*weight_norm", FutureWarning)
+                return DINOProjectionHead(
+                    input_dim=encoder.num_features,
+                    hidden_dim=cfg["head_hidden_dim"],
+                    bottleneck_dim=cfg["head_bottleneck_dim"],
+                    output_dim=cfg["head_out_dim"],
+                    batch_norm=cfg["head_batch_norm"],
+                    norm_last_layer=cfg["norm_last_layer"],
+                )
 
         self.student_head = make_head()
         # A weight-normalised layer cannot be deep-copied: build a twin and copy the state.

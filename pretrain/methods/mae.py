@@ -64,15 +64,19 @@ class MAE(SSLMethod):
             truncated normal). It stays trainable either way: the paper freezes
             it, but the shared encoder contract is that every encoder parameter
             is optimised, and downstream fine-tuning learns it anyway.
+        init_encoder: Re-initialise the encoder as MAE does (Xavier-uniform
+            linear layers and ``pos_embed``); set False to keep the weights of
+            an already pretrained encoder (continued pretraining).
 
     Optimiser defaults follow the paper (AdamW, base lr 1.5e-4, weight decay 0.05).
     """
 
-    family = "masked"
-    paper = (
+    name: ClassVar[str] = "mae"
+    family: ClassVar[str] = "masked"
+    paper: ClassVar[str] = (
         "He et al., Masked Autoencoders Are Scalable Vision Learners, CVPR 2022 (arXiv:2111.06377)"
     )
-    requires_vit = True
+    requires_vit: ClassVar[bool] = True
     default_config: ClassVar[dict[str, Any]] = {
         "lr": 1.5e-4,
         "weight_decay": 0.05,
@@ -82,6 +86,7 @@ class MAE(SSLMethod):
         "decoder_heads": 4,
         "norm_pix_loss": True,
         "pos_embed": "sincos",
+        "init_encoder": True,
     }
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
@@ -90,9 +95,12 @@ class MAE(SSLMethod):
         vit = cast(VisionTransformer, encoder.model)
         assert isinstance(encoder.patch_size, int)
         self.patch_size = encoder.patch_size
-        # MAE initialisation of the (randomly initialised) encoder, in place.
+        # MAE initialisation of the encoder, in place (unless continuing from weights).
+        init = cfg["init_encoder"]
         self.backbone = MaskedVisionTransformerTIMM(
-            vit=vit, pos_embed_initialization=cfg["pos_embed"]
+            vit=vit,
+            weight_initialization="" if init else "skip",
+            pos_embed_initialization=cfg["pos_embed"] if init else "skip",
         )
         if vit.pos_embed is not None:  # lightly freezes a sin-cos embedding
             vit.pos_embed.requires_grad_(True)
@@ -123,6 +131,8 @@ class MAE(SSLMethod):
             fail("decoder_dim must be a multiple of 4 and of decoder_heads")
         if config["pos_embed"] not in ("sincos", "learn"):
             fail(f"pos_embed must be 'sincos' or 'learn', got {config['pos_embed']!r}")
+        if not isinstance(config["init_encoder"], bool):
+            fail("init_encoder must be true or false")
 
     def view_recipes(self, size: int) -> list[ViewRecipe]:
         """One view: random resized crop (scale 0.2-1) and horizontal flip only."""

@@ -44,11 +44,11 @@ class MoCoV2(SSLMethod):
         memory_bank_size: Number of queued negative keys, > 0 (paper: 65536; 4096
             here). Keep it below the number of training images, or stale keys of
             the query's own image become negatives.
-        ema_momentum: Momentum of the key network at the first step, in [0, 1).
+        momentum_start: Momentum of the key network at the first step, in [0, 1).
             The paper's fixed 0.999 suits 200 ImageNet epochs; short runs need the
             key network to follow faster, so it starts at 0.99 ...
-        ema_momentum_end: ... and follows a cosine schedule to this value, in
-            [ema_momentum, 1] (1.0 as in BYOL; set it to ema_momentum for a fixed value).
+        momentum_end: ... and follows a cosine schedule to this value, in
+            [momentum_start, 1] (1.0 as in BYOL; set it to momentum_start for a fixed value).
         optimizer, lr, weight_decay: SGD, 0.03 per 256 images, 1e-4 (paper).
     """
 
@@ -62,8 +62,8 @@ class MoCoV2(SSLMethod):
         "output_dim": 128,
         "temperature": 0.2,
         "memory_bank_size": 4096,
-        "ema_momentum": 0.99,
-        "ema_momentum_end": 1.0,
+        "momentum_start": 0.99,
+        "momentum_end": 1.0,
         "optimizer": "sgd",
         "lr": 0.03,
         "weight_decay": 1e-4,
@@ -92,21 +92,21 @@ class MoCoV2(SSLMethod):
                 raise MethodConfigError(
                     f"method {cls.name!r}: {key} must be a positive integer, got {value!r}"
                 )
-        for key in ("temperature", "ema_momentum", "ema_momentum_end"):
+        for key in ("temperature", "momentum_start", "momentum_end"):
             if isinstance(config[key], bool) or not isinstance(config[key], Real):
                 raise MethodConfigError(f"method {cls.name!r}: {key} must be a number")
         if config["temperature"] <= 0:
             raise MethodConfigError(
                 f"method {cls.name!r}: temperature must be > 0, got {config['temperature']!r}"
             )
-        start, end = config["ema_momentum"], config["ema_momentum_end"]
+        start, end = config["momentum_start"], config["momentum_end"]
         if not 0 <= start < 1:
             raise MethodConfigError(
-                f"method {cls.name!r}: ema_momentum must be in [0, 1), got {start!r}"
+                f"method {cls.name!r}: momentum_start must be in [0, 1), got {start!r}"
             )
         if not start <= end <= 1:
             raise MethodConfigError(
-                f"method {cls.name!r}: ema_momentum_end must be in [ema_momentum, 1], got {end!r}"
+                f"method {cls.name!r}: momentum_end must be in [momentum_start, 1], got {end!r}"
             )
 
     def view_recipes(self, size: int) -> list[ViewRecipe]:
@@ -137,9 +137,9 @@ class MoCoV2(SSLMethod):
         return [recipe, recipe]
 
     def momentum_at(self, step: int, total_steps: int) -> float:
-        """Key-network momentum at ``step`` (cosine from ema_momentum to ema_momentum_end)."""
+        """Key-network momentum at ``step`` (cosine from momentum_start to momentum_end)."""
         cfg = self.config
-        return cosine_schedule(step, total_steps, cfg["ema_momentum"], cfg["ema_momentum_end"])
+        return cosine_schedule(step, total_steps, cfg["momentum_start"], cfg["momentum_end"])
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:
         query = self.projection_head(self.encoder.forward_features(views[0]))

@@ -100,6 +100,7 @@ class SparK(SSLMethod):
     Optimiser defaults: AdamW (the paper uses LAMB), base lr 2e-4, weight decay 0.04.
     """
 
+    name: ClassVar[str] = "spark"
     family: ClassVar[str] = "masked"
     paper: ClassVar[str] = (
         "Tian et al., Designing BERT for Convolutional Networks: Sparse and Hierarchical "

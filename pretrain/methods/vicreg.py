@@ -42,8 +42,12 @@ class VICReg(SSLMethod):
     weight decay 1e-6).
     """
 
-    family = "non-contrastive"
-    paper = "Bardes, Ponce & LeCun, VICReg, ICLR 2022 (arXiv:2105.04906)"
+    name: ClassVar[str] = "vicreg"
+    family: ClassVar[str] = "non-contrastive"
+    paper: ClassVar[str] = (
+        "Bardes, Ponce & LeCun, VICReg: Variance-Invariance-Covariance Regularization for "
+        "Self-Supervised Learning, ICLR 2022, arXiv:2105.04906"
+    )
     default_config: ClassVar[dict[str, Any]] = {
         "optimizer": "lars",
         "lr": 0.2,

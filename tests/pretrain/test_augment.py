@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ from pretrain.augment import (
 )
 
 #: A recipe that does nothing but resample the whole image to ``size``.
-IDENTITY = dict(
+IDENTITY: dict[str, Any] = dict(
     scale=(1.0, 1.0),
     ratio=(1.0, 1.0),
     hflip_p=0.0,
@@ -103,7 +105,7 @@ def test_identity_recipe_reproduces_resized_input(images: torch.Tensor) -> None:
         ({"hflip_p": 1.0, "vflip_p": 1.0}, [-2, -1]),
     ],
 )
-def test_flips_flip(images: torch.Tensor, flips: dict[str, float], dims: list[int]) -> None:
+def test_flips_flip(images: torch.Tensor, flips: dict[str, Any], dims: list[int]) -> None:
     recipe = ViewRecipe(size=32, **{**IDENTITY, **flips})
     out = augment_batch(images, recipe, gen())
     assert torch.allclose(out, torch.flip(images, dims), atol=1e-5)
@@ -215,9 +217,9 @@ def test_normalize() -> None:
         {"padding_mode": "wrap"},
     ],
 )
-def test_invalid_recipes(bad: dict[str, object]) -> None:
+def test_invalid_recipes(bad: dict[str, Any]) -> None:
     with pytest.raises(AugmentError, match="ViewRecipe"):
-        ViewRecipe(**bad)  # type: ignore[arg-type]
+        ViewRecipe(**bad)
     assert issubclass(AugmentError, SSLBenchError)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -90,7 +91,7 @@ def test_without_replacement_within_an_epoch(real_h5: Path) -> None:
 
 
 def test_deterministic_per_seed_and_step(real_h5: Path, synth_h5: Path) -> None:
-    kw = dict(real=real_h5, synthetic=synth_h5, synthetic_ratio=0.5, batch_size=6)
+    kw: dict[str, Any] = dict(real=real_h5, synthetic=synth_h5, synthetic_ratio=0.5, batch_size=6)
     a = create_source("mixed", seed=5, **kw)
     b = create_source("mixed", seed=5, **kw)
     c = create_source("mixed", seed=6, **kw)
@@ -101,7 +102,9 @@ def test_deterministic_per_seed_and_step(real_h5: Path, synth_h5: Path) -> None:
 
 
 def test_resume_gives_same_batches_and_stats(real_h5: Path, synth_h5: Path) -> None:
-    kw = dict(real=real_h5, synthetic=synth_h5, synthetic_ratio=0.25, batch_size=8, seed=2)
+    kw: dict[str, Any] = dict(
+        real=real_h5, synthetic=synth_h5, synthetic_ratio=0.25, batch_size=8, seed=2
+    )
     full = create_source("mixed", **kw)
     batches = [full.batch(s) for s in range(10)]
     resumed = create_source("mixed", **kw)
@@ -177,11 +180,11 @@ def test_describe_records_files_and_hashes(real_h5: Path, synth_h5: Path) -> Non
     assert d["name"] == "mixed" and d["synthetic_ratio"] == 0.5
     assert d["per_batch"] == {"real": 2, "synthetic": 2}
     for kind, path in (("real", real_h5), ("synthetic", synth_h5)):
-        info = d["files"][kind]
+        info = d[kind]
         assert info["path"] == str(path)
         assert info["content_hash"] == H5Dataset(path).meta["content_hash"]
-    assert d["files"]["real"]["pool_size"] == N_TRAIN
-    assert d["files"]["real"]["split"] == "train"
+    assert d["real"]["pool_size"] == N_TRAIN
+    assert d["real"]["split"] == "train"
 
 
 def test_synthetic_uses_train_split_or_all(tmp_path: Path) -> None:
@@ -191,7 +194,7 @@ def test_synthetic_uses_train_split_or_all(tmp_path: Path) -> None:
     unmarked = write_h5(tmp_path / "unmarked.h5", [100, 101, 102], ["test"] * 3)
     src = create_source("synthetic", synthetic=unmarked, batch_size=3, seed=0)
     assert sorted(ids(src.batch(0))) == [100, 101, 102]
-    assert src.describe()["files"]["synthetic"]["split"] == "all"
+    assert src.describe()["synthetic"]["split"] == "all"
 
 
 def test_float_files(tmp_path: Path) -> None:
@@ -203,6 +206,7 @@ def test_float_files(tmp_path: Path) -> None:
 def test_source_is_a_source(real_h5: Path) -> None:
     src = create_source("real", real=real_h5, batch_size=2, seed=0)
     assert isinstance(src, Source)
+    assert src.image_shape == (1, 8, 8)
     assert "RealSource" in repr(src)
 
 
@@ -263,7 +267,7 @@ def test_real_file_without_train_split(tmp_path: Path) -> None:
         ({"batch_size": 2, "seed": -1}, "seed"),
     ],
 )
-def test_bad_arguments(real_h5: Path, kw: dict[str, int], match: str) -> None:
+def test_bad_arguments(real_h5: Path, kw: dict[str, Any], match: str) -> None:
     with pytest.raises(SSLBenchError, match=match):
         create_source("real", real=real_h5, **kw)
     src = create_source("real", real=real_h5, batch_size=2, seed=0)

@@ -26,7 +26,9 @@ def _views(method: DINO, size: int = 32, batch: int = 4) -> list[torch.Tensor]:
 def test_teacher_gets_no_gradient_and_sees_global_views_only() -> None:
     method = _dino()
     seen: list[int] = []
-    method.teacher_encoder.model.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    teacher_model = method.teacher_encoder.model
+    assert isinstance(teacher_model, torch.nn.Module)
+    teacher_model.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
     out = method.training_step(_views(method), step=0, total_steps=10)
     out.loss.backward()
     assert seen == [2 * 4], "the teacher encodes the two global views (one batched pass)"

@@ -22,7 +22,8 @@ def _mae(**config: object) -> MAE:
 def test_encoder_sees_only_the_kept_tokens(ratio: float, n_keep: int) -> None:
     method = _mae(mask_ratio=ratio)
     seen: list[int] = []
-    method.encoder.model.blocks[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    first_block = method.backbone.vit.blocks[0]
+    first_block.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
     out = method.training_step([torch.rand(4, 1, 32, 32)], step=0, total_steps=1)
     assert seen == [1 + n_keep], "class token + kept patch tokens (16 patches at 32 px, patch 8)"
     assert out.logs["mask_ratio"] == pytest.approx(ratio)
@@ -55,3 +56,11 @@ def test_refuses_cnn_encoder_and_bad_config() -> None:
         MAE.validate_config({"mask_ratio": 1.0})
     with pytest.raises(MethodConfigError, match="pos_embed"):
         MAE.validate_config({"pos_embed": "fixed"})
+
+
+def test_init_encoder_false_keeps_pretrained_weights() -> None:
+    encoder = create_encoder("vit_tiny_p8", img_size=32)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    create_method("mae", encoder, init_encoder=False)
+    for key, value in encoder.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)

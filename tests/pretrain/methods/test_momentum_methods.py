@@ -80,11 +80,11 @@ def test_moco_queue_fills_and_wraps() -> None:
         ("simclr", {"output_dim": 0}, "output_dim"),
         ("simclr", {"hidden_dim": 12.5}, "hidden_dim"),
         ("mocov2", {"memory_bank_size": 0}, "memory_bank_size"),
-        ("mocov2", {"ema_momentum": 1.0}, "ema_momentum"),
-        ("mocov2", {"ema_momentum": 0.999, "ema_momentum_end": 0.99}, "ema_momentum_end"),
+        ("mocov2", {"momentum_start": 1.0}, "momentum_start"),
+        ("mocov2", {"momentum_start": 0.999, "momentum_end": 0.99}, "momentum_end"),
         ("mocov2", {"temperature": "0.2"}, "temperature"),
-        ("byol", {"ema_momentum": -0.1}, "ema_momentum"),
-        ("byol", {"ema_momentum_end": 1.5}, "ema_momentum_end"),
+        ("byol", {"momentum_start": -0.1}, "momentum_start"),
+        ("byol", {"momentum_end": 1.5}, "momentum_end"),
         ("simsiam", {"pred_hidden_dim": -4}, "pred_hidden_dim"),
         ("barlowtwins", {"lambda_param": 0}, "lambda_param"),
         ("barlowtwins", {"output_dim": True}, "output_dim"),
@@ -96,8 +96,8 @@ def test_bad_values(name: str, config: dict[str, object], key: str) -> None:
 
 
 def test_fixed_momentum_is_allowed() -> None:
-    config = METHODS.get("byol").validate_config({"ema_momentum": 0.996, "ema_momentum_end": 0.996})
-    assert config["ema_momentum_end"] == 0.996
+    config = METHODS.get("byol").validate_config({"momentum_start": 0.996, "momentum_end": 0.996})
+    assert config["momentum_end"] == 0.996
 
 
 @pytest.mark.parametrize("name", ["byol", "barlowtwins"])

@@ -47,6 +47,7 @@ def test_step_masks_input_and_trains_only_on_masked_patches(encoder: str) -> Non
     assert ((masked_input != 0).all(dim=-1) | zeroed).all(), "whole patches are zeroed"
     assert zeroed.float().mean().item() == pytest.approx(out.logs["mask_ratio"])
     assert out.logs["mask_ratio"] == pytest.approx(10 / 16)  # round(16 * 0.4) = 6 kept
+    assert preds[0].grad is not None
     grad = SparK.patchify(preds[0].grad, 16).abs().sum(dim=-1)  # (B, 16)
     assert (grad[~zeroed] == 0).all(), "no loss on visible patches"
     assert (grad[zeroed] > 0).all()
