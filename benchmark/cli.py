@@ -277,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_pretrain(sub)
     from pretrain.generators.cli import add_synth_command
+
     add_synth_command(sub)
+    from tasks.cli import add_evaluate_command
+    add_evaluate_command(sub)
     for register in EXTRA_COMMANDS:
         register(sub)
     return parser

@@ -34,6 +34,7 @@ PLUGIN_MODULES: list[str] = [
     "pretrain.encoders",
     "pretrain.sources",
     "pretrain.methods",
+    "pretrain.generators",
 ]
 
 
@@ -73,7 +74,7 @@ class Registry(Generic[T]):
                     raise ValueError(f"{self.kind}: name {key!r} is registered twice")
             self._items[name] = obj
             if isinstance(obj, type) and getattr(obj, "name", None) == "":
-                obj.name = name  # classes learn the name they are registered under
+                obj.name = name  # type: ignore[attr-defined]  # classes learn their registered name
             for alias in aliases:
                 self._aliases[alias] = name
             return obj

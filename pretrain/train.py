@@ -278,8 +278,11 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.method.after_optimizer_step(step, self.config.steps)
-        logs = {"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"],
-                "grad_norm": grad_norm.item()}
+        logs = {
+            "loss": loss.item(),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": grad_norm.item(),
+        }
         logs["embedding_std"] = float(std_of_l2_normalized(out.embeddings.detach().float()))
         logs.update({k: float(v) for k, v in out.logs.items()})
         return logs

@@ -24,6 +24,7 @@ class TimmCNNEncoder(Encoder):
     """A timm CNN (ResNet, ConvNeXt, EfficientNet, ...) behind the shared contract."""
 
     timm_name: ClassVar[str] = ""
+    model: Any
 
     def __init__(
         self, in_chans: int = 1, img_size: int | tuple[int, ...] = 64, drop_path_rate: float = 0.0
@@ -32,7 +33,7 @@ class TimmCNNEncoder(Encoder):
         kwargs: dict[str, Any] = {}
         if drop_path_rate:
             kwargs["drop_path_rate"] = drop_path_rate
-        self.model: Any = timm.create_model(
+        self.model = timm.create_model(
             self.timm_name, pretrained=False, in_chans=in_chans, num_classes=0, **kwargs
         )
         self.encoder_args["drop_path_rate"] = drop_path_rate
@@ -53,6 +54,7 @@ class TimmViTEncoder(Encoder):
     """A timm Vision Transformer with a parameter-free multi-scale pyramid."""
 
     timm_name: ClassVar[str] = ""
+    model: Any
     is_vit: ClassVar[bool] = True
     default_patch_size: ClassVar[int] = 16
 
@@ -65,7 +67,7 @@ class TimmViTEncoder(Encoder):
     ) -> None:
         super().__init__(in_chans=in_chans, img_size=img_size)
         patch = patch_size or self.default_patch_size
-        self.model: Any = timm.create_model(
+        self.model = timm.create_model(
             self.timm_name,
             pretrained=False,
             in_chans=in_chans,

@@ -114,7 +114,7 @@ def save_grid(images: np.ndarray, path: str | Path, ncol: int = 8, scale: int = 
 
     grid = Image.fromarray(image_grid(images, ncol=ncol))
     if scale > 1:
-        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")
     return Path(path)

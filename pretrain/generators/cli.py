@@ -170,7 +170,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     )
     mem, ms = report["memorisation"], report["ms_ssim"]
     print(
-        f"FID {report['fid']:.2f} ({report['extractor']['name']}); MS-SSIM synthetic "
+        f"FID {report['fid']:.4g} ({report['extractor']['name']}; real halves "
+        f"{report['fid_real_halves'] or float('nan'):.4g}); MS-SSIM synthetic "
         f"{ms['synthetic']['mean']:.3f} vs real {ms['real']['mean']:.3f}; "
         f"closer than median real NN: {mem['fraction_closer_than_median_real_nn']:.3f}"
     )

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from benchmark.data.h5format import DatasetMeta
 from benchmark.errors import DataError
 from benchmark.io import sha256_file
 from pretrain.generators.base import GENERATORS, Generator, GeneratorError, seed_int, to_uint8
+
+if TYPE_CHECKING:
+    from monai.networks.nets import DiffusionModelUNet
 
 WEIGHTS = "generator.pt"
 METADATA = "generator.json"
@@ -97,7 +100,7 @@ def model_config(
     }
 
 
-def build_unet(config: dict[str, Any]) -> torch.nn.Module:
+def build_unet(config: dict[str, Any]) -> DiffusionModelUNet:
     """The noise-prediction U-Net of ``config`` (see :func:`model_config`)."""
     from monai.networks.nets import DiffusionModelUNet
 
@@ -161,7 +164,7 @@ def make_scheduler(
                 f"the ddpm scheduler runs all {total} training timesteps; "
                 f"got --steps {steps} (use --scheduler ddim for fewer steps)"
             )
-        sched = DDPMScheduler(**config)
+        sched: Any = DDPMScheduler(**config)
     elif kind == "ddim":
         steps = 50 if steps is None else int(steps)
         if not 1 <= steps <= total:

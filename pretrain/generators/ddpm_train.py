@@ -9,10 +9,11 @@ in Ho et al. 2020 and Khader et al. 2022. The EMA decay ramps up as
 ``min(decay, (1 + step) / (10 + step))`` so short runs are not dominated by the
 random initialisation.
 
-Leakage guard. Only the **train split** of the data file is ever read: the
-file's split column is checked before the images are loaded and every loaded
-index is verified to be a train index, so validation and test images cannot
-leak into the synthetic data that later pretrains an encoder.
+Leakage guard. Only images of the **train split** are ever used: the file's
+split column is checked before the images are loaded (a file without train
+samples is an error) and every loaded index is verified to be a train index,
+so validation and test images cannot leak into the synthetic data that later
+pretrains an encoder.
 
 Determinism and resume. Batch ``k`` holds positions ``[k B, (k+1) B)`` of an
 endless stream of epochs, epoch ``e`` being a permutation drawn from
@@ -433,7 +434,7 @@ def train_ddpm(
         data: sslbench HDF5 file; only its train split is read.
         out_dir: Run folder (see the module docstring for its files).
         config: Hyperparameters.
-        resume: Continue from ``out_dir/state.pt`` if it exists.
+        resume: Continue from ``out_dir/state.pt`` (from step 0 if there is none yet).
         overwrite: Start again in a folder that holds a run.
         progress: Show a progress bar (loss, images/s, ETA).
 

@@ -64,13 +64,13 @@ def _read_folder(root: Path) -> tuple[np.ndarray, list[str], dict[str, Any]]:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
-    arrays, lines = [], []
+    arrays: list[np.ndarray] = []
+    lines: list[str] = []
     for p in files:
         try:
             with Image.open(p) as im:
-                if im.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
-                    im = im.convert("L")  # RGB, RGBA, P, LA, 1 -> luma
-                a = np.asarray(im)
+                keep = im.mode in ("L", "I", "I;16", "I;16B", "I;16L", "F")
+                a = np.asarray(im if keep else im.convert("L"))  # RGB, RGBA, P, LA, 1 -> luma
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise DataError(f"{p}: unreadable image ({exc.__class__.__name__})") from None
         if a.dtype.kind == "f" and not np.isfinite(a).all():

@@ -12,7 +12,10 @@ extractor is a ResNet-18 (``pretrain.encoders``, single channel) randomly
 initialised with ``torch.manual_seed(0)``, whose weights' SHA-256 is recorded;
 ``--extractor CKPT`` uses an sslbench encoder checkpoint instead. Images are
 fed in [0, 1], resized to ``max(64, H rounded up to the encoder's size
-multiple)``. **FIDs are only comparable when computed with the same extractor
+multiple)``. The FID between two random halves of the real train images is
+reported as a floor on the same scale (``fid_real_halves``; a random network's
+features have an arbitrary scale, so read the synthetic FID relative to it).
+**FIDs are only comparable when computed with the same extractor
 (same name and weights hash) and similar sample sizes**; they are not comparable
 with published Inception FIDs. When there are fewer images than feature
 dimensions, the features are projected onto the span of the centred features
@@ -142,6 +145,15 @@ def fid(synthetic: torch.Tensor, real: torch.Tensor) -> float:
         return float(FIDMetric()(synthetic, real))
 
 
+def fid_real_halves(real: torch.Tensor, seed: int) -> float | None:
+    """FID between two random halves of the real features: a floor on the same scale."""
+    if real.shape[0] < 4:
+        return None
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(real.shape[0]))
+    half = real.shape[0] // 2
+    return fid(real[perm[:half]], real[perm[half : 2 * half]])
+
+
 def ms_ssim_params(spatial: tuple[int, ...]) -> dict[str, Any]:
     """Window and scales of MS-SSIM that fit images of ``spatial`` size (see module doc)."""
     side = min(spatial)
@@ -188,7 +200,7 @@ def ms_ssim_pairs(
     )
     vals = torch.cat(
         [
-            metric(images[i[s : s + 256]], images[j[s : s + 256]]).flatten()
+            torch.as_tensor(metric(images[i[s : s + 256]], images[j[s : s + 256]])).flatten()
             for s in range(0, n_pairs, 256)
         ]
     ).double()
@@ -328,6 +340,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{ex['num_features']}-d pooled features of `{ex['name']}` ({ex['weights']}, weights "
         f"sha256 `{ex['weights_sha256'][:16]}...`, input {ex['input_size']} px).",
         "",
+        f"Reference: FID between two random halves of the real train images = "
+        f"{_fmt(report['fid_real_halves'])} (same extractor; the scale of a random extractor's "
+        "features is arbitrary, so read the synthetic FID relative to this floor).",
+        "",
         "FIDs are only comparable with the same extractor (name and weights hash) and similar "
         "sample sizes; they are not Inception FIDs."
         + (
@@ -442,6 +458,7 @@ def synth_report(
         "real": real_info,
         "image_shape": list(syn.shape[1:]),
         "fid": fid(f_syn, f_real),
+        "fid_real_halves": fid_real_halves(f_real, seed),
         "extractor": ex_info,
         "fid_note": "comparable only with the same extractor (name + weights_sha256) and "
         "similar sample sizes"

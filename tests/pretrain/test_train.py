@@ -82,7 +82,9 @@ def test_run_writes_checkpoint_and_records(tmp_path: Path) -> None:
     assert meta["images_seen"] == 16 and meta["steps"] == 4
     assert meta["source"]["real"]["content_hash"]
     assert meta["provenance"]["git_commit"]
-    history = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    history = [
+        json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    ]
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     assert all(np.isfinite(h["loss"]) and h["embedding_std"] > 0 for h in history)
     enc = load_encoder(res.checkpoint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 from benchmark.data.h5format import DatasetMeta, H5Writer
 
 #: A U-Net small enough to train in well under a second per step on 2 cores.
-TINY = {
+TINY: dict[str, Any] = {
     "channels": (8, 16),
     "batch_size": 4,
     "sample_every": 0,
@@ -88,7 +89,7 @@ def tiny_gen(tmp_path_factory: pytest.TempPathFactory, tiny_real: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny() -> dict[str, object]:
+def tiny() -> dict[str, Any]:
     """Keyword arguments of DDPMConfig for a tiny, fast CPU run."""
     return dict(TINY)
 

@@ -164,3 +164,17 @@ def test_nan_loss_keeps_last_checkpoint(
     state = torch.load(out / "state.pt", weights_only=True)
     assert state["step"] == 2 and not (out / "generator.pt").exists()
     assert (out / "samples" / "step_000002.png").exists()
+
+
+def test_3d_volumes_train_and_sample(tmp_path: Path, tiny: dict[str, Any]) -> None:
+    from pretrain.generators.phantom import PhantomGenerator
+
+    data = write_synthetic(
+        PhantomGenerator(size=16, dims=3, depth=8), 4, tmp_path / "v.h5", progress=False
+    )
+    gen_dir = train_ddpm(
+        data, tmp_path / "g3", DDPMConfig(steps=1, **{**tiny, "batch_size": 2}), progress=False
+    )
+    gen = DDPMGenerator.load(gen_dir, steps=2)
+    assert gen.checkpoint["model_config"]["spatial_dims"] == 3
+    assert gen.sample(2, seed=0).shape == (2, 1, 8, 16, 16)

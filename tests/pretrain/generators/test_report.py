@@ -17,6 +17,7 @@ from pretrain.generators.phantom import PhantomGenerator
 from pretrain.generators.report import fid, memorisation, ms_ssim_params, synth_report
 
 
+@pytest.mark.filterwarnings("ignore:.*disp.*:DeprecationWarning")
 def test_fid_subspace_reduction_is_exact() -> None:
     from monai.metrics import FIDMetric
 
@@ -55,6 +56,7 @@ def test_report_fields_and_files(tiny_real: Path, tmp_path: Path) -> None:
     report = synth_report(synth, tiny_real, out, n_pairs=20)
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["fid"] == pytest.approx(report["fid"]) and np.isfinite(report["fid"])
+    assert report["fid_real_halves"] is not None and report["fid_real_halves"] >= 0
     ex = report["extractor"]
     assert ex["name"] == "resnet18" and ex["seed"] == 0 and len(ex["weights_sha256"]) == 64
     assert ex["num_features"] == 512 and ex["input_size"] == 64
