@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_synth_command(sub)
     from tasks.cli import add_evaluate_command
+
     add_evaluate_command(sub)
     for register in EXTRA_COMMANDS:
         register(sub)

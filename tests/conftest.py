@@ -9,8 +9,8 @@ from pathlib import Path
 # threads slow small models down by orders of magnitude. Must precede torch's import.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SSLBENCH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
