@@ -35,6 +35,8 @@ PLUGIN_MODULES: list[str] = [
     "pretrain.sources",
     "pretrain.methods",
     "pretrain.generators",
+    "tasks.metrics",
+    "tasks.adapters",
 ]
 
 

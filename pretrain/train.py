@@ -337,7 +337,7 @@ class Trainer:
             "steps": cfg.steps,
             "batch_size": cfg.batch_size,
             "images_seen": images_seen,
-            "data_usage": self.source.stats(),
+            "data_usage": self.source.stats(cfg.steps),
             "seed": cfg.seed,
             "image_size": cfg.image_size,
             "final_loss": last.get("loss"),

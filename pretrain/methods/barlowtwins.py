@@ -7,7 +7,6 @@ Redundancy Reduction", ICML 2021, https://arxiv.org/abs/2103.03230.
 from __future__ import annotations
 
 import dataclasses
-from numbers import Real
 from typing import Any, ClassVar
 
 import torch
@@ -16,10 +15,7 @@ from lightly.models.modules import BarlowTwinsProjectionHead
 
 from pretrain.augment import ViewRecipe
 from pretrain.encoders.base import Encoder
-from pretrain.methods.base import METHODS, MethodConfigError, SSLMethod, StepOutput
-
-#: Image size the paper's blur sigmas (pixels) refer to; they are rescaled to the view size.
-_PAPER_SIZE = 224
+from pretrain.methods.base import METHODS, SSLMethod, StepOutput, colour_jitter_recipe
 
 
 @METHODS.register("barlowtwins")
@@ -68,15 +64,8 @@ class BarlowTwins(SSLMethod):
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
-        for key in ("hidden_dim", "output_dim"):
-            value = config[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise MethodConfigError(
-                    f"method {cls.name!r}: {key} must be a positive integer, got {value!r}"
-                )
-        lam = config["lambda_param"]
-        if isinstance(lam, bool) or not isinstance(lam, Real) or lam <= 0:
-            raise MethodConfigError(f"method {cls.name!r}: lambda_param must be > 0, got {lam!r}")
+        cls.require_int(config, "hidden_dim", "output_dim", ge=1)
+        cls.require_number(config, "lambda_param", gt=0)
 
     def view_recipes(self, size: int) -> list[ViewRecipe]:
         """The BYOL asymmetric pair the paper uses, adapted to greyscale.
@@ -88,22 +77,7 @@ class BarlowTwins(SSLMethod):
         rescaled to ``size``) with p 1.0 on view 0 and 0.1 on view 1. Solarisation
         (p 0 / 0.2) is not available in :class:`ViewRecipe` and is left out.
         """
-        k = size / _PAPER_SIZE
-        view0 = ViewRecipe(
-            size=size,
-            scale=(0.08, 1.0),
-            hflip_p=0.5,
-            vflip_p=0.0,
-            rotate_p=0.0,
-            intensity_scale=(0.6, 1.4),
-            intensity_shift=(0.0, 0.0),
-            intensity_p=0.8,
-            gamma=(1 / 1.4, 1.4),
-            gamma_p=0.8,
-            blur_sigma=(0.1 * k, 2.0 * k),
-            blur_p=1.0,
-            noise_p=0.0,
-        )
+        view0 = colour_jitter_recipe(size, scale=(0.08, 1.0), jitter=0.4, blur_p=1.0)
         return [view0, dataclasses.replace(view0, blur_p=0.1)]
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:

@@ -14,11 +14,16 @@ Adding a method is one file in ``pretrain/methods/`` decorated with
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from numbers import Real
+from typing import Any, ClassVar, TypeVar
 
 import torch
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
 from benchmark.errors import SSLBenchError
@@ -29,6 +34,9 @@ from pretrain.encoders.base import Encoder
 METHODS: Registry[type[SSLMethod]] = Registry(
     "methods", "self-supervised pretraining methods built from lightly"
 )
+
+#: Image size the papers' blur sigmas (pixels) refer to; they are rescaled to the view size.
+PAPER_SIZE = 224
 
 #: Keys every method accepts (optimisation is shared by the training loop).
 COMMON_DEFAULTS: dict[str, Any] = {
@@ -142,6 +150,64 @@ class SSLMethod(nn.Module):
         """Method-specific validation; raise :class:`MethodConfigError`."""
 
     @classmethod
+    def config_error(cls, message: str) -> MethodConfigError:
+        """A :class:`MethodConfigError` naming this method: ``method 'name': message``."""
+        return MethodConfigError(f"method {cls.name!r}: {message}")
+
+    @classmethod
+    def require_int(cls, config: dict[str, Any], *keys: str, ge: int) -> None:
+        """Raise unless each ``config[key]`` is an int (not a bool) ``>= ge``."""
+        for key in keys:
+            value = config[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < ge:
+                what = "a positive integer" if ge == 1 else f"an integer >= {ge}"
+                raise cls.config_error(f"{key} must be {what}, got {value!r}")
+
+    @classmethod
+    def require_number(
+        cls,
+        config: dict[str, Any],
+        *keys: str,
+        gt: float | str | None = None,
+        ge: float | str | None = None,
+        lt: float | str | None = None,
+        le: float | str | None = None,
+    ) -> None:
+        """Raise unless each ``config[key]`` is a real number (not a bool) within the bounds.
+
+        Bounds are numbers or names of other config keys (compared with their
+        values, named in the message: ``momentum_end must be in [momentum_start, 1]``).
+        NaN fails every bound.
+        """
+        if (gt is not None and ge is not None) or (lt is not None and le is not None):
+            raise TypeError("require_number: give at most one lower and one upper bound")
+        low, high = (ge if gt is None else gt), (le if lt is None else lt)
+
+        def bound(b: float | str) -> Any:
+            return config[b] if isinstance(b, str) else b
+
+        if low is not None and high is not None:
+            rule = f"in {'[' if gt is None else '('}{low}, {high}{']' if lt is None else ')'}"
+        elif low is not None:
+            rule = f"{'>=' if gt is None else '>'} {low}"
+        elif high is not None:
+            rule = f"{'<=' if lt is None else '<'} {high}"
+        else:
+            rule = "a number"
+        for key in keys:
+            value = config[key]
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise cls.config_error(f"{key} must be a number, got {value!r}")
+            ok = (
+                (gt is None or value > bound(gt))
+                and (ge is None or value >= bound(ge))
+                and (lt is None or value < bound(lt))
+                and (le is None or value <= bound(le))
+            )
+            if not ok:
+                raise cls.config_error(f"{key} must be {rule}, got {value!r}")
+
+    @classmethod
     def check_encoder(cls, encoder: Encoder) -> None:
         """Raise :class:`MethodConfigError` if ``encoder`` cannot be used."""
         if cls.requires_multiscale and not encoder.supports_multiscale:
@@ -179,6 +245,84 @@ class SSLMethod(nn.Module):
             {"params": decay, "weight_decay": self.config["weight_decay"]},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def momentum_copy(module: _M) -> _M:
+    """A deep copy of ``module`` with gradients off, to be updated by momentum only."""
+    twin = copy.deepcopy(module)
+    deactivate_requires_grad(twin)
+    return twin
+
+
+class MomentumMethod(SSLMethod):
+    """Base class of methods with momentum (EMA) copies of some of their modules.
+
+    The config has ``momentum_start`` and ``momentum_end``; after every optimizer
+    step each momentum copy listed by :meth:`momentum_pairs` moves towards its
+    online module (lightly's ``update_momentum``) with the momentum of a cosine
+    schedule from ``momentum_start`` (first step) to ``momentum_end`` (last step).
+    """
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """The ``(online, momentum copy)`` module pairs, updated in this order."""
+        raise NotImplementedError
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        """Momentum at ``step`` (cosine from momentum_start to momentum_end)."""
+        cfg = self.config
+        return cosine_schedule(step, total_steps, cfg["momentum_start"], cfg["momentum_end"])
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        m = self.momentum_at(step, total_steps)
+        for online, twin in self.momentum_pairs():
+            update_momentum(online, twin, m=m)
+
+
+def crop_flip_recipe(size: int, *, scale: tuple[float, float]) -> ViewRecipe:
+    """A view with random resized crop (area ``scale``) and horizontal flip (p 0.5) only."""
+    return ViewRecipe(
+        size=size,
+        scale=scale,
+        hflip_p=0.5,
+        vflip_p=0.0,
+        rotate_p=0.0,
+        intensity_p=0.0,
+        gamma_p=0.0,
+        blur_p=0.0,
+        noise_p=0.0,
+    )
+
+
+def colour_jitter_recipe(
+    size: int, *, scale: tuple[float, float], jitter: float, blur_p: float
+) -> ViewRecipe:
+    """The SimCLR-family view (crop, flip, colour jitter, blur), adapted to greyscale.
+
+    Random resized crop (area ``scale``) and horizontal flip (p 0.5). Colour
+    jitter (p 0.8) keeps its greyscale part: brightness ``jitter`` becomes an
+    intensity scale in [1 - jitter, 1 + jitter] and contrast ``jitter`` a gamma
+    in [1 / (1 + jitter), 1 + jitter] (each applied with p 0.8); saturation, hue
+    and random greyscale have no greyscale counterpart. Gaussian blur with p
+    ``blur_p`` and sigma 0.1-2 px at :data:`PAPER_SIZE` px, rescaled to ``size``.
+    No intensity shift, rotation, vertical flip or noise (none is in the papers).
+    """
+    k = size / PAPER_SIZE
+    high = 1 + jitter
+    return dataclasses.replace(
+        crop_flip_recipe(size, scale=scale),
+        # rounded so that jitter 0.8 gives 0.2, not 1 - 0.8 = 0.19999999999999996
+        intensity_scale=(round(1 - jitter, 12), high),
+        intensity_shift=(0.0, 0.0),
+        intensity_p=0.8,
+        gamma=(1 / high, high),
+        gamma_p=0.8,
+        blur_sigma=(0.1 * k, 2.0 * k),
+        blur_p=blur_p,
+    )
 
 
 def create_method(name: str, encoder: Encoder, **config: Any) -> SSLMethod:

@@ -6,27 +6,27 @@ Learning", NeurIPS 2020, https://arxiv.org/abs/2006.07733.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from numbers import Real
 from typing import Any, ClassVar
 
 import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
-from lightly.utils.scheduler import cosine_schedule
+from torch import nn
 
 from pretrain.augment import ViewRecipe
 from pretrain.encoders.base import Encoder
-from pretrain.methods.base import METHODS, MethodConfigError, SSLMethod, StepOutput
-
-#: Image size the paper's blur sigmas (pixels) refer to; they are rescaled to the view size.
-_PAPER_SIZE = 224
+from pretrain.methods.base import (
+    METHODS,
+    MomentumMethod,
+    StepOutput,
+    colour_jitter_recipe,
+    momentum_copy,
+)
 
 
 @METHODS.register("byol")
-class BYOL(SSLMethod):
+class BYOL(MomentumMethod):
     """BYOL: an online network predicts the projections of a momentum target network.
 
     Online: shared encoder, lightly's :class:`BYOLProjectionHead` and
@@ -68,32 +68,15 @@ class BYOL(SSLMethod):
         hidden, out = self.config["hidden_dim"], self.config["output_dim"]
         self.projection_head = BYOLProjectionHead(encoder.num_features, hidden, out)
         self.prediction_head = BYOLPredictionHead(out, hidden, out)
-        self.encoder_momentum = copy.deepcopy(encoder)
-        self.projection_head_momentum = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.encoder_momentum)
-        deactivate_requires_grad(self.projection_head_momentum)
+        self.encoder_momentum = momentum_copy(encoder)
+        self.projection_head_momentum = momentum_copy(self.projection_head)
         self.criterion = NegativeCosineSimilarity()
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
-        for key in ("hidden_dim", "output_dim"):
-            value = config[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise MethodConfigError(
-                    f"method {cls.name!r}: {key} must be a positive integer, got {value!r}"
-                )
-        start, end = config["momentum_start"], config["momentum_end"]
-        for key, value in (("momentum_start", start), ("momentum_end", end)):
-            if isinstance(value, bool) or not isinstance(value, Real):
-                raise MethodConfigError(f"method {cls.name!r}: {key} must be a number")
-        if not 0 <= start < 1:
-            raise MethodConfigError(
-                f"method {cls.name!r}: momentum_start must be in [0, 1), got {start!r}"
-            )
-        if not start <= end <= 1:
-            raise MethodConfigError(
-                f"method {cls.name!r}: momentum_end must be in [momentum_start, 1], got {end!r}"
-            )
+        cls.require_int(config, "hidden_dim", "output_dim", ge=1)
+        cls.require_number(config, "momentum_start", ge=0, lt=1)
+        cls.require_number(config, "momentum_end", ge="momentum_start", le=1)
 
     def view_recipes(self, size: int) -> list[ViewRecipe]:
         """The paper's asymmetric pair (its Table 6), adapted to greyscale.
@@ -107,28 +90,15 @@ class BYOL(SSLMethod):
         left out; an intensity inversion of the bright half also does not keep
         the meaning of CT/MR/X-ray intensities. No rotation or noise.
         """
-        k = size / _PAPER_SIZE
-        view0 = ViewRecipe(
-            size=size,
-            scale=(0.08, 1.0),
-            hflip_p=0.5,
-            vflip_p=0.0,
-            rotate_p=0.0,
-            intensity_scale=(0.6, 1.4),
-            intensity_shift=(0.0, 0.0),
-            intensity_p=0.8,
-            gamma=(1 / 1.4, 1.4),
-            gamma_p=0.8,
-            blur_sigma=(0.1 * k, 2.0 * k),
-            blur_p=1.0,
-            noise_p=0.0,
-        )
+        view0 = colour_jitter_recipe(size, scale=(0.08, 1.0), jitter=0.4, blur_p=1.0)
         return [view0, dataclasses.replace(view0, blur_p=0.1)]
 
-    def momentum_at(self, step: int, total_steps: int) -> float:
-        """Target momentum at ``step`` (cosine from momentum_start to momentum_end)."""
-        cfg = self.config
-        return cosine_schedule(step, total_steps, cfg["momentum_start"], cfg["momentum_end"])
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """Target network: encoder and projection head, cosine-scheduled momentum."""
+        return [
+            (self.encoder, self.encoder_momentum),
+            (self.projection_head, self.projection_head_momentum),
+        ]
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:
         z0 = self.projection_head(self.encoder.forward_features(views[0]))
@@ -140,9 +110,3 @@ class BYOL(SSLMethod):
         loss = 2 * (self.criterion(p0, t1) + self.criterion(p1, t0))
         logs = {"ema_momentum": self.momentum_at(step, total_steps)}
         return StepOutput(loss=loss, embeddings=z0.detach(), logs=logs)
-
-    @torch.no_grad()
-    def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        m = self.momentum_at(step, total_steps)
-        update_momentum(self.encoder, self.encoder_momentum, m=m)
-        update_momentum(self.projection_head, self.projection_head_momentum, m=m)

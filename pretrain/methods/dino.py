@@ -14,23 +14,25 @@ ViT encoders (the head has no batch norm by default, as in the paper's ViTs).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import warnings
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar
 
 import torch
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
-from lightly.utils.scheduler import cosine_schedule
+from lightly.models.utils import deactivate_requires_grad
+from torch import nn
 
 from pretrain.augment import ViewRecipe
 from pretrain.encoders.base import Encoder
-from pretrain.methods.base import METHODS, MethodConfigError, SSLMethod, StepOutput
-
-#: Image size the paper's blur sigmas (pixels) refer to; they are rescaled to the view size.
-_PAPER_SIZE = 224
+from pretrain.methods.base import (
+    METHODS,
+    MomentumMethod,
+    StepOutput,
+    colour_jitter_recipe,
+    momentum_copy,
+)
 
 
 def _pair(value: Any) -> tuple[float, float]:
@@ -39,7 +41,7 @@ def _pair(value: Any) -> tuple[float, float]:
 
 
 @METHODS.register("dino")
-class DINO(SSLMethod):
+class DINO(MomentumMethod):
     """DINO (Caron et al. 2021) around the shared encoder.
 
     Config (besides :data:`~pretrain.methods.base.COMMON_DEFAULTS`):
@@ -104,8 +106,7 @@ class DINO(SSLMethod):
         # A weight-normalised layer cannot be deep-copied: build a twin and copy the state.
         self.teacher_head = make_head()
         self.teacher_head.load_state_dict(self.student_head.state_dict())
-        self.teacher_encoder = copy.deepcopy(encoder)
-        deactivate_requires_grad(self.teacher_encoder)
+        self.teacher_encoder = momentum_copy(encoder)
         deactivate_requires_grad(self.teacher_head)
         self.criterion = DINOLoss(
             output_dim=cfg["head_out_dim"],
@@ -116,30 +117,20 @@ class DINO(SSLMethod):
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
-        def fail(msg: str) -> NoReturn:
-            raise MethodConfigError(f"method 'dino': {msg}")
-
-        for key in ("head_hidden_dim", "head_bottleneck_dim", "head_out_dim"):
-            if not (isinstance(config[key], int) and config[key] > 0):
-                fail(f"{key} must be a positive int")
-        if not 0 <= config["momentum_start"] <= config["momentum_end"] <= 1:
-            fail("need 0 <= momentum_start <= momentum_end <= 1")
-        for key in ("teacher_temp", "warmup_teacher_temp", "student_temp"):
-            if not config[key] > 0:
-                fail(f"{key} must be > 0")
-        if not 0 <= config["warmup_teacher_temp_fraction"] <= 1:
-            fail("warmup_teacher_temp_fraction must be in [0, 1]")
-        if not 0 <= config["center_momentum"] < 1:
-            fail("center_momentum must be in [0, 1)")
-        if not (isinstance(config["n_local_views"], int) and config["n_local_views"] >= 0):
-            fail("n_local_views must be an int >= 0")
+        cls.require_int(config, "head_hidden_dim", "head_bottleneck_dim", "head_out_dim", ge=1)
+        cls.require_number(config, "momentum_start", ge=0, le=1)
+        cls.require_number(config, "momentum_end", ge="momentum_start", le=1)
+        cls.require_number(config, "teacher_temp", "warmup_teacher_temp", "student_temp", gt=0)
+        cls.require_number(config, "warmup_teacher_temp_fraction", ge=0, le=1)
+        cls.require_number(config, "center_momentum", ge=0, lt=1)
+        cls.require_int(config, "n_local_views", ge=0)
         for key in ("global_scale", "local_scale"):
             try:
                 low, high = _pair(config[key])
             except (TypeError, ValueError):
-                fail(f"{key} must be a pair (low, high)")
+                raise cls.config_error(f"{key} must be a pair (low, high)") from None
             if not 0 < low <= high <= 1:
-                fail(f"{key} must be (low, high) with 0 < low <= high <= 1")
+                raise cls.config_error(f"{key} must be (low, high) with 0 < low <= high <= 1")
 
     def local_size(self, size: int) -> int:
         """Local crop size: ``size // 2`` floored to a size the encoder accepts.
@@ -161,22 +152,8 @@ class DINO(SSLMethod):
         Solarisation of the second global view has no counterpart in
         :class:`ViewRecipe`; rotation, vertical flips and noise are off.
         """
-        k = size / _PAPER_SIZE
-        view0 = ViewRecipe(
-            size=size,
-            scale=_pair(self.config["global_scale"]),
-            hflip_p=0.5,
-            vflip_p=0.0,
-            rotate_p=0.0,
-            intensity_scale=(0.6, 1.4),
-            intensity_shift=(0.0, 0.0),
-            intensity_p=0.8,
-            gamma=(1 / 1.4, 1.4),
-            gamma_p=0.8,
-            blur_sigma=(0.1 * k, 2.0 * k),
-            blur_p=1.0,
-            noise_p=0.0,
-        )
+        global_scale = _pair(self.config["global_scale"])
+        view0 = colour_jitter_recipe(size, scale=global_scale, jitter=0.4, blur_p=1.0)
         local = dataclasses.replace(
             view0, size=self.local_size(size), scale=_pair(self.config["local_scale"]), blur_p=0.5
         )
@@ -215,11 +192,8 @@ class DINO(SSLMethod):
 
     def momentum(self, step: int, total_steps: int) -> float:
         """Teacher EMA momentum at ``step`` (cosine from start to end value)."""
-        cfg = self.config
-        return cosine_schedule(step, total_steps, cfg["momentum_start"], cfg["momentum_end"])
+        return self.momentum_at(step, total_steps)
 
-    @torch.no_grad()
-    def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        m = self.momentum(step, total_steps)
-        update_momentum(self.encoder, self.teacher_encoder, m=m)
-        update_momentum(self.student_head, self.teacher_head, m=m)
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """Teacher: encoder and DINO head, cosine-scheduled momentum."""
+        return [(self.encoder, self.teacher_encoder), (self.student_head, self.teacher_head)]

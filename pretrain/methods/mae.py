@@ -20,7 +20,7 @@ embedding is recomputed for grids other than the one it was built for.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NoReturn, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,13 @@ from torch import nn
 
 from pretrain.augment import ViewRecipe
 from pretrain.encoders.base import Encoder
-from pretrain.methods.base import METHODS, MethodConfigError, SSLMethod, StepOutput
+from pretrain.methods.base import (
+    METHODS,
+    MethodConfigError,
+    SSLMethod,
+    StepOutput,
+    crop_flip_recipe,
+)
 
 
 class _Decoder(MaskedVisionTransformerDecoderTIMM):
@@ -119,38 +125,22 @@ class MAE(SSLMethod):
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
-        def fail(msg: str) -> NoReturn:
-            raise MethodConfigError(f"method 'mae': {msg}")
-
-        if not 0 < config["mask_ratio"] < 1:
-            fail("mask_ratio must be in (0, 1)")
-        for key in ("decoder_dim", "decoder_depth", "decoder_heads"):
-            if not (isinstance(config[key], int) and config[key] > 0):
-                fail(f"{key} must be a positive int")
+        cls.require_number(config, "mask_ratio", gt=0, lt=1)
+        cls.require_int(config, "decoder_dim", "decoder_depth", "decoder_heads", ge=1)
         if config["decoder_dim"] % config["decoder_heads"] or config["decoder_dim"] % 4:
-            fail("decoder_dim must be a multiple of 4 and of decoder_heads")
+            raise cls.config_error("decoder_dim must be a multiple of 4 and of decoder_heads")
         if config["pos_embed"] not in ("sincos", "learn"):
-            fail(f"pos_embed must be 'sincos' or 'learn', got {config['pos_embed']!r}")
+            raise cls.config_error(
+                f"pos_embed must be 'sincos' or 'learn', got {config['pos_embed']!r}"
+            )
         if not isinstance(config["init_encoder"], bool):
-            fail("init_encoder must be true or false")
+            raise cls.config_error("init_encoder must be true or false")
 
     def view_recipes(self, size: int) -> list[ViewRecipe]:
         """One view: random resized crop (scale 0.2-1) and horizontal flip only."""
         if size % self.patch_size:
             raise MethodConfigError(f"mae: view size {size} is not a multiple of the patch size")
-        return [
-            ViewRecipe(
-                size=size,
-                scale=(0.2, 1.0),
-                hflip_p=0.5,
-                vflip_p=0.0,
-                rotate_p=0.0,
-                intensity_p=0.0,
-                gamma_p=0.0,
-                blur_p=0.0,
-                noise_p=0.0,
-            )
-        ]
+        return [crop_flip_recipe(size, scale=(0.2, 1.0))]
 
     def random_mask(
         self, batch: int, num_patches: int, device: torch.device

@@ -7,26 +7,26 @@ Unsupervised Visual Representation Learning", CVPR 2020).
 
 from __future__ import annotations
 
-import copy
-from numbers import Real
 from typing import Any, ClassVar
 
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
-from lightly.utils.scheduler import cosine_schedule
+from torch import nn
 
 from pretrain.augment import ViewRecipe
 from pretrain.encoders.base import Encoder
-from pretrain.methods.base import METHODS, MethodConfigError, SSLMethod, StepOutput
-
-#: Image size the paper's blur sigmas (pixels) refer to; they are rescaled to the view size.
-_PAPER_SIZE = 224
+from pretrain.methods.base import (
+    METHODS,
+    MomentumMethod,
+    StepOutput,
+    colour_jitter_recipe,
+    momentum_copy,
+)
 
 
 @METHODS.register("mocov2", aliases=("moco",))
-class MoCoV2(SSLMethod):
+class MoCoV2(MomentumMethod):
     """MoCo v2: queries against momentum-encoder keys and a queue of past keys.
 
     The query network is the shared encoder plus lightly's :class:`MoCoProjectionHead`
@@ -75,10 +75,8 @@ class MoCoV2(SSLMethod):
         self.projection_head = MoCoProjectionHead(
             encoder.num_features, cfg["hidden_dim"], cfg["output_dim"]
         )
-        self.encoder_momentum = copy.deepcopy(encoder)
-        self.projection_head_momentum = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.encoder_momentum)
-        deactivate_requires_grad(self.projection_head_momentum)
+        self.encoder_momentum = momentum_copy(encoder)
+        self.projection_head_momentum = momentum_copy(self.projection_head)
         self.criterion = NTXentLoss(
             temperature=cfg["temperature"],
             memory_bank_size=(cfg["memory_bank_size"], cfg["output_dim"]),
@@ -86,28 +84,10 @@ class MoCoV2(SSLMethod):
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
-        for key in ("hidden_dim", "output_dim", "memory_bank_size"):
-            value = config[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise MethodConfigError(
-                    f"method {cls.name!r}: {key} must be a positive integer, got {value!r}"
-                )
-        for key in ("temperature", "momentum_start", "momentum_end"):
-            if isinstance(config[key], bool) or not isinstance(config[key], Real):
-                raise MethodConfigError(f"method {cls.name!r}: {key} must be a number")
-        if config["temperature"] <= 0:
-            raise MethodConfigError(
-                f"method {cls.name!r}: temperature must be > 0, got {config['temperature']!r}"
-            )
-        start, end = config["momentum_start"], config["momentum_end"]
-        if not 0 <= start < 1:
-            raise MethodConfigError(
-                f"method {cls.name!r}: momentum_start must be in [0, 1), got {start!r}"
-            )
-        if not start <= end <= 1:
-            raise MethodConfigError(
-                f"method {cls.name!r}: momentum_end must be in [momentum_start, 1], got {end!r}"
-            )
+        cls.require_int(config, "hidden_dim", "output_dim", "memory_bank_size", ge=1)
+        cls.require_number(config, "temperature", gt=0)
+        cls.require_number(config, "momentum_start", ge=0, lt=1)
+        cls.require_number(config, "momentum_end", ge="momentum_start", le=1)
 
     def view_recipes(self, size: int) -> list[ViewRecipe]:
         """Query and key views from the same distribution (MoCo v2 = SimCLR-style recipe).
@@ -118,28 +98,15 @@ class MoCoV2(SSLMethod):
         Random greyscale is a no-op on greyscale images. Gaussian blur p 0.5 with
         sigma 0.1-2 px at 224 px, rescaled to ``size``. No rotation or noise.
         """
-        k = size / _PAPER_SIZE
-        recipe = ViewRecipe(
-            size=size,
-            scale=(0.2, 1.0),
-            hflip_p=0.5,
-            vflip_p=0.0,
-            rotate_p=0.0,
-            intensity_scale=(0.6, 1.4),
-            intensity_shift=(0.0, 0.0),
-            intensity_p=0.8,
-            gamma=(1 / 1.4, 1.4),
-            gamma_p=0.8,
-            blur_sigma=(0.1 * k, 2.0 * k),
-            blur_p=0.5,
-            noise_p=0.0,
-        )
+        recipe = colour_jitter_recipe(size, scale=(0.2, 1.0), jitter=0.4, blur_p=0.5)
         return [recipe, recipe]
 
-    def momentum_at(self, step: int, total_steps: int) -> float:
-        """Key-network momentum at ``step`` (cosine from momentum_start to momentum_end)."""
-        cfg = self.config
-        return cosine_schedule(step, total_steps, cfg["momentum_start"], cfg["momentum_end"])
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """Key network: encoder and projection head, cosine-scheduled momentum."""
+        return [
+            (self.encoder, self.encoder_momentum),
+            (self.projection_head, self.projection_head_momentum),
+        ]
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:
         query = self.projection_head(self.encoder.forward_features(views[0]))
@@ -148,9 +115,3 @@ class MoCoV2(SSLMethod):
         loss = self.criterion(query, key)  # enqueues the keys after reading the queue
         logs = {"ema_momentum": self.momentum_at(step, total_steps)}
         return StepOutput(loss=loss, embeddings=query.detach(), logs=logs)
-
-    @torch.no_grad()
-    def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        m = self.momentum_at(step, total_steps)
-        update_momentum(self.encoder, self.encoder_momentum, m=m)
-        update_momentum(self.projection_head, self.projection_head_momentum, m=m)

@@ -6,7 +6,6 @@ of Visual Representations", ICML 2020, https://arxiv.org/abs/2002.05709.
 
 from __future__ import annotations
 
-from numbers import Real
 from typing import Any, ClassVar
 
 import torch
@@ -15,10 +14,7 @@ from lightly.models.modules import SimCLRProjectionHead
 
 from pretrain.augment import ViewRecipe
 from pretrain.encoders.base import Encoder
-from pretrain.methods.base import METHODS, MethodConfigError, SSLMethod, StepOutput
-
-#: Image size the paper's blur sigmas (pixels) refer to; they are rescaled to the view size.
-_PAPER_SIZE = 224
+from pretrain.methods.base import METHODS, SSLMethod, StepOutput, colour_jitter_recipe
 
 
 @METHODS.register("simclr")
@@ -67,17 +63,8 @@ class SimCLR(SSLMethod):
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
-        for key in ("hidden_dim", "output_dim"):
-            value = config[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise MethodConfigError(
-                    f"method {cls.name!r}: {key} must be a positive integer, got {value!r}"
-                )
-        temperature = config["temperature"]
-        if isinstance(temperature, bool) or not isinstance(temperature, Real) or temperature <= 0:
-            raise MethodConfigError(
-                f"method {cls.name!r}: temperature must be > 0, got {temperature!r}"
-            )
+        cls.require_int(config, "hidden_dim", "output_dim", ge=1)
+        cls.require_number(config, "temperature", gt=0)
 
     def view_recipes(self, size: int) -> list[ViewRecipe]:
         """Two views from the same distribution, the paper's recipe for greyscale.
@@ -89,22 +76,7 @@ class SimCLR(SSLMethod):
         counterpart. Gaussian blur p 0.5 with sigma 0.1-2 px at 224 px, rescaled to
         ``size``. Rotation, vertical flips and noise are not in the paper (off).
         """
-        k = size / _PAPER_SIZE
-        recipe = ViewRecipe(
-            size=size,
-            scale=(0.08, 1.0),
-            hflip_p=0.5,
-            vflip_p=0.0,
-            rotate_p=0.0,
-            intensity_scale=(0.2, 1.8),
-            intensity_shift=(0.0, 0.0),
-            intensity_p=0.8,
-            gamma=(1 / 1.8, 1.8),
-            gamma_p=0.8,
-            blur_sigma=(0.1 * k, 2.0 * k),
-            blur_p=0.5,
-            noise_p=0.0,
-        )
+        recipe = colour_jitter_recipe(size, scale=(0.08, 1.0), jitter=0.8, blur_p=0.5)
         return [recipe, recipe]
 
     def project(self, x: torch.Tensor) -> torch.Tensor:

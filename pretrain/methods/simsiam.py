@@ -14,10 +14,7 @@ from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
 
 from pretrain.augment import ViewRecipe
 from pretrain.encoders.base import Encoder
-from pretrain.methods.base import METHODS, MethodConfigError, SSLMethod, StepOutput
-
-#: Image size the paper's blur sigmas (pixels) refer to; they are rescaled to the view size.
-_PAPER_SIZE = 224
+from pretrain.methods.base import METHODS, SSLMethod, StepOutput, colour_jitter_recipe
 
 
 @METHODS.register("simsiam")
@@ -68,12 +65,7 @@ class SimSiam(SSLMethod):
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
-        for key in ("hidden_dim", "output_dim", "pred_hidden_dim"):
-            value = config[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise MethodConfigError(
-                    f"method {cls.name!r}: {key} must be a positive integer, got {value!r}"
-                )
+        cls.require_int(config, "hidden_dim", "output_dim", "pred_hidden_dim", ge=1)
 
     def view_recipes(self, size: int) -> list[ViewRecipe]:
         """Two views from the same distribution (the MoCo v2 recipe the paper uses).
@@ -84,22 +76,7 @@ class SimSiam(SSLMethod):
         greyscale do not apply), Gaussian blur p 0.5 with sigma 0.1-2 px at 224 px
         rescaled to ``size``. No rotation or noise.
         """
-        k = size / _PAPER_SIZE
-        recipe = ViewRecipe(
-            size=size,
-            scale=(0.2, 1.0),
-            hflip_p=0.5,
-            vflip_p=0.0,
-            rotate_p=0.0,
-            intensity_scale=(0.6, 1.4),
-            intensity_shift=(0.0, 0.0),
-            intensity_p=0.8,
-            gamma=(1 / 1.4, 1.4),
-            gamma_p=0.8,
-            blur_sigma=(0.1 * k, 2.0 * k),
-            blur_p=0.5,
-            noise_p=0.0,
-        )
+        recipe = colour_jitter_recipe(size, scale=(0.2, 1.0), jitter=0.4, blur_p=0.5)
         return [recipe, recipe]
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:

@@ -44,7 +44,13 @@ from torch import nn
 
 from pretrain.augment import ViewRecipe
 from pretrain.encoders.base import Encoder
-from pretrain.methods.base import METHODS, MethodConfigError, SSLMethod, StepOutput
+from pretrain.methods.base import (
+    METHODS,
+    MethodConfigError,
+    SSLMethod,
+    StepOutput,
+    crop_flip_recipe,
+)
 
 
 def _masked_norm(
@@ -145,13 +151,11 @@ class SparK(SSLMethod):
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
-        if not 0 < config["mask_ratio"] < 1:
-            raise MethodConfigError("method 'spark': mask_ratio must be in (0, 1)")
+        cls.require_number(config, "mask_ratio", gt=0, lt=1)
         s = config["mask_stride"]
         if not (isinstance(s, int) and s >= 0 and not s & (s - 1)):
-            raise MethodConfigError("method 'spark': mask_stride must be 0 or a power of two")
-        if not (isinstance(config["decoder_width"], int) and config["decoder_width"] >= 16):
-            raise MethodConfigError("method 'spark': decoder_width must be an int >= 16")
+            raise cls.config_error("mask_stride must be 0 or a power of two")
+        cls.require_int(config, "decoder_width", ge=16)
 
     @classmethod
     def check_encoder(cls, encoder: Encoder) -> None:
@@ -173,19 +177,7 @@ class SparK(SSLMethod):
             self.encoder.check_input_size((size, size))
         except ValueError as err:
             raise MethodConfigError(f"method 'spark': {err}") from err
-        return [
-            ViewRecipe(
-                size=size,
-                scale=(0.67, 1.0),
-                hflip_p=0.5,
-                vflip_p=0.0,
-                rotate_p=0.0,
-                intensity_p=0.0,
-                gamma_p=0.0,
-                blur_p=0.0,
-                noise_p=0.0,
-            )
-        ]
+        return [crop_flip_recipe(size, scale=(0.67, 1.0))]
 
     def mask_stride(self, height: int, width: int) -> int:
         """Pixel size of the mask patches for a ``height`` x ``width`` view."""

@@ -22,10 +22,7 @@ from lightly.models.modules.heads import VICRegProjectionHead
 
 from pretrain.augment import ViewRecipe
 from pretrain.encoders.base import Encoder
-from pretrain.methods.base import METHODS, MethodConfigError, SSLMethod, StepOutput
-
-#: Image size the paper's blur sigmas (pixels) refer to; they are rescaled to the view size.
-_PAPER_SIZE = 224
+from pretrain.methods.base import METHODS, SSLMethod, StepOutput, colour_jitter_recipe
 
 
 @METHODS.register("vicreg")
@@ -75,16 +72,11 @@ class VICReg(SSLMethod):
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
-        for key in ("proj_hidden_dim", "proj_output_dim"):
-            if not (isinstance(config[key], int) and config[key] > 0):
-                raise MethodConfigError(f"method 'vicreg': {key} must be a positive int")
-        if not (isinstance(config["proj_layers"], int) and config["proj_layers"] >= 2):
-            raise MethodConfigError("method 'vicreg': proj_layers must be an int >= 2")
-        for key in ("lambda_param", "mu_param", "nu_param"):
-            if not config[key] >= 0:
-                raise MethodConfigError(f"method 'vicreg': {key} must be >= 0")
+        cls.require_int(config, "proj_hidden_dim", "proj_output_dim", ge=1)
+        cls.require_int(config, "proj_layers", ge=2)
+        cls.require_number(config, "lambda_param", "mu_param", "nu_param", ge=0)
         if config["lambda_param"] + config["mu_param"] + config["nu_param"] <= 0:
-            raise MethodConfigError("method 'vicreg': at least one loss weight must be > 0")
+            raise cls.config_error("at least one loss weight must be > 0")
 
     def view_recipes(self, size: int) -> list[ViewRecipe]:
         """BYOL's asymmetric pair (VICReg's appendix C.1), adapted to greyscale.
@@ -97,22 +89,7 @@ class VICReg(SSLMethod):
         :class:`ViewRecipe`; rotation, vertical flips and noise are not in the
         paper (off).
         """
-        k = size / _PAPER_SIZE
-        view0 = ViewRecipe(
-            size=size,
-            scale=(0.08, 1.0),
-            hflip_p=0.5,
-            vflip_p=0.0,
-            rotate_p=0.0,
-            intensity_scale=(0.6, 1.4),
-            intensity_shift=(0.0, 0.0),
-            intensity_p=0.8,
-            gamma=(1 / 1.4, 1.4),
-            gamma_p=0.8,
-            blur_sigma=(0.1 * k, 2.0 * k),
-            blur_p=1.0,
-            noise_p=0.0,
-        )
+        view0 = colour_jitter_recipe(size, scale=(0.08, 1.0), jitter=0.4, blur_p=1.0)
         return [view0, dataclasses.replace(view0, blur_p=0.1)]
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:

@@ -82,7 +82,7 @@ def test_moco_queue_fills_and_wraps() -> None:
         ("mocov2", {"memory_bank_size": 0}, "memory_bank_size"),
         ("mocov2", {"momentum_start": 1.0}, "momentum_start"),
         ("mocov2", {"momentum_start": 0.999, "momentum_end": 0.99}, "momentum_end"),
-        ("mocov2", {"temperature": "0.2"}, "temperature"),
+        ("mocov2", {"temperature": "warm"}, "temperature"),
         ("byol", {"momentum_start": -0.1}, "momentum_start"),
         ("byol", {"momentum_end": 1.5}, "momentum_end"),
         ("simsiam", {"pred_hidden_dim": -4}, "pred_hidden_dim"),

@@ -1,0 +1,119 @@
+"""The task-adapter contract shared by classification and segmentation adapters.
+
+An adapter takes the shared encoder (from a checkpoint, or randomly initialised
+for the ``scratch`` baseline), one evaluation cell's data (a label-fraction
+subset of the train split, a subsampled validation split and the full test
+split of one HDF5 dataset) and a seed, trains what it needs and returns test
+metrics. Sweeps over fractions and seeds live in :mod:`tasks.sweep`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from benchmark.registry import Registry
+from pretrain.encoders import Encoder
+
+ADAPTERS: Registry[type[Adapter]] = Registry(
+    "adapters", "downstream task adapters (classification and segmentation protocols)"
+)
+
+
+@dataclass
+class CellData:
+    """The data of one evaluation cell.
+
+    Attributes:
+        path: The sslbench HDF5 dataset.
+        train: File indices of the labelled training subset (a label fraction).
+        val: File indices of the (subsampled) validation split.
+        test: File indices of the full test split (never subsampled).
+        target: ``"labels"`` (classification) or ``"masks"`` (segmentation).
+        num_classes: Number of label classes, or of mask classes incl. background.
+        class_names: Names of the classes.
+        image_size: Spatial size fed to the encoder (images are resized to it).
+        content_hash: Content hash of the dataset file (for caches and records).
+        metrics: Names of the task's metrics (:data:`tasks.metrics.METRICS`) to
+            report; empty means the adapter's own default set.
+        primary_metric: Metric used for model selection on ``val`` (empty: the
+            adapter's default).
+        preprocessing: The task spec's preprocessing (``resize`` mode,
+            ``antialias``); empty means bilinear with anti-aliasing.
+    """
+
+    path: Path
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    target: str
+    num_classes: int
+    class_names: list[str]
+    image_size: int
+    content_hash: str = ""
+    metrics: list[str] = field(default_factory=list)
+    primary_metric: str = ""
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CellResult:
+    """What an adapter returns for one cell.
+
+    Attributes:
+        metrics: Test metrics (floats; names as in the task spec).
+        val_metrics: Validation metrics of the selected model.
+        extra: Anything else worth recording (confusion matrix, per-class scores,
+            chosen hyper-parameters, epochs trained, learning curve, cache hits).
+        train_time_s: Wall time of training (incl. feature extraction).
+        eval_time_s: Wall time of test evaluation.
+    """
+
+    metrics: dict[str, float]
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+
+
+class Adapter:
+    """Base class of task adapters.
+
+    Class attributes:
+        target: ``"labels"`` or ``"masks"``.
+        default_config: The documented recipe (optimizer, schedule, epochs, ...).
+        trains_encoder: True if the encoder's weights change (fine-tuning).
+    """
+
+    name: ClassVar[str] = ""
+    target: ClassVar[str] = "labels"
+    default_config: ClassVar[dict[str, Any]] = {}
+    trains_encoder: ClassVar[bool] = False
+
+    def __init__(self, **config: Any) -> None:
+        unknown = sorted(set(config) - set(self.default_config))
+        if unknown:
+            from benchmark.registry import unknown_name_error
+
+            raise unknown_name_error(
+                f"option of adapter {self.name!r}", unknown[0], list(self.default_config)
+            )
+        self.config = {**self.default_config, **config}
+
+    def check(self, encoder: Encoder, data: CellData) -> None:
+        """Raise :class:`benchmark.errors.SSLBenchError` if this cell cannot run."""
+
+    def run(
+        self,
+        encoder: Encoder,
+        data: CellData,
+        seed: int,
+        *,
+        device: str = "cpu",
+        cache_dir: Path | None = None,
+    ) -> CellResult:
+        """Train on ``data.train`` (selecting on ``data.val``) and evaluate on ``data.test``."""
+        raise NotImplementedError

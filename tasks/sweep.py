@@ -1,0 +1,618 @@
+"""Label-fraction x seed sweeps of task adapters, one JSON record per cell.
+
+A sweep evaluates one encoder checkpoint on one task with one or more
+adapters over fractions x seeds, plus baselines:
+
+* ``scratch``: the same encoder architecture randomly initialised (seeded by
+  the evaluation seed), same adapters, recipe and cells;
+* ``supervised``: the ``finetune`` adapter on 100 % of the labels from a random
+  initialisation, one cell per seed (the fully supervised reference).
+
+Subsets (:func:`benchmark.data.splits.subset`) are stratified (by class, or by
+mask emptiness for segmentation), patient-grouped and nested: for one seed the
+training subset of a fraction contains that of every smaller fraction. The
+validation split is subsampled by the same fraction, raised where needed to
+hold one example per class present in it (``max(fraction, n_classes / n_val)``,
+still nested); the test split is never subsampled.
+
+Each cell writes ``OUT/records/<task>/<adapter>/<encoder-id>/frac<f>_seed<s>.json``
+atomically (fields in :func:`make_record`). A cell whose record exists is
+skipped, so an interrupted sweep resumes where it stopped; a record written
+with different settings (task version, adapter config, dataset, encoder) is
+an error unless ``overwrite`` is set. Frozen-feature adapters share a feature
+cache in ``OUT/cache/features`` (see :mod:`tasks.features`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from benchmark.data.h5format import read_split, read_strings
+from benchmark.data.splits import strata_for, subset
+from benchmark.errors import DataError, OutputExistsError, SplitError, SSLBenchError
+from benchmark.io import atomic_write_json, provenance
+from benchmark.registry import unknown_name_error
+from pretrain.checkpoint import load_encoder, read_checkpoint_meta
+from pretrain.encoders import Encoder, create_encoder
+from tasks.adapters import ADAPTERS, CellData, CellResult
+from tasks.features import check_image_size
+from tasks.spec import TaskSpec
+
+RECORD_SCHEMA = "sslbench-cell/1"
+BASELINES = ("scratch", "supervised")
+DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: Fields compared to decide whether an existing record belongs to the same cell.
+FINGERPRINT = ("task_version", "adapter_config", "dataset_hash", "encoder_hash")
+
+
+def parse_fractions(value: str | list[float] | tuple[float, ...]) -> list[float]:
+    """Fractions from ``"0.01,0.1,1"`` or a list: each in (0, 1], strictly increasing."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        try:
+            f = float(item)
+        except (TypeError, ValueError):
+            raise SplitError(f"fraction {item!r} is not a number") from None
+        if not (0.0 < f <= 1.0) or math.isnan(f):
+            raise SplitError(f"fraction {f:g} is outside (0, 1]")
+        out.append(f)
+    if not out:
+        raise SplitError("no fractions given")
+    if any(b <= a for a, b in itertools.pairwise(out)):
+        raise SplitError(f"fractions must be strictly increasing, got {out}")
+    return out
+
+
+def parse_seeds(value: str | list[int] | tuple[int, ...]) -> list[int]:
+    """Seeds from ``"0,1,2"`` or a list: distinct non-negative integers."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        out = [int(str(s).strip()) for s in items]
+    except ValueError:
+        raise SSLBenchError(f"seeds must be integers, got {value!r}") from None
+    if not out or any(s < 0 for s in out) or len(set(out)) != len(out):
+        raise SSLBenchError(f"seeds must be distinct non-negative integers, got {value!r}")
+    return out
+
+
+def fraction_tag(fraction: float) -> str:
+    """``0.01`` -> ``"0.01"``, ``1.0`` -> ``"1"`` (file names)."""
+    return f"{fraction:g}"
+
+
+def _short_hash(obj: Any, n: int = 6) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
+
+
+# -- encoders -----------------------------------------------------------------------
+@dataclass
+class EncoderSource:
+    """Where a cell's encoder comes from: a checkpoint or a random initialisation."""
+
+    id: str
+    kind: str  # "checkpoint" or "scratch"
+    name: str
+    args: dict[str, Any]
+    path: Path | None = None
+    weights_hash: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, label: str | None = None) -> EncoderSource:
+        """A checkpoint folder; ``label`` names its records folder (default: folder name)."""
+        meta = read_checkpoint_meta(path)  # DataError if missing
+        folder = Path(path)
+        folder = folder.parent if folder.name in ("encoder.pt", "encoder.json") else folder
+        if label is None:
+            label = folder.resolve().name
+            if label == "encoder":
+                label = folder.resolve().parent.name
+        sha = str(meta["weights_sha256"])
+        return cls(
+            id=f"{label}-{sha[:8]}",
+            kind="checkpoint",
+            name=meta["encoder"]["name"],
+            args=dict(meta["encoder"].get("args", {})),
+            path=folder,
+            weights_hash=sha,
+            metadata=meta,
+        )
+
+    @classmethod
+    def scratch(cls, name: str, args: dict[str, Any], baseline: str = "scratch") -> EncoderSource:
+        """A random initialisation of architecture ``name`` (seeded per cell)."""
+        return cls(
+            id=f"{baseline}-{name}-{_short_hash(args)}",
+            kind="scratch",
+            name=name,
+            args=dict(args),
+            baseline=baseline,
+        )
+
+    def scratch_id(self, seed: int) -> str:
+        return f"scratch:{self.name}:{json.dumps(self.args, sort_keys=True)}:{seed}"
+
+    def hash_for(self, seed: int) -> str:
+        """Encoder hash recorded for a cell (weights SHA-256 or the scratch description)."""
+        return self.weights_hash if self.kind == "checkpoint" else self.scratch_id(seed)
+
+    def build(self, seed: int, device: str = "cpu") -> Encoder:
+        """The encoder (checkpoint weights, or random init seeded with ``seed``)."""
+        if self.kind == "checkpoint":
+            assert self.path is not None
+            return load_encoder(self.path, map_location=device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            encoder = create_encoder(self.name, **self.args)
+        encoder.scratch_id = self.scratch_id(seed)  # type: ignore[assignment]  # feature cache key
+        return encoder.to(device).eval()
+
+    def describe(self, seed: int) -> dict[str, Any]:
+        meta = self.metadata or {
+            "encoder": {"name": self.name, "args": self.args},
+            "init": f"random (torch.manual_seed({seed}))",
+        }
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "baseline": self.baseline,
+            "path": str(self.path) if self.path else None,
+            "hash": self.hash_for(seed),
+            "metadata": meta,
+        }
+
+
+# -- the dataset of a task ----------------------------------------------------------
+def _mask_emptiness(masks: h5py.Dataset, chunk: int = 256) -> tuple[np.ndarray, int]:
+    """Per-sample "mask is empty" flags and the largest mask value, read in chunks."""
+    empty, top = [], 0
+    for i in range(0, masks.shape[0], chunk):
+        block = np.asarray(masks[i : i + chunk])
+        flat = block.reshape(block.shape[0], -1)
+        empty.append(~flat.any(axis=1))
+        top = max(top, int(flat.max(initial=0)))
+    return np.concatenate(empty), top
+
+
+@dataclass
+class TaskData:
+    """Per-file arrays a sweep needs to draw subsets, read once."""
+
+    spec: TaskSpec
+    path: Path
+    content_hash: str
+    split: np.ndarray
+    strata: np.ndarray
+    patient_ids: np.ndarray
+    num_classes: int
+    class_names: list[str]
+
+    @classmethod
+    def load(cls, spec: TaskSpec, data_root: str | Path | None = None) -> TaskData:
+        """Resolve and read the task's dataset (DataError with the convert command if absent)."""
+        path = spec.resolve_dataset(data_root)
+        with h5py.File(path, "r") as f:
+            attrs = {
+                k: f.attrs[k]
+                for k in ("content_hash", "class_names", "mask_class_names")
+                if k in f.attrs
+            }
+            split = read_split(f)
+            pids = read_strings(f, "patient_ids")
+            if spec.target == "labels":
+                labels = np.asarray(f["labels"][()]).astype(np.int64)
+                names = json.loads(attrs.get("class_names", "null") or "null")
+                k = len(names) if names else int(labels.max()) + 1
+                if labels.min() < 0 or labels.max() >= k:
+                    raise DataError(
+                        f"{path}: labels must lie in [0, {k}) ({k} class names), got "
+                        f"[{labels.min()}, {labels.max()}]"
+                    )
+                strata = labels
+            else:
+                empty, top = _mask_emptiness(f["masks"])
+                names = json.loads(attrs.get("mask_class_names", "null") or "null")
+                k = len(names) if names else max(2, top + 1)
+                strata = strata_for(masks_empty=empty)
+        names = list(names) if names else [f"class{i}" for i in range(k)]
+        return cls(spec, path, str(attrs.get("content_hash", "")), split, strata, pids, k, names)
+
+    def pool(self, name: str) -> np.ndarray:
+        return np.flatnonzero(self.split == name)
+
+    def cell(self, fraction: float, seed: int) -> CellData:
+        """The cell's data: nested train and val subsets, the full test split."""
+        train_pool, val_pool, test = self.pool("train"), self.pool("val"), self.pool("test")
+        if train_pool.size == 0 or test.size == 0:
+            raise SplitError(f"{self.path}: the train and test splits must not be empty")
+        need = self.num_classes if self.spec.target == "labels" else None
+        try:
+            tr = train_pool[
+                subset(
+                    self.strata[train_pool],
+                    fraction,
+                    seed,
+                    groups=self.patient_ids[train_pool],
+                    num_classes=need,
+                )
+            ]
+        except SplitError as exc:
+            raise SplitError(f"{self.path} train split: {exc}") from None
+        va = val_pool[:0]
+        if val_pool.size:
+            n_cls = np.unique(self.strata[val_pool]).size
+            f_val = min(1.0, max(fraction, n_cls / val_pool.size))
+            va = val_pool[
+                subset(self.strata[val_pool], f_val, seed, groups=self.patient_ids[val_pool])
+            ]
+        return CellData(
+            path=self.path,
+            train=tr,
+            val=va,
+            test=test,
+            target=self.spec.target,
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+            image_size=self.spec.image_size,
+            content_hash=self.content_hash,
+            metrics=self.spec.metric_names,
+            primary_metric=self.spec.primary_metric,
+            preprocessing=dict(self.spec.preprocessing),
+        )
+
+
+# -- cells and records --------------------------------------------------------------
+@dataclass
+class Cell:
+    """One (adapter, encoder, fraction, seed) evaluation."""
+
+    adapter: str
+    config: dict[str, Any]
+    source: EncoderSource
+    fraction: float
+    seed: int
+    #: An identical cell planned earlier (a supervised cell equal to a scratch one).
+    twin: Cell | None = None
+
+    def record_path(self, out: Path, task: str) -> Path:
+        return (
+            out
+            / "records"
+            / task
+            / self.adapter
+            / self.source.id
+            / f"frac{fraction_tag(self.fraction)}_seed{self.seed}.json"
+        )
+
+
+def _sha(indices: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
+
+
+def make_record(
+    cell: Cell,
+    task: TaskData,
+    data: CellData,
+    result: CellResult,
+    run_config: dict[str, Any],
+    prov: dict[str, Any],
+) -> dict[str, Any]:
+    """The JSON record of a finished cell."""
+    spec = task.spec
+    return {
+        "schema": RECORD_SCHEMA,
+        "task": {
+            "name": spec.name,
+            "version": spec.version,
+            "target": spec.target,
+            "spec": spec.to_dict(),
+        },
+        "adapter": {"name": cell.adapter, "config": cell.config},
+        "baseline": cell.source.baseline,
+        "fraction": cell.fraction,
+        "seed": cell.seed,
+        "subset": {
+            "train_indices": data.train.tolist(),
+            "val_indices": data.val.tolist(),
+            "train_sha256": _sha(data.train),
+            "val_sha256": _sha(data.val),
+            "test_sha256": _sha(data.test),
+        },
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test),
+        "primary_metric": spec.primary_metric,
+        "metrics": result.metrics,
+        "val_metrics": result.val_metrics,
+        "extra": result.extra,
+        "train_time_s": round(result.train_time_s, 4),
+        "eval_time_s": round(result.eval_time_s, 4),
+        "encoder": cell.source.describe(cell.seed),
+        "dataset": {"path": str(task.path), "content_hash": task.content_hash},
+        "fingerprint": fingerprint(cell, task),
+        "config": run_config,
+        "provenance": {**prov, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    }
+
+
+def fingerprint(cell: Cell, task: TaskData) -> dict[str, Any]:
+    """What must match for an existing record to count as this cell's result."""
+    return {
+        "task_version": task.spec.version,
+        "adapter_config": json.loads(json.dumps(cell.config, default=str)),
+        "dataset_hash": task.content_hash,
+        "encoder_hash": cell.source.hash_for(cell.seed),
+    }
+
+
+def _existing(path: Path, fp: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """The record at ``path`` if it is this cell's; None if absent (or overwriting)."""
+    if overwrite or not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # unreadable leftovers are recomputed
+    if record.get("fingerprint") != fp:
+        diff = [k for k in FINGERPRINT if record.get("fingerprint", {}).get(k) != fp[k]]
+        raise OutputExistsError(
+            f"{path}: record exists with different {', '.join(diff) or 'settings'}; "
+            "pass --overwrite to replace it or choose another output folder"
+        )
+    return dict(record)
+
+
+# -- the sweep ------------------------------------------------------------------------
+@dataclass
+class SweepConfig:
+    """Everything a sweep depends on (recorded in every record as ``config``).
+
+    Attributes:
+        encoder: Encoder checkpoint folder.
+        task: Task spec name or YAML path.
+        adapters: Adapters to run (default: the spec's ``adapters``).
+        fractions: Label fractions, strictly increasing in (0, 1].
+        seeds: Evaluation seeds (subsets, training and scratch initialisation).
+        output: Output folder (records, feature cache, summaries).
+        baselines: Any of ``scratch`` and ``supervised``.
+        data_root: Root for relative dataset paths of the spec.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        overrides: Adapter options ``{"key": v}`` (every adapter having it) or
+            ``{"adapter.key": v}``.
+        overwrite: Recompute cells whose record exists.
+        cache: Use the feature cache (``False`` re-extracts features in every cell).
+        cache_dir: Feature cache folder (default ``output/cache/features``).
+        encoder_name: Records folder label of the checkpoint (default: its folder name).
+        progress: Show a progress bar.
+    """
+
+    encoder: str
+    task: str
+    adapters: list[str] | None = None
+    fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    output: str = "results"
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    data_root: str | None = None
+    device: str = "cpu"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+    cache: bool = True
+    cache_dir: str | None = None
+    encoder_name: str | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+@dataclass
+class SweepResult:
+    """Records of a sweep and what happened to each cell."""
+
+    records: list[dict[str, Any]]
+    paths: list[Path]
+    ran: int
+    skipped: int
+    reused: int
+    time_s: float
+
+
+def adapter_configs(
+    spec: TaskSpec, names: list[str], overrides: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Resolved options of each adapter: defaults < spec protocol < overrides."""
+    opts = {n: spec.adapter_options(n) for n in names}
+    for key, value in overrides.items():
+        prefix, dot, rest = key.partition(".")
+        if dot and prefix in opts:
+            opts[prefix][rest] = value
+            continue
+        targets = [n for n in names if key in ADAPTERS.get(n).default_config]
+        if not targets:
+            valid = sorted({k for n in names for k in ADAPTERS.get(n).default_config})
+            raise unknown_name_error(f"option of adapters {names}", key, valid)
+        for n in targets:
+            opts[n][key] = value
+    return {n: dict(ADAPTERS.create(n, **o).config) for n, o in opts.items()}
+
+
+def supervised_adapter(spec: TaskSpec) -> str:
+    """The end-to-end adapter of the ``supervised`` baseline (``finetune`` for labels)."""
+    if spec.target == "labels":
+        return "finetune"
+    for name in spec.adapters:
+        if name in ADAPTERS and ADAPTERS.get(name).trains_encoder:
+            return name
+    raise SSLBenchError(
+        f"task {spec.name!r} has no end-to-end adapter for the supervised baseline; "
+        "pass --baselines scratch (or none)"
+    )
+
+
+def plan(spec: TaskSpec, source: EncoderSource, cfg: SweepConfig) -> list[Cell]:
+    """Cells in run order: encoder, then seed, then adapter, then fraction."""
+    adapters = list(cfg.adapters or spec.adapters)
+    if not adapters:
+        raise SSLBenchError(f"task {spec.name!r} lists no adapters; pass --adapter")
+    for name in adapters:
+        cls = ADAPTERS.get(name)
+        if cls.target != spec.target:
+            raise SSLBenchError(
+                f"adapter {name!r} predicts {cls.target} but task {spec.name!r} predicts "
+                f"{spec.target}"
+            )
+    bad = [b for b in cfg.baselines if b not in BASELINES]
+    if bad:
+        raise unknown_name_error("baseline", bad[0], list(BASELINES))
+    sup = supervised_adapter(spec) if "supervised" in cfg.baselines else None
+    names = adapters + ([sup] if sup and sup not in adapters else [])
+    configs = adapter_configs(spec, names, cfg.overrides)
+    sources = [source]
+    if "scratch" in cfg.baselines:
+        sources.append(EncoderSource.scratch(source.name, source.args, "scratch"))
+    cells = [
+        Cell(a, configs[a], src, f, s)
+        for src in sources
+        for s in cfg.seeds
+        for a in adapters
+        for f in cfg.fractions
+    ]
+    if sup:
+        src = EncoderSource.scratch(source.name, source.args, "supervised")
+        for s in cfg.seeds:
+            twin = next(
+                (
+                    c
+                    for c in cells
+                    if c.source.baseline == "scratch"
+                    and c.adapter == sup
+                    and c.fraction == 1.0
+                    and c.seed == s
+                ),
+                None,
+            )
+            cells.append(Cell(sup, configs[sup], src, 1.0, s, twin))
+    return cells
+
+
+class _Runner:
+    """State shared by the cells of one sweep (encoders, subsets, provenance)."""
+
+    def __init__(self, cfg: SweepConfig, spec: TaskSpec, task: TaskData, device: str) -> None:
+        self.cfg, self.spec, self.task, self.device = cfg, spec, task, device
+        self.out = Path(cfg.output)
+        default_cache = self.out / "cache" / "features"
+        self.cache_dir = (
+            (Path(cfg.cache_dir) if cfg.cache_dir else default_cache) if cfg.cache else None
+        )
+        self.encoders: dict[tuple[str, int], Encoder] = {}
+        self.kept: set[str] = set()  # ids of checkpoint encoders (never evicted)
+        self.subsets: dict[tuple[float, int], CellData] = {}
+        self.prov = provenance()
+        self.run_config = cfg.to_dict()
+
+    def encoder(self, source: EncoderSource, seed: int) -> Encoder:
+        """The checkpoint encoder (loaded once) or the scratch encoder of ``seed`` (latest kept)."""
+        key = (source.id, 0 if source.kind == "checkpoint" else seed)
+        if key not in self.encoders:
+            if source.kind != "checkpoint":  # keep checkpoints, drop the previous scratch one
+                self.encoders = {k: v for k, v in self.encoders.items() if k[0] in self.kept}
+            else:
+                self.kept.add(source.id)
+            self.encoders[key] = source.build(seed, self.device)
+        return self.encoders[key]
+
+    def run(self, cell: Cell) -> dict[str, Any]:
+        """Run one cell and return its record."""
+        key = (cell.fraction, cell.seed)
+        if key not in self.subsets:
+            self.subsets[key] = self.task.cell(cell.fraction, cell.seed)
+        data = self.subsets[key]
+        encoder = self.encoder(cell.source, cell.seed)
+        adapter = ADAPTERS.create(cell.adapter, **cell.config)
+        adapter.check(encoder, data)
+        result = adapter.run(encoder, data, cell.seed, device=self.device, cache_dir=self.cache_dir)
+        return make_record(cell, self.task, data, result, self.run_config, self.prov)
+
+    def reuse(self, cell: Cell) -> dict[str, Any] | None:
+        """The record of ``cell.twin`` relabelled for ``cell``, if it exists and matches."""
+        if cell.twin is None:
+            return None
+        path = cell.twin.record_path(self.out, self.spec.name)
+        twin = _existing(path, fingerprint(cell.twin, self.task), overwrite=False)
+        if twin is None:
+            return None
+        return {
+            **twin,
+            "baseline": cell.source.baseline,
+            "reused_from": str(path),
+            "encoder": cell.source.describe(cell.seed),
+        }
+
+
+def run_sweep(cfg: SweepConfig) -> SweepResult:
+    """Run (or resume) a sweep; see the module docstring."""
+    from pretrain.train import resolve_device
+    from tasks.spec import load_spec
+
+    start = time.perf_counter()
+    cfg.fractions = parse_fractions(cfg.fractions)
+    cfg.seeds = parse_seeds(cfg.seeds)
+    spec = load_spec(cfg.task)
+    spec.check_registries()
+    source = EncoderSource.from_checkpoint(cfg.encoder, cfg.encoder_name)
+    task = TaskData.load(spec, cfg.data_root)
+    cells = plan(spec, source, cfg)
+    runner = _Runner(cfg, spec, task, str(resolve_device(cfg.device)))
+    check_image_size(runner.encoder(source, 0), spec.image_size)  # fail before any cell
+    for f in cfg.fractions:  # draw every subset first: an impossible one fails here
+        for s in cfg.seeds:
+            runner.subsets[(f, s)] = task.cell(f, s)
+    if any(c.fraction == 1.0 for c in cells):
+        for s in cfg.seeds:
+            runner.subsets.setdefault((1.0, s), task.cell(1.0, s))
+    records, paths = [], []
+    ran = skipped = reused = 0
+    bar = tqdm(
+        cells,
+        desc=f"evaluate {spec.name}",
+        unit="cell",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
+    for cell in bar:
+        bar.set_postfix_str(
+            f"{cell.adapter} {cell.source.id} f={fraction_tag(cell.fraction)} s={cell.seed}"
+        )
+        path = cell.record_path(runner.out, spec.name)
+        record = _existing(path, fingerprint(cell, task), cfg.overwrite)
+        if record is not None:
+            skipped += 1
+        else:
+            record = runner.reuse(cell)
+            if record is not None:
+                reused += 1
+            else:
+                record = runner.run(cell)
+                ran += 1
+            atomic_write_json(path, record)
+            record = json.loads(path.read_text())  # as written: NaN -> null, tuples -> lists
+        records.append(record)
+        paths.append(path)
+    bar.close()
+    return SweepResult(records, paths, ran, skipped, reused, time.perf_counter() - start)
