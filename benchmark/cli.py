@@ -151,6 +151,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         "log_every": args.log_every,
         "device": args.device,
         "amp": args.amp,
+        "channels_last": args.channels_last,
     }
     values.update({k: v for k, v in cli.items() if v is not None})
     if args.set:
@@ -199,6 +200,7 @@ def _add_pretrain(sub: Any) -> None:
     p.add_argument("--log-every", type=int)
     p.add_argument("--device", help="cpu, cuda or auto")
     p.add_argument("--amp", help="auto, bf16, fp16 or none")
+    p.add_argument("--channels-last", help="auto (2D CNNs), on or off")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from the saved state")
     p.add_argument("--overwrite", action="store_true", help="start the run again")

@@ -163,7 +163,7 @@ def main() -> None:
             )
     width = max(len(k) for k in results)
     for key, value in results.items():
-        unit = "s" if key.endswith("_s") else ("img/s" if "img_s" in key else "samples/s")
+        unit = "img/s" if key.endswith("img_s") else ("s" if key.endswith("_s") else "samples/s")
         print(f"{key:<{width}}  {value:10.2f} {unit if key != 'torch_threads' else ''}")
     for size in (64, 128):
         step = results[f"resnet18_train_step_{size}px_img_s"]

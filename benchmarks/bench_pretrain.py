@@ -36,7 +36,7 @@ from pretrain.augment import make_views
 from pretrain.encoders import create_encoder
 from pretrain.methods import create_method
 from pretrain.sources import create_source
-from pretrain.train import build_optimizer
+from pretrain.train import build_optimizer, memory_format
 
 
 def timed(step: Callable[[int], int], steps: int, warmup: int = 1) -> float:
@@ -55,7 +55,8 @@ def sslbench_rates(data: Path, size: int, batch: int, steps: int) -> dict[str, f
     torch.manual_seed(0)
     source = create_source("real", real=str(data), batch_size=batch, seed=0)
     encoder = create_encoder("resnet18", img_size=size)
-    method = create_method("simclr", encoder)
+    fmt = memory_format(encoder)  # what `sslbench pretrain` uses (channels-last for CNNs)
+    method = create_method("simclr", encoder).to(memory_format=fmt)
     recipes = method.view_recipes(size)
     opt = build_optimizer(method, method.config, batch)
 
@@ -68,9 +69,13 @@ def sslbench_rates(data: Path, size: int, batch: int, steps: int) -> dict[str, f
 
     def full(i: int) -> int:
         gen = torch.Generator().manual_seed(i)
-        return model_step(make_views(source.batch(i), recipes, gen))
+        views = make_views(source.batch(i), recipes, gen)
+        return model_step([v.contiguous(memory_format=fmt) for v in views])
 
-    fixed = make_views(source.batch(0), recipes, torch.Generator().manual_seed(0))
+    fixed = [
+        v.contiguous(memory_format=fmt)
+        for v in make_views(source.batch(0), recipes, torch.Generator().manual_seed(0))
+    ]
     t0 = time.perf_counter()
     for i in range(20):
         make_views(source.batch(i), recipes, torch.Generator().manual_seed(i))
