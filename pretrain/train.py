@@ -106,7 +106,9 @@ class PretrainConfig:
                 f"steps must be > 0 and batch_size > 1 (got {self.steps}, {self.batch_size})"
             )
         if self.channels_last not in ("auto", "on", "off"):
-            raise SSLBenchError(f"channels_last must be auto, on or off, got {self.channels_last!r}")
+            raise SSLBenchError(
+                f"channels_last must be auto, on or off, got {self.channels_last!r}"
+            )
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise SSLBenchError(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
 
