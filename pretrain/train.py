@@ -210,9 +210,9 @@ class Trainer:
         except ValueError as exc:
             raise SSLBenchError(str(exc)) from None
         self.memory_format = memory_format(encoder, config.channels_last)
-        self.method = create_method(config.method, encoder, **config.method_config).to(
-            self.device, memory_format=self.memory_format
-        )
+        self.method = create_method(config.method, encoder, **config.method_config)
+        # Module.to accepts memory_format at run time; torch's stubs do not declare it.
+        self.method.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
         self.recipes = self.method.view_recipes(config.image_size)
         self.optimizer = build_optimizer(self.method, self.method.config, config.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
