@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tasks.cli import add_evaluate_command
 
     add_evaluate_command(sub)
+    from benchmark.run_cli import add_harness_commands
+
+    add_harness_commands(sub)
     for register in EXTRA_COMMANDS:
         register(sub)
     return parser

@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -382,7 +383,8 @@ class SweepConfig:
     """Everything a sweep depends on (recorded in every record as ``config``).
 
     Attributes:
-        encoder: Encoder checkpoint folder.
+        encoder: Encoder checkpoint folder; empty to run only the baselines of
+            ``architecture``.
         task: Task spec name or YAML path.
         adapters: Adapters to run (default: the spec's ``adapters``).
         fractions: Label fractions, strictly increasing in (0, 1].
@@ -398,9 +400,16 @@ class SweepConfig:
         cache_dir: Feature cache folder (default ``output/cache/features``).
         encoder_name: Records folder label of the checkpoint (default: its folder name).
         progress: Show a progress bar.
+        dataset: Dataset file replacing the spec's ``dataset`` (e.g. a runner's
+            converted file).
+        image_size: Image size replacing the spec's ``image_size``.
+        architecture: ``{"name": ..., "args": {...}}`` of the baselines when no
+            ``encoder`` checkpoint is given.
+        keep_going: Record a failing cell (``failures`` of the result) and go on
+            with the others instead of raising.
     """
 
-    encoder: str
+    encoder: str | None
     task: str
     adapters: list[str] | None = None
     fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
@@ -415,6 +424,10 @@ class SweepConfig:
     cache_dir: str | None = None
     encoder_name: str | None = None
     progress: bool = True
+    dataset: str | None = None
+    image_size: int | None = None
+    architecture: dict[str, Any] | None = None
+    keep_going: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -430,6 +443,7 @@ class SweepResult:
     skipped: int
     reused: int
     time_s: float
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
 
 def adapter_configs(
@@ -482,7 +496,7 @@ def plan(spec: TaskSpec, source: EncoderSource, cfg: SweepConfig) -> list[Cell]:
     sup = supervised_adapter(spec) if "supervised" in cfg.baselines else None
     names = adapters + ([sup] if sup and sup not in adapters else [])
     configs = adapter_configs(spec, names, cfg.overrides)
-    sources = [source]
+    sources = [source] if source.kind == "checkpoint" else []
     if "scratch" in cfg.baselines:
         sources.append(EncoderSource.scratch(source.name, source.args, "scratch"))
     cells = [
@@ -565,17 +579,48 @@ class _Runner:
         }
 
 
-def run_sweep(cfg: SweepConfig) -> SweepResult:
-    """Run (or resume) a sweep; see the module docstring."""
-    from pretrain.train import resolve_device
+def sweep_spec(cfg: SweepConfig) -> TaskSpec:
+    """The sweep's task spec with the config's dataset and image size applied."""
+    import dataclasses
+
     from tasks.spec import load_spec
+
+    spec = load_spec(cfg.task)
+    if cfg.dataset is not None:
+        spec = dataclasses.replace(spec, dataset=str(cfg.dataset))
+    if cfg.image_size is not None:
+        spec = dataclasses.replace(spec, image_size=int(cfg.image_size))
+    return spec
+
+
+def sweep_source(cfg: SweepConfig) -> EncoderSource:
+    """The sweep's encoder: the checkpoint, or the baselines' architecture."""
+    if cfg.encoder:
+        return EncoderSource.from_checkpoint(cfg.encoder, cfg.encoder_name)
+    arch = cfg.architecture or {}
+    if "name" not in arch:
+        raise SSLBenchError("a sweep needs an encoder checkpoint or an architecture")
+    if not cfg.baselines:
+        raise SSLBenchError("a sweep without an encoder checkpoint needs baselines")
+    return EncoderSource.scratch(str(arch["name"]), dict(arch.get("args") or {}))
+
+
+def run_sweep(cfg: SweepConfig, on_cell: Callable[[Cell, str], None] | None = None) -> SweepResult:
+    """Run (or resume) a sweep; see the module docstring.
+
+    Args:
+        cfg: The sweep.
+        on_cell: Called after each cell with its status (``ran``, ``skipped``,
+            ``reused`` or ``failed``), e.g. to drive a progress display.
+    """
+    from pretrain.train import resolve_device
 
     start = time.perf_counter()
     cfg.fractions = parse_fractions(cfg.fractions)
     cfg.seeds = parse_seeds(cfg.seeds)
-    spec = load_spec(cfg.task)
+    spec = sweep_spec(cfg)
     spec.check_registries()
-    source = EncoderSource.from_checkpoint(cfg.encoder, cfg.encoder_name)
+    source = sweep_source(cfg)
     task = TaskData.load(spec, cfg.data_root)
     cells = plan(spec, source, cfg)
     runner = _Runner(cfg, spec, task, str(resolve_device(cfg.device)))
@@ -586,7 +631,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     if any(c.fraction == 1.0 for c in cells):
         for s in cfg.seeds:
             runner.subsets.setdefault((1.0, s), task.cell(1.0, s))
-    records, paths = [], []
+    records, paths, failures = [], [], []
     ran = skipped = reused = 0
     bar = tqdm(
         cells,
@@ -601,18 +646,46 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         )
         path = cell.record_path(runner.out, spec.name)
         record = _existing(path, fingerprint(cell, task), cfg.overwrite)
+        status = "skipped"
         if record is not None:
             skipped += 1
         else:
-            record = runner.reuse(cell)
-            if record is not None:
-                reused += 1
-            else:
-                record = runner.run(cell)
-                ran += 1
+            try:
+                record = runner.reuse(cell)
+                if record is not None:
+                    status, reused = "reused", reused + 1
+                else:
+                    record = runner.run(cell)
+                    status, ran = "ran", ran + 1
+            except Exception as exc:
+                if not cfg.keep_going:
+                    raise
+                failures.append(_failure(cell, spec.name, path, exc))
+                if on_cell is not None:
+                    on_cell(cell, "failed")
+                continue
             atomic_write_json(path, record)
             record = json.loads(path.read_text())  # as written: NaN -> null, tuples -> lists
         records.append(record)
         paths.append(path)
+        if on_cell is not None:
+            on_cell(cell, status)
     bar.close()
-    return SweepResult(records, paths, ran, skipped, reused, time.perf_counter() - start)
+    return SweepResult(records, paths, ran, skipped, reused, time.perf_counter() - start, failures)
+
+
+def _failure(cell: Cell, task: str, path: Path, exc: BaseException) -> dict[str, Any]:
+    """What is recorded about a failed cell."""
+    import traceback
+
+    return {
+        "task": task,
+        "adapter": cell.adapter,
+        "encoder": cell.source.id,
+        "baseline": cell.source.baseline,
+        "fraction": cell.fraction,
+        "seed": cell.seed,
+        "record": str(path),
+        "error": f"{exc.__class__.__name__}: {exc}",
+        "traceback": traceback.format_exc(limit=8),
+    }
