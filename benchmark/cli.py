@@ -212,7 +212,9 @@ def _add_pretrain(sub: Any) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from benchmark.demo import run_demo
 
-    return run_demo(Path(args.output), overwrite=args.overwrite, quick=args.quick)
+    return run_demo(
+        Path(args.output), overwrite=args.overwrite, quick=args.quick, progress=not args.no_progress
+    )
 
 
 # -- parser --------------------------------------------------------------------
@@ -275,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", default="runs/demo", help="output folder")
     demo.add_argument("--overwrite", action="store_true", help="start again from scratch")
     demo.add_argument("--quick", action="store_true", help="smallest settings (for smoke tests)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress display")
     demo.set_defaults(handler=_cmd_demo)
 
     _add_pretrain(sub)
