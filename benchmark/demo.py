@@ -19,9 +19,7 @@ from benchmark.experiment import load_experiment
 from benchmark.runner import EXPERIMENT_META, format_summary, run_experiment
 
 
-def run_demo(
-    out: Path, overwrite: bool = False, quick: bool = False, progress: bool = True
-) -> int:
+def run_demo(out: Path, overwrite: bool = False, quick: bool = False, progress: bool = True) -> int:
     """Run the demo into ``out``; returns a process exit code."""
     name = "phantom-tiny" if quick else "demo"
     exp = load_experiment(name)

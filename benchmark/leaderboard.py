@@ -305,8 +305,13 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
 def _provenance_lines(p: dict[str, Any]) -> list[str]:
     compute = p.get("compute_s") or {}
     split = ", ".join(f"{k} {v / 60:.1f} min" for k, v in compute.items()) or "not recorded"
+    exp = (
+        f"- experiment: `{p.get('experiment')}` (hash `{str(p.get('experiment_hash'))[:12]}`)"
+        if p.get("experiment")
+        else "- experiment: not recorded (records aggregated without `sslbench run`)"
+    )
     return [
-        f"- experiment: `{p.get('experiment')}` (hash `{str(p.get('experiment_hash'))[:12]}`)",
+        exp,
         f"- git commit(s): {', '.join(f'`{c}`' for c in p.get('git_commits', []))}",
         f"- hardware: {'; '.join(p.get('hardware', []))}",
         f"- packages: {', '.join(f'{k} {v}' for k, v in p.get('versions', {}).items())}",
