@@ -41,6 +41,14 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from benchmark.export import export_results
+
+    copied = export_results(args.results, args.dest)
+    print(f"copied {len(copied)} files into {args.dest}")
+    return 0
+
+
 def add_harness_commands(sub: Any) -> None:
     """Register ``run`` and ``leaderboard`` on the top-level subparsers."""
     run = sub.add_parser(
@@ -68,3 +76,11 @@ def add_harness_commands(sub: Any) -> None:
     lb.add_argument("results", help="results folder of `sslbench run` (or any folder of records)")
     lb.add_argument("-o", "--output", help="output folder (default RESULTS/leaderboard)")
     lb.set_defaults(handler=_cmd_leaderboard)
+
+    ex = sub.add_parser(
+        "export",
+        help="copy the committable files of a results folder (records, leaderboard, reports)",
+    )
+    ex.add_argument("results", help="results folder of `sslbench run`")
+    ex.add_argument("dest", help="destination folder, e.g. results/busi")
+    ex.set_defaults(handler=_cmd_export)

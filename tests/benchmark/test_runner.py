@@ -124,6 +124,23 @@ def test_tiny_grid_survives_sigkill_reruns_as_noop_and_writes_the_leaderboard(
     for name in ("LEADERBOARD.md", "leaderboard.csv", "leaderboard.json"):
         assert (tmp_path / "lb2" / name).read_bytes() == (lb / name).read_bytes()
 
+    # the exported (committable) folder regenerates the same leaderboard; no data or checkpoints
+    export = tmp_path / "export"
+    ex = subprocess.run(
+        [sys.executable, "-m", "benchmark.cli", "export", str(results), str(export)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ex.returncode == 0, ex.stderr
+    assert not list(export.rglob("*.h5")) and not list(export.rglob("*.pt"))
+    from benchmark.leaderboard import build_leaderboard
+
+    regen2 = build_leaderboard(export, out=tmp_path / "lb3")
+    for name in ("LEADERBOARD.md", "leaderboard.csv", "leaderboard.json"):
+        assert (regen2 / name).read_bytes() == (lb / name).read_bytes()
+
     # 5. wandb offline runs: config and final metrics are in the run files
     runs = [read_offline_run(d) for d in sorted((results / "wandb").glob("offline-run-*"))]
     runs = [r for r in runs if r["run"]]  # the run open at the SIGKILL may have no record yet
