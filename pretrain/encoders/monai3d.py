@@ -69,14 +69,14 @@ class ResNet3DEncoder(Encoder):
 
 
 @ENCODERS.register("resnet18_3d")
-class ResNet18_3D(ResNet3DEncoder):  # noqa: N801 - registry name style
+class ResNet18_3D(ResNet3DEncoder):
     """3D ResNet-18 (basic blocks 2-2-2-2), 33 M parameters."""
 
     name: ClassVar[str] = "resnet18_3d"
 
 
 @ENCODERS.register("resnet10_3d")
-class ResNet10_3D(ResNet3DEncoder):  # noqa: N801
+class ResNet10_3D(ResNet3DEncoder):
     """3D ResNet-10 (basic blocks 1-1-1-1), 14 M parameters: the cpu-small 3D backbone."""
 
     name: ClassVar[str] = "resnet10_3d"
