@@ -98,19 +98,25 @@ def load_images(
     return images, info
 
 
-def default_extractor(in_chans: int, seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    """The fixed, seeded, randomly initialised ResNet-18 feature extractor."""
+def default_extractor(
+    in_chans: int, seed: int = 0, spatial_dims: int = 2
+) -> tuple[Any, dict[str, Any]]:
+    """The fixed, seeded, randomly initialised feature extractor.
+
+    ResNet-18 (timm) for images, 3D ResNet-10 (MONAI) for volumes.
+    """
     from pretrain.encoders import create_encoder
 
+    name = "resnet18" if spatial_dims == 2 else "resnet10_3d"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = create_encoder("resnet18", in_chans=in_chans)
+        encoder = create_encoder(name, in_chans=in_chans)
     h = hashlib.sha256()
     for k, v in sorted(encoder.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return encoder.eval(), {
-        "name": "resnet18",
+        "name": name,
         "weights": f"random init, seed {seed}",
         "seed": seed,
         "weights_sha256": h.hexdigest(),
@@ -119,13 +125,20 @@ def default_extractor(in_chans: int, seed: int = 0) -> tuple[Any, dict[str, Any]
 
 def extract_features(encoder: Any, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Pooled features of float [0, 1] images, resized to a size the encoder accepts."""
-    m = int(getattr(encoder, "size_multiple", 32))
-    size = tuple(max(64, math.ceil(s / m) * m) for s in images.shape[2:])
+    size = extractor_input_size(encoder, tuple(images.shape[2:]))
     feats = []
     with torch.no_grad():
         for s in range(0, images.shape[0], batch_size):
             feats.append(encoder.forward_features(resize(images[s : s + batch_size], size)))
     return torch.cat(feats).double()
+
+
+def extractor_input_size(encoder: Any, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    """Input size of the extractor: each side rounded up to its size multiple, at least
+    64 px for images and 32 voxels for volumes (cheap on a CPU)."""
+    m = int(getattr(encoder, "size_multiple", 32))
+    floor = 64 if len(spatial) == 2 else 32
+    return tuple(max(floor, math.ceil(s / m) * m) for s in spatial)
 
 
 def fid(synthetic: torch.Tensor, real: torch.Tensor) -> float:
@@ -310,11 +323,36 @@ def save_figures(
     ax.set_xlabel("L2 distance (pixels)")
     ax.legend(fontsize=7)
     _save_fig(fig, out / "nn_distances.png")
-    return {
+    files = {
         "grid": "samples_real_vs_synthetic.png",
         "closest_pairs": "closest_pairs.png",
         "nn_distances": "nn_distances.png",
     }
+    if synthetic.dim() == 5:
+        _orthogonal_slices(out / "orthogonal_slices.png", real[pick[0][:4]], synthetic[pick[1][:4]])
+        files["orthogonal_slices"] = "orthogonal_slices.png"
+    return files
+
+
+def _orthogonal_slices(path: Path, real: torch.Tensor, synthetic: torch.Tensor) -> None:
+    """Axial, coronal and sagittal middle slices of a few real and synthetic volumes."""
+    import matplotlib.pyplot as plt
+
+    vols = [("real", v) for v in real] + [("synthetic", v) for v in synthetic]
+    fig, axes = plt.subplots(len(vols), 3, figsize=(5.4, 1.8 * len(vols)), squeeze=False)
+    for r, (label, v) in enumerate(vols):
+        x = to_uint8(v)[0]  # (D, H, W)
+        d, h, w = x.shape
+        for c, (sl, name) in enumerate(
+            ((x[d // 2], "axial"), (x[:, h // 2], "coronal"), (x[:, :, w // 2], "sagittal"))
+        ):
+            axes[r, c].imshow(sl, cmap="gray", vmin=0, vmax=255)
+            axes[r, c].axis("off")
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=8)
+        axes[r, 0].text(-2, d // 2, label, fontsize=7, ha="right", va="center", rotation=90)
+    fig.suptitle("orthogonal middle slices: real (top) and synthetic (bottom)", fontsize=8)
+    _save_fig(fig, path)
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -338,7 +376,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"FID = **{_fmt(report['fid'])}** (MONAI FIDMetric, Heusel et al. 2017) on "
         f"{ex['num_features']}-d pooled features of `{ex['name']}` ({ex['weights']}, weights "
-        f"sha256 `{ex['weights_sha256'][:16]}...`, input {ex['input_size']} px).",
+        f"sha256 `{ex['weights_sha256'][:16]}...`, input "
+        f"{' x '.join(map(str, ex['input_size']))} px).",
         "",
         f"Reference: FID between two random halves of the real train images = "
         f"{_fmt(report['fid_real_halves'])} (same extractor; the scale of a random extractor's "
@@ -426,10 +465,10 @@ def synth_report(
             f"{synthetic}: images have shape {tuple(syn.shape[1:])} but the real "
             f"images of {real} have {tuple(real_x.shape[1:])}"
         )
-    if syn.dim() != 4:
-        raise DataError(f"{synthetic}: the report supports 2D images only for now")
+    if syn.dim() not in (4, 5):
+        raise DataError(f"{synthetic}: expected 2D images or 3D volumes, got {tuple(syn.shape)}")
     if extractor is None:
-        encoder, ex_info = default_extractor(int(syn.shape[1]))
+        encoder, ex_info = default_extractor(int(syn.shape[1]), spatial_dims=syn.dim() - 2)
     else:
         from pretrain.checkpoint import checkpoint_hash, load_encoder
 
@@ -445,9 +484,9 @@ def synth_report(
                 f"{encoder.spatial_dims}D inputs, images are {tuple(syn.shape[1:])}"
             )
     f_syn, f_real = extract_features(encoder, syn), extract_features(encoder, real_x)
-    m = int(getattr(encoder, "size_multiple", 32))
     ex_info.update(
-        num_features=int(f_syn.shape[1]), input_size=max(64, math.ceil(int(syn.shape[-1]) / m) * m)
+        num_features=int(f_syn.shape[1]),
+        input_size=list(extractor_input_size(encoder, tuple(syn.shape[2:]))),
     )
     params = ms_ssim_params(tuple(syn.shape[2:]))
     mem = memorisation(syn, real_x)

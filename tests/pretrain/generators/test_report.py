@@ -59,7 +59,7 @@ def test_report_fields_and_files(tiny_real: Path, tmp_path: Path) -> None:
     assert report["fid_real_halves"] is not None and report["fid_real_halves"] >= 0
     ex = report["extractor"]
     assert ex["name"] == "resnet18" and ex["seed"] == 0 and len(ex["weights_sha256"]) == 64
-    assert ex["num_features"] == 512 and ex["input_size"] == 64
+    assert ex["num_features"] == 512 and ex["input_size"] == [64, 64]
     for key in ("synthetic", "real"):
         assert 0.0 <= report["ms_ssim"][key]["mean"] <= 1.0
         assert report["ms_ssim"][key]["n_pairs"] == 20
@@ -98,3 +98,21 @@ def test_report_shape_mismatch(tiny_real: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"shape \(1, 32, 32\).*\(1, 16, 16\)"):
         synth_report(synth, tiny_real, tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_report_on_3d_volumes(tmp_path: Path) -> None:
+    from benchmark.data.phantom import generate_phantom
+
+    real = generate_phantom(tmp_path / "real3d.h5", n=12, size=32, dims=3, seed=0)
+    synth = write_synthetic(
+        PhantomGenerator(size=32, dims=3), 6, tmp_path / "s3d.h5", seed=1, progress=False
+    )
+    report = synth_report(synth, real, tmp_path / "r3d", n_pairs=10, max_images=8)
+    assert report["image_shape"] == [1, 32, 32, 32]
+    assert report["extractor"]["name"] == "resnet10_3d"
+    assert report["extractor"]["input_size"] == [32, 32, 32]
+    assert np.isfinite(report["fid"])
+    assert 0.0 <= report["ms_ssim"]["synthetic"]["mean"] <= 1.0
+    assert 0.0 <= report["memorisation"]["fraction_ratio_below_1"] <= 1.0
+    assert report["files"]["orthogonal_slices"] == "orthogonal_slices.png"
+    assert (tmp_path / "r3d" / "orthogonal_slices.png").stat().st_size > 0
