@@ -77,6 +77,8 @@ class SSLMethod(nn.Module):
         paper: Reference of the method.
         default_config: Method hyper-parameters (merged over :data:`COMMON_DEFAULTS`).
         requires_vit: True if the method needs a patch-token ViT encoder.
+        spatial_dims: Encoder dimensionalities the method supports ((2, 3) unless it
+            uses 2D-only operations).
 
     Args:
         encoder: The shared encoder being pretrained (saved alone at the end).
@@ -89,6 +91,7 @@ class SSLMethod(nn.Module):
     default_config: ClassVar[dict[str, Any]] = {}
     requires_vit: ClassVar[bool] = False
     requires_multiscale: ClassVar[bool] = False
+    spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
         super().__init__()
@@ -214,6 +217,11 @@ class SSLMethod(nn.Module):
             raise MethodConfigError(
                 f"method {cls.name!r} needs an encoder with multi-scale features; "
                 f"{encoder.name!r} has none"
+            )
+        if encoder.spatial_dims not in cls.spatial_dims:
+            raise MethodConfigError(
+                f"method {cls.name!r} supports {'/'.join(f'{d}D' for d in cls.spatial_dims)} "
+                f"encoders; {encoder.name!r} is {encoder.spatial_dims}D"
             )
         if cls.requires_vit and not encoder.is_vit:
             raise MethodConfigError(

@@ -79,6 +79,9 @@ class MAE(SSLMethod):
 
     name: ClassVar[str] = "mae"
     family: ClassVar[str] = "masked"
+    spatial_dims: ClassVar[tuple[int, ...]] = (
+        2,
+    )  # lightly's MaskedVisionTransformerTIMM wraps timm's 2D ViT
     paper: ClassVar[str] = (
         "He et al., Masked Autoencoders Are Scalable Vision Learners, CVPR 2022 (arXiv:2111.06377)"
     )

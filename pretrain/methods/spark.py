@@ -108,6 +108,9 @@ class SparK(SSLMethod):
 
     name: ClassVar[str] = "spark"
     family: ClassVar[str] = "masked"
+    spatial_dims: ClassVar[tuple[int, ...]] = (
+        2,
+    )  # 2D sparse-conv emulation (max_pool2d masks, Conv2d decoder)
     paper: ClassVar[str] = (
         "Tian et al., Designing BERT for Convolutional Networks: Sparse and Hierarchical "
         "Masked Modeling (SparK), ICLR 2023, arXiv:2301.03580"

@@ -146,3 +146,31 @@ def test_determinism(trained: tuple[str, SSLMethod, list[StepOutput]]) -> None:
     name, _, outputs = trained
     _, again = train(name)
     assert [o.loss.item() for o in outputs] == [o.loss.item() for o in again]
+
+
+NAMES_3D = [n for n in NAMES if 3 in METHODS.get(n).spatial_dims]
+
+
+@pytest.mark.parametrize("name", NAMES_3D)
+def test_training_steps_on_3d_volumes(name: str) -> None:
+    """The same method files train a MONAI 3D encoder on volumes."""
+    torch.manual_seed(0)
+    method = create_method(name, create_encoder("resnet10_3d", img_size=SIZE))
+    method.train()
+    optimizer = torch.optim.AdamW(method.parameter_groups(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    volumes = torch.rand(4, 1, SIZE, SIZE, SIZE, generator=generator)
+    views = make_views(volumes, method.view_recipes(SIZE), generator)
+    assert all(v.dim() == 5 for v in views)
+    out = method.training_step(views, 0, 1)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+    method.after_optimizer_step(0, 1)
+    assert torch.isfinite(out.loss) and out.embeddings.shape[0] == 4
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in NAMES_3D])
+def test_2d_only_methods_refuse_3d_encoders(name: str) -> None:
+    with pytest.raises(MethodConfigError, match="3D"):
+        create_method(name, create_encoder("resnet10_3d", img_size=SIZE))
