@@ -79,3 +79,33 @@ def test_medmnist3d_classification_and_3d_segmentation(tmp_path: Path) -> None:
         next((tmp_path / "out" / "records" / "phantom3d-seg").rglob("*.json")).read_text()
     )
     assert 0.0 <= rec["metrics"]["dice"] <= 1.0 and "hd95" in rec["metrics"]
+
+
+def test_short_real_3d_run_on_hippocampus(tmp_path: Path, shared_data: Path) -> None:
+    data = tmp_path / "data"
+    conv = run(
+        "data", "convert", "msd", str(shared_data / "msd_hippocampus"),
+        "-o", str(data / "hippocampus.h5"), "-q",
+    )  # fmt: skip
+    assert conv.returncode == 0, conv.stderr
+    pre = run(
+        "pretrain", "--method", "simclr", "--encoder", "resnet10_3d",
+        "--data", str(data / "hippocampus.h5"), "--steps", "3", "--batch-size", "4",
+        "--size", "32", "-o", str(tmp_path / "pre"), "--no-progress",
+    )  # fmt: skip
+    assert pre.returncode == 0, pre.stdout + pre.stderr
+    summary = json.loads((tmp_path / "pre" / "pretrain.json").read_text())
+    assert summary["images_seen"] == 12 and np.isfinite(summary["final_loss"])
+    assert summary["final_embedding_std"] > 0.01  # not collapsed
+    ev = run(
+        "evaluate", "--encoder", str(tmp_path / "pre" / "encoder"), "--task", "hippocampus-seg",
+        "--fractions", "0.1", "--seeds", "0", "--baselines", "none", "--data-root", str(data),
+        "-o", str(tmp_path / "out"), "--set", "epochs=1", "--set", "batch_size=4",
+        "--no-progress",
+    )  # fmt: skip
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    rec = json.loads(next((tmp_path / "out" / "records").rglob("*.json")).read_text())
+    assert rec["n_test"] == 52 and rec["task"]["target"] == "masks"
+    per_class = ("dice_anterior", "dice_posterior", "hd95_anterior", "hd95_posterior")
+    assert set(per_class) <= set(rec["metrics"]), rec["metrics"].keys()
+    assert all(0.0 <= rec["metrics"][k] <= 1.0 for k in per_class[:2])
