@@ -28,6 +28,10 @@ stride-32 CNN are masked on a 16 px grid); feature maps coarser than the mask
 grid count a position as visible if any of its patches is visible (the input is
 zeroed under the mask, so nothing leaks).
 
+Volumes: with a 3D encoder (``resnet10_3d``, ``swin_3d``, ...) the same method
+masks cubes on the coarsest-stride grid and decodes with 3D convolutions: the
+masked-volume method of the 3D benchmark.
+
 Encoders: any encoder exposing ``feature_info`` with power-of-two strides
 (resnet18, convnext_atto, efficientnet_b0, ...). It also runs on the ViTs'
 simple feature pyramid, but zeroed patches are then still fed as tokens: MAE is
@@ -36,6 +40,7 @@ the natural masked method for ViTs.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -62,31 +67,44 @@ def _masked_norm(
 ) -> torch.Tensor:
     """Batch norm of ``x`` with statistics over visible positions only (SparK's sparse BN)."""
     m = visible.to(x.dtype)
-    count = m.sum().clamp_min(1.0)
-    mean = (x * m).sum(dim=(0, 2, 3), keepdim=True) / count
-    var = (((x - mean) * m) ** 2).sum(dim=(0, 2, 3), keepdim=True) / count
-    return (x - mean) / (var + eps).sqrt() * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+    dims = (0, *range(2, x.dim()))
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    count = m.sum(dim=dims, keepdim=True).clamp_min(1.0)
+    mean = (x * m).sum(dim=dims, keepdim=True) / count
+    var = (((x - mean) * m) ** 2).sum(dim=dims, keepdim=True) / count
+    return (x - mean) / (var + eps).sqrt() * weight.view(shape) + bias.view(shape)
 
 
 def _resize_mask(visible: torch.Tensor, factor: float) -> torch.Tensor:
     """Nearest upsampling (factor >= 1) or any-visible pooling (factor < 1) of a bool mask."""
     if factor >= 1:
         f = int(factor)
-        return visible.repeat_interleave(f, 2).repeat_interleave(f, 3)
-    return F.max_pool2d(visible.float(), round(1 / factor)) > 0
+        for dim in range(2, visible.dim()):
+            visible = visible.repeat_interleave(f, dim)
+        return visible
+    pool = F.max_pool3d if visible.dim() == 5 else F.max_pool2d
+    return pool(visible.float(), round(1 / factor)) > 0
+
+
+def _layers(nd: int) -> tuple[Any, Any, Any]:
+    """(Conv, ConvTranspose, BatchNorm) classes for ``nd`` spatial dimensions."""
+    if nd == 3:
+        return nn.Conv3d, nn.ConvTranspose3d, nn.BatchNorm3d
+    return nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d
 
 
 class _UpBlock(nn.Sequential):
     """SparK's decoder block: 2x transposed-conv upsampling, then two 3x3 convs."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, nd: int = 2) -> None:
+        conv, up, norm = _layers(nd)
         super().__init__(
-            nn.ConvTranspose2d(cin, cin, kernel_size=4, stride=2, padding=1),
-            nn.Conv2d(cin, cin, 3, padding=1, bias=False),
-            nn.BatchNorm2d(cin),
+            up(cin, cin, kernel_size=4, stride=2, padding=1),
+            conv(cin, cin, 3, padding=1, bias=False),
+            norm(cin),
             nn.ReLU6(inplace=True),
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-            nn.BatchNorm2d(cout),
+            conv(cin, cout, 3, padding=1, bias=False),
+            norm(cout),
         )
 
 
@@ -108,9 +126,6 @@ class SparK(SSLMethod):
 
     name: ClassVar[str] = "spark"
     family: ClassVar[str] = "masked"
-    spatial_dims: ClassVar[tuple[int, ...]] = (
-        2,
-    )  # 2D sparse-conv emulation (max_pool2d masks, Conv2d decoder)
     paper: ClassVar[str] = (
         "Tian et al., Designing BERT for Convolutional Networks: Sparse and Hierarchical "
         "Masked Modeling (SparK), ICLR 2023, arXiv:2301.03580"
@@ -134,6 +149,8 @@ class SparK(SSLMethod):
                 f"coarsest stride {self.max_stride} of {encoder.name!r}"
             )
         self.levels = {f.stride: i for i, f in enumerate(encoder.feature_info)}
+        nd = self.nd = encoder.spatial_dims
+        conv = _layers(nd)[0]
         n_up = self.max_stride.bit_length() - 1  # 2x upsamplings down to stride 1
         widths = [max(16, self.config["decoder_width"] >> k) for k in range(n_up + 1)]
         self.mask_tokens = nn.ParameterDict()
@@ -144,13 +161,13 @@ class SparK(SSLMethod):
             stride = self.max_stride >> k
             if stride in self.levels:
                 key, c = str(stride), encoder.feature_info[self.levels[stride]].channels
-                self.mask_tokens[key] = nn.Parameter(torch.zeros(1, c, 1, 1))
+                self.mask_tokens[key] = nn.Parameter(torch.zeros(1, c, *(1,) * nd))
                 nn.init.trunc_normal_(self.mask_tokens[key], std=0.02, a=-0.02, b=0.02)
                 self.norm_weights[key] = nn.Parameter(torch.ones(c))
                 self.norm_biases[key] = nn.Parameter(torch.zeros(c))
-                self.to_decoder[key] = nn.Conv2d(c, widths[k], 3 if k else 1, padding=1 if k else 0)
-        self.up_blocks = nn.ModuleList(_UpBlock(widths[k], widths[k + 1]) for k in range(n_up))
-        self.head = nn.Conv2d(widths[-1], encoder.in_chans, 1)
+                self.to_decoder[key] = conv(c, widths[k], 3 if k else 1, padding=1 if k else 0)
+        self.up_blocks = nn.ModuleList(_UpBlock(widths[k], widths[k + 1], nd) for k in range(n_up))
+        self.head = conv(widths[-1], encoder.in_chans, 1)
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
@@ -177,21 +194,21 @@ class SparK(SSLMethod):
     def view_recipes(self, size: int) -> list[ViewRecipe]:
         """One view: random resized crop (scale 0.67-1, SparK's) and horizontal flip only."""
         try:
-            self.encoder.check_input_size((size, size))
+            self.encoder.check_input_size((size,) * self.encoder.spatial_dims)
         except ValueError as err:
             raise MethodConfigError(f"method 'spark': {err}") from err
         return [crop_flip_recipe(size, scale=(0.67, 1.0))]
 
-    def mask_stride(self, height: int, width: int) -> int:
-        """Pixel size of the mask patches for a ``height`` x ``width`` view."""
+    def mask_stride(self, *spatial: int) -> int:
+        """Pixel size of the mask patches for a view of size ``spatial`` (H, W or D, H, W)."""
         stride = self.config["mask_stride"] or self.max_stride
-        while not self.config["mask_stride"] and stride > 1 and min(height, width) < 2 * stride:
+        while not self.config["mask_stride"] and stride > 1 and min(spatial) < 2 * stride:
             stride //= 2
         return int(stride)
 
-    def random_mask(self, batch: int, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
-        """Boolean map (B, 1, h, w) on the mask grid, True where the patch is *visible*."""
-        n = grid[0] * grid[1]
+    def random_mask(self, batch: int, grid: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Boolean map (B, 1, *grid) on the mask grid, True where the patch is *visible*."""
+        n = math.prod(grid)
         if n < 2:
             raise ValueError(f"spark: the mask grid {grid} has fewer than 2 patches")
         n_keep = min(n - 1, max(1, round(n * (1 - self.config["mask_ratio"]))))
@@ -202,18 +219,22 @@ class SparK(SSLMethod):
 
     @staticmethod
     def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
-        """(B, C, H, W) -> (B, H/p * W/p, C*p*p), patches in row-major order."""
-        b, c, h, w = x.shape
-        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-        return x.reshape(b, (h // p) * (w // p), c * p * p)
+        """(B, C, *S) -> (B, prod(S/p), C * p^nd), patches in row-major order."""
+        b, c, *spatial = x.shape
+        nd = len(spatial)
+        grid = [s // p for s in spatial]
+        x = x.reshape(b, c, *[v for g in grid for v in (g, p)])
+        # (B, C, g0, p, g1, p, ...) -> (B, g0, g1, ..., C, p, p, ...)
+        order = [0, *range(2, 2 + 2 * nd, 2), 1, *range(3, 3 + 2 * nd, 2)]
+        return x.permute(*order).reshape(b, math.prod(grid), c * p**nd)
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:
         images = views[0]
-        batch, _, height, width = images.shape
-        p = self.mask_stride(height, width)
-        if height % p or width % p:
-            raise ValueError(f"spark: view size {height}x{width} is not a multiple of {p}")
-        visible = self.random_mask(batch, (height // p, width // p), images.device)
+        batch, _, *spatial = images.shape
+        p = self.mask_stride(*spatial)
+        if any(s % p for s in spatial):
+            raise ValueError(f"spark: view size {tuple(spatial)} is not a multiple of {p}")
+        visible = self.random_mask(batch, tuple(s // p for s in spatial), images.device)
         feats = self.encoder.forward_multiscale(images * _resize_mask(visible, p))
 
         x: torch.Tensor | None = None
@@ -225,7 +246,8 @@ class SparK(SSLMethod):
                 f = feats[self.levels[stride]]
                 m = _resize_mask(visible, p / stride)
                 if embeddings is None:  # collapse indicator: coarsest map, visible mean
-                    embeddings = ((f * m).sum((2, 3)) / m.sum((2, 3))).detach()
+                    dims = tuple(range(2, f.dim()))
+                    embeddings = ((f * m).sum(dims) / m.sum(dims)).detach()
                 f = _masked_norm(f, m, self.norm_weights[key], self.norm_biases[key])
                 f = self.to_decoder[key](torch.where(m, f, self.mask_tokens[key]))
                 x = f if x is None else x + f
