@@ -72,8 +72,26 @@ class Job:
         return self.id.replace("/", "__")
 
 
-def _area(size: int | None) -> float:
-    return ((size or 64) / 64.0) ** 2
+def _area(size: int | None, dims: int = 2) -> float:
+    """Pixels (voxels) of an input relative to a 64 x 64 image: the cost unit of SPEED."""
+    return float((size or (64 if dims == 2 else 48)) ** dims) / 64.0**2
+
+
+def _dims(entry: dict[str, Any] | None) -> int:
+    """Spatial dimensions of a dataset entry (for estimates)."""
+    if not entry:
+        return 2
+    if "phantom" in entry:
+        return int(entry["phantom"].get("dims") or 2)
+    if "convert" in entry:
+        return 3 if entry["convert"]["kind"] in ("msd", "nifti") else 2
+    try:
+        import h5py
+
+        with h5py.File(entry["path"], "r") as f:
+            return int(f["images"].ndim) - 2
+    except (OSError, KeyError):
+        return 2
 
 
 def _n_images(entry: dict[str, Any]) -> int:
@@ -88,6 +106,11 @@ def _n_images(entry: dict[str, Any]) -> int:
                 return int(f["images"].shape[0])
         except (OSError, KeyError):
             return 500
+    src = Path(entry["convert"]["src"])
+    if entry["convert"]["kind"] in ("msd", "nifti"):
+        return len(list((src / "imagesTr").glob("*.nii*"))) or 800
+    if src.is_dir():
+        return sum(1 for p in src.rglob("*.png") if "_mask" not in p.name) or 800
     return 800
 
 
@@ -129,7 +152,9 @@ def plan(exp: dict[str, Any], results: Path) -> list[Job]:
     gen = exp["generator"]
     if gen is not None:
         deps, train_key = [], None
-        size = dataset_size(exp["datasets"][gen["dataset"]]) if gen["dataset"] else None
+        gen_entry = exp["datasets"][gen["dataset"]] if gen["dataset"] else None
+        size = gen["train"].get("size") or (dataset_size(gen_entry) if gen_entry else None)
+        gdims = _dims(gen_entry)
         if gen["kind"] == "ddpm" and gen["checkpoint"]:
             meta = read_json(Path(gen["checkpoint"]) / "generator.json") or {}
             train_key = digest({"checkpoint": meta.get("generator_sha256")}, 12)
@@ -140,7 +165,7 @@ def plan(exp: dict[str, Any], results: Path) -> list[Job]:
             train_key = digest({**tcfg, "device": None}, 12)
             steps = int(gen["train"].get("steps", 2000))
             bs = int(gen["train"].get("batch_size", 16))
-            est = steps * bs / SPEED["ddpm_train_img_s"] * _area(size)
+            est = steps * bs / SPEED["ddpm_train_img_s"] * _area(size, gdims)
             train = Job(
                 "generate/train",
                 "generate",
@@ -166,7 +191,9 @@ def plan(exp: dict[str, Any], results: Path) -> list[Job]:
         }
         skey = digest(scfg, 12)
         per = gen["sample_steps"] / 50 / SPEED["ddim50_img_s"] if gen["kind"] == "ddpm" else 0.01
-        est = gen["samples"] * per * _area(size) + (SPEED["report_s"] if gen["report"] else 0)
+        est = gen["samples"] * per * _area(size, gdims) + (
+            SPEED["report_s"] if gen["report"] else 0
+        )
         synth = Job(
             "generate/sample",
             "generate",
@@ -211,7 +238,7 @@ def plan(exp: dict[str, Any], results: Path) -> list[Job]:
                                 pre["steps"]
                                 * pre["batch_size"]
                                 / SPEED["pretrain_img_s"]
-                                * _area(pre["image_size"])
+                                * _area(pre["image_size"], _dims(exp["datasets"][pre["dataset"]]))
                                 * ENCODER_COST.get(encoder, 1.0)
                             )
                             job = Job(
@@ -258,6 +285,7 @@ def _plan_evaluation(
         size = task["image_size"] or spec.image_size
         n = _n_images(exp["datasets"][task["dataset"]]) if task["dataset"] else 500
         n_train = 0.65 * n
+        dims = _dims(exp["datasets"][task["dataset"]] if task["dataset"] else None)
         base = {
             **tcfg,
             "data": task["dataset"],
@@ -272,8 +300,9 @@ def _plan_evaluation(
             target: str = spec.target,
             n_train: float = n_train,
             size: int = size,
+            dims: int = dims,
         ) -> float:
-            return _cell_cost(ev["overrides"], adapter, fraction, target, n_train, size)
+            return _cell_cost(ev["overrides"], adapter, fraction, target, n_train, size, dims)
 
         def cells(adapters: list[str], baseline: str | None) -> list[list[Any]]:
             return [
@@ -319,14 +348,20 @@ def _plan_evaluation(
 
 
 def _cell_cost(
-    overrides: dict[str, Any], adapter: str, fraction: float, target: str, n_train: float, size: int
+    overrides: dict[str, Any],
+    adapter: str,
+    fraction: float,
+    target: str,
+    n_train: float,
+    size: int,
+    dims: int = 2,
 ) -> float:
     """Rough seconds of one evaluation cell on the CPU."""
     if adapter in ("linear", "knn"):
         return SPEED["probe_fit_s"]
     epochs = float(overrides.get(f"{adapter}.epochs", overrides.get("epochs", 30)))
     speed = SPEED["segment_img_s" if target == "masks" else "finetune_img_s"]
-    return epochs * max(n_train * fraction, 8) / speed * _area(size) * 0.5
+    return epochs * max(n_train * fraction, 8) / speed * _area(size, dims) * 0.5
 
 
 def format_duration(seconds: float) -> str:

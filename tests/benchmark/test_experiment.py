@@ -39,6 +39,9 @@ def test_shipped_experiments_load(shared_data: Path) -> None:
     busi = load_experiment("busi-cpu", base_dir=repo)
     assert busi["generator"]["samples"] >= 2 * 499  # at least 2x the real pretraining pool
     assert busi["evaluate"]["fractions"] == [0.05, 0.1, 0.25, 0.5, 1.0]
+    hippo = load_experiment("hippocampus-cpu", base_dir=repo)
+    assert hippo["pretrain"]["encoders"] == ["resnet10_3d"]
+    assert load_experiment("demo")["evaluate"]["baselines"] == ["scratch", "supervised"]
 
 
 def test_profile_defaults_and_overrides() -> None:
