@@ -12,8 +12,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from benchmark.runner import format_summary, run_experiment
 
     exp = load_experiment(args.experiment, args.overrides)
-    if args.wandb is not None:
-        exp.setdefault("wandb", {})["mode"] = args.wandb
     results = Path(args.output) if args.output else Path("runs") / exp["name"]
     if not args.dry_run:
         print(f"[run] experiment {exp['name']} ({experiment_hash(exp)[:12]}) -> {results}")

@@ -340,8 +340,9 @@ def write_index(results: Path, jobs: list[Job], exp_hash: str) -> list[str]:
         if current and job.stage == "evaluate":
             records += list(marker.get("outputs", {}).get("records", []))
         if current:
-            stage = {"data": "data"}.get(job.stage, job.stage)
-            compute[stage] = compute.get(stage, 0.0) + float(marker.get("wall_s_total", 0.0))
+            compute[job.stage] = compute.get(job.stage, 0.0) + float(
+                marker.get("wall_s_total", 0.0)
+            )
         entries.append({"job": job.id, "stage": job.stage, "key": job.key, "status": status})
     records = sorted(dict.fromkeys(records))
     atomic_write_json(

@@ -10,9 +10,8 @@ cells.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,6 @@ class Context:
     tracker: Tracker
     device: str = "cpu"
     on_cell: Callable[[Any, str], None] | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def dep_out(self, job: Job, stage: str) -> Path | None:
-        for dep in job.deps:
-            if self.jobs[dep].stage == stage or dep == stage:
-                return self.jobs[dep].out
-        return None
 
     def data_path(self, key: str | None) -> Path | None:
         return self.jobs[f"data/{key}"].out if key else None
@@ -310,11 +302,3 @@ def _log_sweep(wb: RunHandle, records: list[dict[str, Any]]) -> None:
         if isinstance(value, int | float):
             final[key] = float(value)
     wb.summary(final)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a folder or file if present (used for failed data outputs)."""
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
