@@ -20,19 +20,18 @@ from benchmark.tracking import read_offline_run
 pytestmark = pytest.mark.slow
 
 TINY = EXPERIMENT_DIR / "phantom-tiny.yaml"
-STRATEGIES = [
-    f"{src} / {m} / resnet18"
-    for m in ("simclr", "vicreg")
-    for src in ("real", "synthetic", "mixed 0.5")
-]
 
 
-def run_cmd(*args: str, cwd: Path) -> list[str]:
-    return [sys.executable, "-m", "benchmark.cli", "run", *args]
+CLI = [sys.executable, "-m", "benchmark.cli"]
 
 
 def env() -> dict[str, str]:
     return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """``sslbench ARGS`` as a real subprocess (W&B offline)."""
+    return subprocess.run([*CLI, *args], env=env(), capture_output=True, text=True, timeout=timeout)
 
 
 def records_of(results: Path) -> list[Path]:
@@ -43,18 +42,11 @@ def test_tiny_grid_survives_sigkill_reruns_as_noop_and_writes_the_leaderboard(
     tmp_path: Path,
 ) -> None:
     results = tmp_path / "results"
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmark.cli",
-        "run",
-        str(TINY),
-        "-o",
-        str(results),
-        "--no-progress",
-    ]
+    args = ["run", str(TINY), "-o", str(results), "--no-progress"]
     # 1. start, kill -9 as soon as some evaluation cells are recorded (mid-grid)
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [*CLI, *args], env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and len(records_of(results)) < 3:
         time.sleep(0.2)
@@ -66,7 +58,7 @@ def test_tiny_grid_survives_sigkill_reruns_as_noop_and_writes_the_leaderboard(
     assert 3 <= killed_at < expected
 
     # 2. rerun: finishes the grid, every cell exactly once, no partial files left
-    done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=900)
+    done = cli(*args, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 failed" in done.stdout
     records = records_of(results)
@@ -83,7 +75,7 @@ def test_tiny_grid_survives_sigkill_reruns_as_noop_and_writes_the_leaderboard(
     assert set(index["compute_s"]) >= {"data", "generate", "pretrain", "evaluate"}
 
     # 3. a third run is a no-op
-    again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    again = cli(*args)
     assert again.returncode == 0 and " 0 ran, 23 already done" in again.stdout, again.stdout
     assert len(records_of(results)) == expected
 
@@ -105,34 +97,14 @@ def test_tiny_grid_survives_sigkill_reruns_as_noop_and_writes_the_leaderboard(
     assert {c["reference_kind"] for c in comparisons} == {"scratch", "real"}
     assert all("p_value" in c and "rank_biserial" in c for c in comparisons)
     assert board["provenance"]["experiment_hash"] == index["experiment_hash"]
-    regen = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmark.cli",
-            "leaderboard",
-            str(results),
-            "-o",
-            str(tmp_path / "lb2"),
-        ],
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    regen = cli("leaderboard", str(results), "-o", str(tmp_path / "lb2"))
     assert regen.returncode == 0, regen.stderr
     for name in ("LEADERBOARD.md", "leaderboard.csv", "leaderboard.json"):
         assert (tmp_path / "lb2" / name).read_bytes() == (lb / name).read_bytes()
 
     # the exported (committable) folder regenerates the same leaderboard; no data or checkpoints
     export = tmp_path / "export"
-    ex = subprocess.run(
-        [sys.executable, "-m", "benchmark.cli", "export", str(results), str(export)],
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    ex = cli("export", str(results), str(export))
     assert ex.returncode == 0, ex.stderr
     assert not list(export.rglob("*.h5")) and not list(export.rglob("*.pt"))
     from benchmark.leaderboard import build_leaderboard
@@ -209,23 +181,8 @@ def test_a_failing_job_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:
         tmp_path, overrides={"segmentation.epochs": 1, "segmentation.mode": "bogus"}
     )
     results = tmp_path / "results"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmark.cli",
-            "run",
-            str(exp),
-            "-o",
-            str(results),
-            "--no-progress",
-            "--wandb",
-            "disabled",
-        ],
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = cli(
+        "run", str(exp), "-o", str(results), "--no-progress", "--wandb", "disabled", timeout=600
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert (
@@ -242,22 +199,7 @@ def test_a_second_runner_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     exp = small_experiment(tmp_path)
     results = tmp_path / "results"
     with results_lock(results):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmark.cli",
-                "run",
-                str(exp),
-                "-o",
-                str(results),
-                "--no-progress",
-            ],
-            env=env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        proc = cli("run", str(exp), "-o", str(results), "--no-progress")
     assert proc.returncode == 2
     assert "another sslbench runner is using this folder" in proc.stderr
     assert not (results / "pretrain").exists()
@@ -265,13 +207,7 @@ def test_a_second_runner_on_the_same_folder_is_refused(tmp_path: Path) -> None:
 
 def test_dry_run_lists_jobs_and_an_estimate(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmark.cli", "run", str(TINY), "-o", str(results), "--dry-run"],
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = cli("run", str(TINY), "-o", str(results), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert (
         "todo" in proc.stdout and "evaluate/phantom-seg/baselines-resnet18 (6 cells)" in proc.stdout
