@@ -31,40 +31,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pretrain import timed
+from bench_pretrain import sslbench_rates
 
 from benchmark.data.converters import CONVERTERS
-from pretrain.augment import make_views
 from pretrain.encoders import create_encoder
-from pretrain.methods import create_method
-from pretrain.sources import create_source
-from pretrain.train import build_optimizer
-
-
-def pretrain_rates(data: Path, encoder: str, size: int, batch: int, steps: int) -> dict[str, float]:
-    """Full-step and model-only volumes/s of SimCLR on a 3D encoder."""
-    torch.manual_seed(0)
-    source = create_source("real", real=str(data), batch_size=batch, seed=0)
-    method = create_method("simclr", create_encoder(encoder, img_size=size))
-    recipes = method.view_recipes(size)
-    opt = build_optimizer(method, method.config, batch)
-
-    def model_step(views: list[torch.Tensor]) -> int:
-        out = method.training_step(views, 0, 100)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        return batch
-
-    def full(i: int) -> int:
-        return model_step(make_views(source.batch(i), recipes, torch.Generator().manual_seed(i)))
-
-    fixed = make_views(source.batch(0), recipes, torch.Generator().manual_seed(0))
-    model_only = timed(lambda i: model_step(fixed), steps)
-    full_rate = timed(full, steps)
-    model_only2 = timed(lambda i: model_step(fixed), steps)
-    model_rate = (model_only + model_only2) / 2
-    return {"full": full_rate, "model_only": model_rate, "efficiency": full_rate / model_rate}
 
 
 def segmentation_rate(data: Path, encoder: str, size: int, batch: int) -> dict[str, float]:
@@ -101,12 +71,13 @@ def main() -> None:
         data = CONVERTERS.create("msd").convert(
             Path(args.shared) / "msd_hippocampus", Path(tmp) / "hippocampus.h5"
         )
-        pre = pretrain_rates(data, args.encoder, args.size, args.batch_size, args.steps)
+        pre = sslbench_rates(data, args.size, args.batch_size, args.steps, args.encoder)
         results["pretrain"] = pre
         print(
             f"pretrain SimCLR/{args.encoder} {args.size}^3 batch {args.batch_size}: full "
             f"{pre['full']:.2f} vol/s, model-only {pre['model_only']:.2f} vol/s, efficiency "
-            f"{pre['efficiency']:.3f} (target >= 0.9)",
+            f"{pre['efficiency']:.3f} (target >= 0.9), data+augment "
+            f"{pre['data_ms_per_batch']:.1f} ms/batch",
             flush=True,
         )
         seg = segmentation_rate(data, args.encoder, args.size, args.batch_size)

@@ -51,10 +51,13 @@ def timed(step: Callable[[int], int], steps: int, warmup: int = 1) -> float:
 
 
 # -- sslbench ---------------------------------------------------------------------
-def sslbench_rates(data: Path, size: int, batch: int, steps: int) -> dict[str, float]:
+def sslbench_rates(
+    data: Path, size: int, batch: int, steps: int, encoder_name: str = "resnet18"
+) -> dict[str, float]:
+    """SimCLR full-step and model-only rates (images or volumes/s) and data time per batch."""
     torch.manual_seed(0)
     source = create_source("real", real=str(data), batch_size=batch, seed=0)
-    encoder = create_encoder("resnet18", img_size=size)
+    encoder = create_encoder(encoder_name, img_size=size)
     fmt = memory_format(encoder)  # what `sslbench pretrain` uses (channels-last for CNNs)
     method = create_method("simclr", encoder).to(memory_format=fmt)
     recipes = method.view_recipes(size)
