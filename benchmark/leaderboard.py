@@ -133,23 +133,19 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         t["fractions"] = sorted(t["fractions"])
     ordered = sorted(rows.values(), key=_row_order)
     per_seed = {k: {s: sum(v) / len(v) for s, v in d.items()} for k, d in values.items()}
-    out_rows = []
-    for row in ordered:
-        cells = {}
-        for (strategy, task, adapter, frac), seeds in sorted(per_seed.items()):
-            if strategy != row["strategy"]:
-                continue
-            stats = summarize(list(seeds.values()))
-            cells[f"{task}/{adapter}@{frac:g}"] = {
-                **{k: _r(v) for k, v in stats.items()},
-                "seeds": sorted(seeds),
-                "values": [_r(seeds[s]) for s in sorted(seeds)],
-                "metrics": {
-                    m: _r(sum(v) / len(v))
-                    for m, v in sorted(all_metrics[(strategy, task, adapter, frac)].items())
-                },
-            }
-        out_rows.append({**row, "cells": cells})
+    cells: dict[str, dict[str, Any]] = defaultdict(dict)
+    for (strategy, task, adapter, frac), seeds in sorted(per_seed.items()):
+        stats = summarize(list(seeds.values()))
+        cells[strategy][f"{task}/{adapter}@{frac:g}"] = {
+            **{k: _r(v) for k, v in stats.items()},
+            "seeds": sorted(seeds),
+            "values": [_r(seeds[s]) for s in sorted(seeds)],
+            "metrics": {
+                m: _r(sum(v) / len(v))
+                for m, v in sorted(all_metrics[(strategy, task, adapter, frac)].items())
+            },
+        }
+    out_rows = [{**row, "cells": cells[row["strategy"]]} for row in ordered]
     return {
         "schema": SCHEMA,
         "tasks": tasks,
