@@ -165,13 +165,21 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
             **parse_assignments(args.encoder_set, "--encoder-set"),
         }
     config = PretrainConfig(**values)
-    result = pretrain(
-        config,
-        args.output,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    from pretrain import distributed
+
+    try:
+        result = pretrain(
+            config,
+            args.output,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    finally:
+        info = distributed.env_info()
+        distributed.shutdown(info)
+    if not info.is_main:
+        return 0
     s = result.summary
     print(f"encoder checkpoint: {result.checkpoint}")
     print(

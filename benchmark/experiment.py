@@ -31,6 +31,7 @@ Layout (every section but ``name`` and ``datasets`` is optional; see
       steps: 300                    # compute matching: steps x batch_size images
       batch_size: 32
       image_size: 64
+      nproc_per_node: 1             # > 1: data-parallel under torchrun (same global batch)
       method_config: {simclr: {temperature: 0.2}}
       encoder_config: {}
     evaluate:
@@ -91,7 +92,12 @@ PROFILES: dict[str, dict[str, Any]] = {
             "samples": 10000,
             "sample_steps": 50,
         },
-        "pretrain": {"steps": 20000, "batch_size": 256, "image_size": 128},
+        "pretrain": {
+            "steps": 20000,
+            "batch_size": 256,
+            "image_size": 224,
+            "encoders": ["resnet50"],
+        },
         "evaluate": {"overrides": {}},
     },
 }
@@ -131,6 +137,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     "encoder_config": {},
     "amp": "auto",
     "checkpoint_every": 50,
+    "nproc_per_node": 1,  # > 1: data-parallel processes under torchrun (not in job keys)
 }
 EVALUATE_DEFAULTS: dict[str, Any] = {
     "tasks": [],
@@ -382,9 +389,14 @@ def _check_pretrain(exp: dict[str, Any], where: str) -> None:
     if any(not 0.0 < r < 1.0 for r in pre["ratios"]):
         raise ExperimentError(f"{w}.ratios: mixed ratios lie in (0, 1), got {pre['ratios']}")
     pre["seeds"] = _int_list(pre["seeds"], f"{w}.seeds")
-    for key in ("steps", "batch_size", "image_size"):
+    for key in ("steps", "batch_size", "image_size", "nproc_per_node"):
         if not isinstance(pre[key], int) or pre[key] < 1:
             raise ExperimentError(f"{w}.{key}: must be a positive integer, got {pre[key]!r}")
+    if pre["batch_size"] % pre["nproc_per_node"]:
+        raise ExperimentError(
+            f"{w}.batch_size: {pre['batch_size']} does not divide across nproc_per_node "
+            f"{pre['nproc_per_node']} processes"
+        )
     if {"synthetic", "mixed"} & set(pre["sources"]) and exp["generator"] is None:
         raise ExperimentError(f"{w}.sources: synthetic and mixed sources need a 'generator'")
 

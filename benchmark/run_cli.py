@@ -15,6 +15,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     results = Path(args.output) if args.output else Path("runs") / exp["name"]
     if not args.dry_run:
         print(f"[run] experiment {exp['name']} ({experiment_hash(exp)[:12]}) -> {results}")
+    ray_options = None
+    if args.executor == "ray":
+        from benchmark.ray_executor import RayOptions
+
+        ray_options = RayOptions(
+            address=args.address,
+            cpus_per_job=args.cpus_per_job,
+            gpus_per_job=args.gpus_per_job,
+            retries=args.retries,
+        )
     summary = run_experiment(
         exp,
         results,
@@ -22,11 +32,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         wandb_mode=args.wandb,
         progress=not args.no_progress,
+        executor=args.executor,
+        ray_options=ray_options,
+        stage=args.stage,
+        shard=_parse_shard(args.shard),
     )
     if args.dry_run:
         return 0
     print(format_summary(summary))
     return 1 if summary.failed else 0
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"3/8"`` -> ``(3, 8)``."""
+    if text is None:
+        return None
+    from benchmark.errors import SSLBenchError
+
+    index, _, count = text.partition("/")
+    try:
+        return int(index), int(count)
+    except ValueError:
+        raise SSLBenchError(f"--shard {text!r}: expected INDEX/COUNT, e.g. 0/8") from None
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -68,6 +95,35 @@ def add_harness_commands(sub: Any) -> None:
         help="W&B mode (default: the experiment's wandb.mode, WANDB_MODE, else offline)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress display")
+    ray = run.add_argument_group("executor")
+    ray.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: one job at a time in this process (default); ray: independent jobs as "
+        "Ray tasks (pip install 'sslbench[ray]')",
+    )
+    ray.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    ray.add_argument("--cpus-per-job", type=float, default=1.0, help="CPUs per Ray task")
+    ray.add_argument(
+        "--gpus-per-job", type=float, default=0.0, help="GPUs per generate/pretrain/evaluate task"
+    )
+    ray.add_argument(
+        "--retries", type=int, default=1, help="further attempts of a failed job (Ray executor)"
+    )
+    split = run.add_argument_group("split grid (e.g. a Slurm job array)")
+    split.add_argument(
+        "--stage",
+        help="run only this stage's jobs (data, generate, pretrain, evaluate, or a job-id "
+        "prefix such as generate/train); their dependencies must be done",
+    )
+    split.add_argument(
+        "--shard",
+        metavar="INDEX/COUNT",
+        help="run every COUNT-th selected job from INDEX (e.g. $SLURM_ARRAY_TASK_ID/"
+        "$SLURM_ARRAY_TASK_COUNT); shards share the folder, the final plain run "
+        "writes the leaderboard",
+    )
     run.set_defaults(handler=_cmd_run)
 
     lb = sub.add_parser("leaderboard", help="aggregate a results folder into a leaderboard")

@@ -77,25 +77,66 @@ class RunSummary:
 
 
 @contextmanager
-def results_lock(results: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``results`` (``LockedError`` if another runner does)."""
+def results_lock(results: Path, shared: bool = False) -> Iterator[None]:
+    """Hold a lock on ``results`` (``LockedError`` if another runner holds it).
+
+    A whole-grid run holds it exclusively. Shard runners (``--stage``/``--shard``,
+    e.g. the tasks of a Slurm job array) hold it shared, so they run side by side
+    while a whole-grid run is refused, and lock each job they run
+    (:func:`job_lock`).
+    """
     results.mkdir(parents=True, exist_ok=True)
     path = results / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = path.read_text().strip() or "unknown"
             raise LockedError(
                 f"{results}: another sslbench runner is using this folder ({holder}); wait for "
                 "it to finish or stop it"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextmanager
+def job_lock(results: Path, job: Job) -> Iterator[None]:
+    """Hold ``RESULTS/locks/<job>.lock`` exclusively (``LockedError`` if another shard does)."""
+    path = results / "locks" / f"{job.slug}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"{job.id} is being run by another runner") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def select_jobs(jobs: list[Job], stage: str | None, shard: tuple[int, int] | None) -> list[Job]:
+    """The jobs of one runner of a split grid: those of ``stage`` (a stage such as
+    ``pretrain`` or a job-id prefix such as ``generate/train``), then every
+    ``count``-th of them starting at ``index`` for ``shard = (index, count)``."""
+    chosen = [j for j in jobs if stage is None or j.stage == stage or j.id.startswith(stage)]
+    if stage is not None and not chosen:
+        stages = sorted({j.stage for j in jobs})
+        raise SSLBenchError(f"--stage {stage!r} matches no job; stages: {', '.join(stages)}")
+    if shard is not None:
+        index, count = shard
+        if count < 1 or not 0 <= index < count:
+            raise SSLBenchError(
+                f"--shard {index}/{count}: expected INDEX/COUNT, 0 <= INDEX < COUNT"
+            )
+        chosen = chosen[index::count]
+    return chosen
 
 
 def check_results_folder(results: Path, exp: dict[str, Any]) -> None:
@@ -181,7 +222,10 @@ def describe_plan(jobs: list[Job], results: Path) -> tuple[str, float]:
             total += job.estimate_s
         est = "-" if done else format_duration(job.estimate_s)
         lines.append(f"{'done' if done else 'todo':<8} {est:>9}  {job.id}{extra}")
-    lines.append(f"estimated time of the todo jobs on this profile: {format_duration(total)}")
+    lines.append(
+        f"estimated time of the todo jobs on this profile: {format_duration(total)} "
+        "(calibrated on a 2-core CPU; a GPU is one to two orders of magnitude faster)"
+    )
     return "\n".join(lines), total
 
 
@@ -194,8 +238,22 @@ def run_experiment(
     wandb_mode: str | None = None,
     progress: bool = True,
     leaderboard: bool = True,
+    executor: str = "local",
+    ray_options: Any = None,
+    stage: str | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> RunSummary:
-    """Run (or resume) the resolved experiment ``exp`` into ``results``."""
+    """Run (or resume) the resolved experiment ``exp`` into ``results``.
+
+    ``executor`` is ``local`` (jobs one after the other in this process) or
+    ``ray`` (:mod:`benchmark.ray_executor`, with :class:`RayOptions` ``ray_options``).
+    ``stage`` and ``shard`` make this one of several runners of a split grid
+    (:func:`select_jobs`; e.g. one task of a Slurm job array): it runs only its
+    jobs, whose dependencies must have finished, locks each job, and writes no
+    index or leaderboard (a final whole-grid run does, having nothing left to run).
+    """
+    if executor not in ("local", "ray"):
+        raise SSLBenchError(f"executor must be local or ray, got {executor!r}")
     results = Path(results).resolve()
     check_results_folder(results, exp)
     jobs = plan(exp, results)
@@ -203,9 +261,14 @@ def run_experiment(
         table, total = describe_plan(jobs, results)
         print(table)
         return RunSummary(results, experiment_hash(exp), len(jobs), estimate_s=total)
+    split = stage is not None or shard is not None
+    mine = select_jobs(jobs, stage, shard) if split else None
+    if split and executor != "local":
+        raise SSLBenchError("--stage/--shard run their jobs locally; drop --executor ray")
     start = time.perf_counter()
-    with results_lock(results):
-        clean_partials(results)
+    with results_lock(results, shared=split):
+        if not split:  # a shard must not delete the temporary files of the others
+            clean_partials(results)
         h = save_experiment(results, exp, source)
         wb = exp.get("wandb") or {}
         tracker = Tracker(
@@ -216,8 +279,17 @@ def run_experiment(
             dir=results,
             log_checkpoints=bool(wb.get("log_checkpoints")),
         )
-        summary = _execute(exp, results, jobs, tracker, progress)
+        if executor == "ray":
+            from benchmark.ray_executor import RayOptions, execute_ray
+
+            options = ray_options or RayOptions()
+            summary = execute_ray(exp, results, jobs, tracker, progress, options)
+        else:
+            summary = _execute(exp, results, jobs, tracker, progress, mine)
         summary.experiment_hash = h
+        if split:
+            summary.wall_s = time.perf_counter() - start
+            return summary
         records = write_index(results, jobs, h)
         if leaderboard and records:
             from benchmark.leaderboard import build_leaderboard
@@ -229,15 +301,24 @@ def run_experiment(
 
 
 def _execute(
-    exp: dict[str, Any], results: Path, jobs: list[Job], tracker: Tracker, progress: bool
+    exp: dict[str, Any],
+    results: Path,
+    jobs: list[Job],
+    tracker: Tracker,
+    progress: bool,
+    selected: list[Job] | None = None,
 ) -> RunSummary:
+    """Run the unfinished jobs (of ``selected``, a shard, if given) one after the other."""
     from pretrain.train import resolve_device
 
-    summary = RunSummary(results, "", len(jobs))
-    todo = [j for j in jobs if not job_done(results, j)]
-    summary.skipped = [j.id for j in jobs if j not in todo]
-    cells_total = sum(len(j.cells) for j in jobs)
-    cells_done = sum(len(j.cells) for j in jobs if j not in todo)
+    split = selected is not None
+    mine = jobs if selected is None else selected
+    by_id = {j.id: j for j in jobs}
+    summary = RunSummary(results, "", len(mine))
+    todo = [j for j in mine if not job_done(results, j)]
+    summary.skipped = [j.id for j in mine if j not in todo]
+    cells_total = sum(len(j.cells) for j in mine)
+    cells_done = sum(len(j.cells) for j in mine if j not in todo)
     bar = tqdm(
         total=round(sum(j.estimate_s for j in todo), 1) or 1.0,
         disable=not progress,
@@ -255,55 +336,106 @@ def _execute(
         exp, results, {j.id: j for j in jobs}, tracker, str(resolve_device(exp["device"]))
     )
     failed: set[str] = set()
-    for job in todo:
-        bad = [d for d in job.deps if d in failed]
-        if bad:
-            failed.add(job.id)
-            summary.failed[job.id] = f"skipped: depends on failed {', '.join(bad)}"
-            bar.update(job.estimate_s)
-            continue
-        show(job.id)
-        per_cell = job.estimate_s / max(len(job.cells), 1)
+    try:
+        for job in todo:
+            bad = [d for d in job.deps if d in failed]
+            if bad:
+                failed.add(job.id)
+                summary.failed[job.id] = f"skipped: depends on failed {', '.join(bad)}"
+                bar.update(job.estimate_s)
+                continue
+            show(job.id)
+            per_cell = job.estimate_s / max(len(job.cells), 1)
 
-        def on_cell(cell: Any, status: str, per_cell: float = per_cell) -> None:
-            state["cells"] += 1
-            bar.update(per_cell)
-            bar.set_postfix_str(f"cells {state['cells']}/{cells_total}")
+            def on_cell(cell: Any, status: str, per_cell: float = per_cell) -> None:
+                state["cells"] += 1
+                bar.update(per_cell)
+                bar.set_postfix_str(f"cells {state['cells']}/{cells_total}")
 
-        ctx.on_cell = on_cell
-        t0 = time.perf_counter()
-        try:
-            out = _fn(job)(job, ctx)
-        except KeyboardInterrupt:
-            bar.close()
-            raise
-        except Exception as exc:
-            failed.add(job.id)
-            summary.failed[job.id] = f"{exc.__class__.__name__}: {exc}"
-            partial = exc.summary if isinstance(exc, CellFailures) else None
-            atomic_write_json(
-                failure_path(results, job),
-                {
-                    "job": job.id,
-                    "key": job.key,
-                    "error": summary.failed[job.id],
-                    "traceback": traceback.format_exc(limit=12),
-                    "partial": partial,
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                },
-            )
-            if partial is not None:  # keep what the sweep recorded for the index
-                _write_marker(results, job, partial, time.perf_counter() - t0, status="partial")
+            ctx.on_cell = on_cell
+            if split:
+                missing = [d for d in job.deps if not job_done(results, by_id[d])]
+                if missing:
+                    failed.add(job.id)
+                    summary.failed[job.id] = (
+                        f"not run: {', '.join(missing)} not finished (run that stage first)"
+                    )
+                    continue
+                try:
+                    with job_lock(results, job):
+                        outcome = run_job(job, ctx)
+                except LockedError as exc:
+                    summary.failed[job.id] = f"not run: {exc}"
+                    continue
+            else:
+                outcome = run_job(job, ctx)
+            if outcome.ok:
+                record_success(results, job, outcome)
+                summary.ran.append(job.id)
+            else:
+                failed.add(job.id)
+                summary.failed[job.id] = record_failure(results, job, outcome)
             if not job.cells:
                 bar.update(job.estimate_s)
-            continue
-        _write_marker(results, job, out, time.perf_counter() - t0)
-        failure_path(results, job).unlink(missing_ok=True)
-        summary.ran.append(job.id)
-        if not job.cells:
-            bar.update(job.estimate_s)
-    bar.close()
+    finally:
+        bar.close()
     return summary
+
+
+@dataclass
+class Outcome:
+    """What running one job gave: its outputs, or its error (and a sweep's partial summary)."""
+
+    ok: bool
+    out: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    traceback: str = ""
+    partial: dict[str, Any] | None = None
+    wall_s: float = 0.0
+    attempts: int = 1
+
+
+def run_job(job: Job, ctx: Context) -> Outcome:
+    """Run one job in this process, catching its error (KeyboardInterrupt propagates)."""
+    t0 = time.perf_counter()
+    try:
+        out = _fn(job)(job, ctx)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        return Outcome(
+            False,
+            error=f"{exc.__class__.__name__}: {exc}",
+            traceback=traceback.format_exc(limit=12),
+            partial=exc.summary if isinstance(exc, CellFailures) else None,
+            wall_s=time.perf_counter() - t0,
+        )
+    return Outcome(True, out=out, wall_s=time.perf_counter() - t0)
+
+
+def record_success(results: Path, job: Job, outcome: Outcome) -> None:
+    """Write the job's marker (after its outputs) and clear an old failure record."""
+    _write_marker(results, job, outcome.out, outcome.wall_s)
+    failure_path(results, job).unlink(missing_ok=True)
+
+
+def record_failure(results: Path, job: Job, outcome: Outcome) -> str:
+    """Write ``RESULTS/failures/<job>.json`` (and a sweep's partial marker); returns the error."""
+    atomic_write_json(
+        failure_path(results, job),
+        {
+            "job": job.id,
+            "key": job.key,
+            "error": outcome.error,
+            "attempts": outcome.attempts,
+            "traceback": outcome.traceback,
+            "partial": outcome.partial,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    if outcome.partial is not None:  # keep what the sweep recorded for the index
+        _write_marker(results, job, outcome.partial, outcome.wall_s, status="partial")
+    return outcome.error
 
 
 def _write_marker(

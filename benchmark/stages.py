@@ -169,15 +169,22 @@ def run_pretrain(job: Job, ctx: Context) -> dict[str, Any]:
         }
     )
     config.validate()
+    nproc = int(ctx.exp["pretrain"].get("nproc_per_node") or 1)
     with ctx.tracker.run(job.id, "pretrain", job.config) as wb:
-        result = pretrain(config, job.out, resume=True, progress=False)
+        if nproc > 1:  # data-parallel under torchrun (pretrain.distributed)
+            from pretrain.distributed import launch_torchrun
+
+            summary = launch_torchrun(config, job.out, nproc)
+        else:
+            summary = pretrain(config, job.out, resume=True, progress=False).summary
         wb.log_history(_jsonl(job.out / "metrics.jsonl"))
-        wb.summary({k: v for k, v in result.summary.items() if isinstance(v, int | float)})
+        wb.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
         if ctx.tracker.log_checkpoints:
-            wb.artifact(result.checkpoint, f"encoder-{job.slug}", "model")
+            wb.artifact(job.out / "encoder", f"encoder-{job.slug}", "model")
     return {
-        "checkpoint": str(result.checkpoint),
-        "train_time_s": result.summary.get("train_time_s"),
+        "checkpoint": str(job.out / "encoder"),
+        "train_time_s": summary.get("train_time_s"),
+        "world_size": nproc,
     }
 
 

@@ -257,7 +257,10 @@ def _selected(u: Tensor, p: float) -> Tensor | None:
 
 
 def augment_batch(
-    images: Tensor, recipe: ViewRecipe, generator: torch.Generator | None = None
+    images: Tensor,
+    recipe: ViewRecipe,
+    generator: torch.Generator | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Tensor:
     """One augmented view of every image in a batch.
 
@@ -268,6 +271,11 @@ def augment_batch(
         generator: Source of randomness; the same state gives identical views.
             Its device is used to draw the parameters (default: global RNG of
             the images' device).
+        shard: ``(rank, world_size)`` when ``images`` are rows
+            ``[rank*B, (rank+1)*B)`` of a global batch of ``world_size*B``: the
+            random parameters are drawn for the global batch and this shard's
+            rows applied, so the shards of all ranks together equal the views of
+            the global batch built in one process.
 
     Returns:
         (B, C, size, size) or (B, C, size, size, size), same float dtype, in [0, 1].
@@ -285,8 +293,12 @@ def augment_batch(
     nd = len(spatial)
     device, dtype = images.device, images.dtype
     gdev = generator.device if generator is not None else device
+    rank, world = shard or (0, 1)
+    if not 0 <= rank < world:
+        raise AugmentError(f"augment_batch: shard {shard} is not (rank, world_size)")
     # all scalar parameters in float32 (also for half-precision images), one draw
-    u = torch.rand(b, _NUM_PARAMS, generator=generator, device=gdev).to(device)
+    u_all = torch.rand(b * world, _NUM_PARAMS, generator=generator, device=gdev).to(device)
+    u = u_all[rank * b : (rank + 1) * b]
     out_shape = [b, c] + [int(recipe.size)] * nd
 
     # Spatial: crop + flips + rotation in one resampling straight to the output size.
@@ -321,25 +333,34 @@ def augment_batch(
             sigma = _uniform(u[idx, _BLUR], recipe.blur_sigma)
             x.index_copy_(0, idx, gaussian_blur(x.index_select(0, idx), sigma, radius))
 
-    # Additive Gaussian noise.
-    idx = _selected(u[:, _NOISE_P], recipe.noise_p)
+    # Additive Gaussian noise (drawn for the selected samples of the global batch).
+    idx = _selected(u_all[:, _NOISE_P], recipe.noise_p)
     if idx is not None:
-        std = _uniform(u[idx, _NOISE], recipe.noise_std).view(sshape)
         noise = torch.randn(
             [idx.numel(), *out_shape[1:]], generator=generator, device=gdev, dtype=dtype
         ).to(device)
+        if world > 1:  # keep this shard's samples
+            mine = (idx >= rank * b) & (idx < (rank + 1) * b)
+            idx, noise = idx[mine] - rank * b, noise[mine]
+        std = _uniform(u[idx, _NOISE], recipe.noise_std).view(sshape)
         # (index_add_ is a slow scatter on CPU; gather, add and copy back instead)
         x.index_copy_(0, idx, x.index_select(0, idx).add_(noise.mul_(std)))
     return x.clamp_(0.0, 1.0)
 
 
 def make_views(
-    images: Tensor, recipes: list[ViewRecipe], generator: torch.Generator | None = None
+    images: Tensor,
+    recipes: list[ViewRecipe],
+    generator: torch.Generator | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> list[Tensor]:
-    """One view per recipe, in order (``views[i]`` follows ``recipes[i]``)."""
+    """One view per recipe, in order (``views[i]`` follows ``recipes[i]``).
+
+    ``shard`` is passed to :func:`augment_batch` (a rank's rows of a global batch).
+    """
     if images.dtype == torch.uint8:
         images = images.float().div_(255.0)
-    return [augment_batch(images, recipe, generator) for recipe in recipes]
+    return [augment_batch(images, recipe, generator, shard) for recipe in recipes]
 
 
 def normalize(x: Tensor, mean: float = 0.5, std: float = 0.5) -> Tensor:

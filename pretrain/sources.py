@@ -165,22 +165,40 @@ class Source:
         return pool
 
     # -- sampling -------------------------------------------------------
-    def batch(self, step: int) -> torch.Tensor:
-        """The float32 (B, C, *spatial) images in [0, 1] of optimizer step ``step``."""
+    def batch(self, step: int, rows: slice | None = None) -> torch.Tensor:
+        """The float32 (B, C, *spatial) images in [0, 1] of optimizer step ``step``.
+
+        Args:
+            step: Optimizer step.
+            rows: Only these rows of the global batch (a rank's share in a
+                multi-process run); only those images are read.
+        """
         if step < 0:
             raise SourceError(f"source {self.name!r}: step must be >= 0, got {step}")
-        chunks = [
-            pool.gather(pool.indices(step, count))
-            for pool, count in self.parts.values()
-            if count > 0
+        parts = [
+            (pool, pool.indices(step, count)) for pool, count in self.parts.values() if count > 0
         ]
-        images = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-        if len(chunks) > 1:  # interleave the parts (nothing may rely on batch positions)
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, _SHUFFLE_TAG, step]))
-            order = torch.from_numpy(rng.permutation(self.batch_size)).to(images.device)
-            images = images.index_select(0, order)
         self.steps_done = max(self.steps_done, step + 1)
-        return images
+        positions = np.arange(self.batch_size)
+        if len(parts) > 1:  # interleave the parts (nothing may rely on batch positions)
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, _SHUFFLE_TAG, step]))
+            positions = rng.permutation(self.batch_size)
+        if rows is not None:
+            positions = positions[rows]
+        if len(parts) == 1:
+            pool, idx = parts[0]
+            return pool.gather(idx[positions])
+        # positions index the concatenation of the parts' images, in part order
+        chunks, order, start = [], [], 0
+        for pool, idx in parts:
+            mine = np.nonzero((positions >= start) & (positions < start + len(idx)))[0]
+            if len(mine):
+                chunks.append(pool.gather(idx[positions[mine] - start]))
+                order.append(mine)
+            start += len(idx)
+        images = torch.cat(chunks)
+        inverse = np.argsort(np.concatenate(order), kind="stable")
+        return images.index_select(0, torch.from_numpy(inverse).to(images.device))
 
     # -- bookkeeping ----------------------------------------------------
     def stats(self, steps: int | None = None) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from benchmark.errors import SSLBenchError
 from benchmark.io import atomic_path, atomic_write_json, atomic_write_text, provenance
+from pretrain import distributed
 from pretrain.augment import make_views
 from pretrain.checkpoint import save_encoder
 from pretrain.encoders import create_encoder
@@ -188,7 +189,7 @@ class Trainer:
         config.validate()
         self.config = config
         self.out = Path(out_dir)
-        self.device = resolve_device(config.device)
+        self.dist, self.device = distributed.setup(resolve_device(config.device), config.batch_size)
         self.amp_dtype = _amp_dtype(config.amp, self.device)
         torch.manual_seed(config.seed)  # initial weights
         self.source = create_source(
@@ -211,8 +212,10 @@ class Trainer:
             raise SSLBenchError(str(exc)) from None
         self.memory_format = memory_format(encoder, config.channels_last)
         self.method = create_method(config.method, encoder, **config.method_config)
+        self.sync_bn = distributed.sync_batch_norm(self.method, self.dist, self.device)
         # Module.to accepts memory_format at run time; torch's stubs do not declare it.
         self.method.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
+        distributed.broadcast_module(self.method, self.dist)
         self.recipes = self.method.view_recipes(config.image_size)
         self.optimizer = build_optimizer(self.method, self.method.config, config.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -259,8 +262,10 @@ class Trainer:
                     f"{name} became non-finite by step {self.step}; the last good checkpoint "
                     f"is {self.out / STATE} (try a lower lr or amp=none)"
                 )
-        with atomic_path(self.out / STATE) as tmp:
-            torch.save(self.state_dict(), tmp)
+        if self.dist.is_main:
+            with atomic_path(self.out / STATE) as tmp:
+                torch.save(self.state_dict(), tmp)
+        distributed.barrier(self.dist)
 
     # -- loop -------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -271,24 +276,29 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step; returns the logged scalars."""
         seed = _step_seed(self.config.seed, step)
-        torch.manual_seed(seed)  # dropout, masks and other global-RNG draws
+        dist_info = self.dist
+        torch.manual_seed(seed + dist_info.rank)  # dropout, masks and other global-RNG draws
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        images = self.source.batch(step)
+        shard = (dist_info.rank, dist_info.world_size) if dist_info.enabled else None
+        images = self.source.batch(step, dist_info.rows(self.config.batch_size))
         views = [
             v.contiguous(memory_format=self.memory_format)
-            for v in make_views(images, self.recipes, gen)
+            for v in make_views(images, self.recipes, gen, shard)
         ]
         self.method.train()
         with self._autocast():
             out = self.method.training_step(views, step, self.config.steps)
         loss = out.loss.float()
-        if not torch.isfinite(loss):
+        # every rank checks the mean loss, so all stop together
+        mean_loss = distributed.mean_over_ranks({"loss": loss.item()}, dist_info, self.device)
+        if not math.isfinite(mean_loss["loss"]):
             raise TrainingDivergedError(
-                f"loss became {loss.item()} at step {step}; the last good checkpoint is "
+                f"loss became {mean_loss['loss']} at step {step}; the last good checkpoint is "
                 f"{self.out / STATE} (try a lower lr or amp=none)"
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.method, dist_info)
         clip = float(self.method.config["clip_grad"]) or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.method.parameters(), clip)
         if not torch.isfinite(grad_norm):
@@ -299,13 +309,14 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.method.after_optimizer_step(step, self.config.steps)
+        local = {"embedding_std": float(std_of_l2_normalized(out.embeddings.detach().float()))}
+        local.update({k: float(v) for k, v in out.logs.items()})
         logs = {
-            "loss": loss.item(),
+            **mean_loss,
             "lr": self.optimizer.param_groups[0]["lr"],
             "grad_norm": grad_norm.item(),
         }
-        logs["embedding_std"] = float(std_of_l2_normalized(out.embeddings.detach().float()))
-        logs.update({k: float(v) for k, v in out.logs.items()})
+        logs.update(distributed.mean_over_ranks(local, dist_info, self.device))
         return logs
 
     def run(self, progress: bool = True) -> Iterator[dict[str, Any]]:
@@ -314,7 +325,7 @@ class Trainer:
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
-            disable=not progress,
+            disable=not (progress and self.dist.is_main),
             unit="step",
             desc=f"pretrain {cfg.method}/{cfg.encoder}/{cfg.source}",
             dynamic_ncols=True,
@@ -367,11 +378,19 @@ class Trainer:
             "images_per_s": images_seen / self.train_time if self.train_time else None,
             "device": str(self.device),
             "amp": str(self.amp_dtype) if self.amp_dtype else "none",
+            "distributed": {
+                "world_size": self.dist.world_size,
+                "backend": self.dist.backend or "none",
+                "sync_batch_norm": self.sync_bn,
+            },
             "config": cfg.to_dict(),
             "provenance": provenance(),
         }
-        ckpt = save_encoder(self.out / ENCODER_DIR, self.method.encoder, summary)
-        atomic_write_json(self.out / SUMMARY, summary)
+        ckpt = self.out / ENCODER_DIR
+        if self.dist.is_main:
+            ckpt = save_encoder(ckpt, self.method.encoder, summary)
+            atomic_write_json(self.out / SUMMARY, summary)
+        distributed.barrier(self.dist)
         return PretrainResult(self.out, ckpt, summary)
 
 
@@ -384,6 +403,9 @@ def pretrain(
     progress: bool = True,
 ) -> PretrainResult:
     """Run (or resume) a pretraining run into ``out_dir``.
+
+    Under ``torchrun`` every process calls this; the run is data-parallel over
+    the processes (:mod:`pretrain.distributed`) and rank 0 writes the outputs.
 
     Args:
         config: The run's configuration.
@@ -409,11 +431,14 @@ def pretrain(
         except Exception as exc:
             raise SSLBenchError(f"{state_path}: unreadable training state ({exc})") from None
         trainer.load_state_dict(state)
-    atomic_write_json(out / CONFIG, config.to_dict())
+    main = trainer.dist.is_main
+    if main:
+        atomic_write_json(out / CONFIG, config.to_dict())
     lines = [json.dumps(r) for r in trainer.history]
     for record in trainer.run(progress=progress):
         lines.append(json.dumps(record))
-    atomic_write_text(out / METRICS, "\n".join(lines) + "\n")
+    if main:
+        atomic_write_text(out / METRICS, "\n".join(lines) + "\n")
     if config.checkpoint_every:
         trainer.save_state()
     return trainer.finish()

@@ -14,6 +14,7 @@ from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 
 from pretrain.augment import ViewRecipe
+from pretrain.distributed import gather_across_ranks
 from pretrain.encoders.base import Encoder
 from pretrain.methods.base import METHODS, SSLMethod, StepOutput, colour_jitter_recipe
 
@@ -60,7 +61,9 @@ class BarlowTwins(SSLMethod):
         self.projection_head = BarlowTwinsProjectionHead(
             encoder.num_features, cfg["hidden_dim"], cfg["output_dim"]
         )
-        self.criterion = BarlowTwinsLoss(lambda_param=cfg["lambda_param"])
+        self.criterion = BarlowTwinsLoss(
+            lambda_param=cfg["lambda_param"], gather_distributed=gather_across_ranks()
+        )
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from lightly.models.modules import MoCoProjectionHead
 from torch import nn
 
 from pretrain.augment import ViewRecipe
+from pretrain.distributed import gather_across_ranks
 from pretrain.encoders.base import Encoder
 from pretrain.methods.base import (
     METHODS,
@@ -80,6 +81,7 @@ class MoCoV2(MomentumMethod):
         self.criterion = NTXentLoss(
             temperature=cfg["temperature"],
             memory_bank_size=(cfg["memory_bank_size"], cfg["output_dim"]),
+            gather_distributed=gather_across_ranks(),
         )
 
     @classmethod

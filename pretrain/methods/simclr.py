@@ -13,6 +13,7 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
 from pretrain.augment import ViewRecipe
+from pretrain.distributed import gather_across_ranks
 from pretrain.encoders.base import Encoder
 from pretrain.methods.base import METHODS, SSLMethod, StepOutput, colour_jitter_recipe
 
@@ -59,7 +60,9 @@ class SimCLR(SSLMethod):
         self.projection_head = SimCLRProjectionHead(
             encoder.num_features, cfg["hidden_dim"], cfg["output_dim"]
         )
-        self.criterion = NTXentLoss(temperature=cfg["temperature"])
+        self.criterion = NTXentLoss(
+            temperature=cfg["temperature"], gather_distributed=gather_across_ranks()
+        )
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from lightly.loss.vicreg_loss import invariance_loss, variance_loss
 from lightly.models.modules.heads import VICRegProjectionHead
 
 from pretrain.augment import ViewRecipe
+from pretrain.distributed import gather_across_ranks
 from pretrain.encoders.base import Encoder
 from pretrain.methods.base import METHODS, SSLMethod, StepOutput, colour_jitter_recipe
 
@@ -67,7 +68,10 @@ class VICReg(SSLMethod):
             num_layers=cfg["proj_layers"],
         )
         self.criterion = VICRegLoss(
-            lambda_param=cfg["lambda_param"], mu_param=cfg["mu_param"], nu_param=cfg["nu_param"]
+            lambda_param=cfg["lambda_param"],
+            mu_param=cfg["mu_param"],
+            nu_param=cfg["nu_param"],
+            gather_distributed=gather_across_ranks(),
         )
 
     @classmethod

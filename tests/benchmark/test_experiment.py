@@ -42,6 +42,12 @@ def test_shipped_experiments_load(shared_data: Path) -> None:
     hippo = load_experiment("hippocampus-cpu", base_dir=repo)
     assert hippo["pretrain"]["encoders"] == ["resnet10_3d"]
     assert load_experiment("demo")["evaluate"]["baselines"] == ["scratch", "supervised"]
+    gpu = load_experiment("busi-gpu", base_dir=repo)  # the gpu-full profile underneath
+    assert gpu["device"] == "auto" and gpu["pretrain"]["image_size"] == 224
+    assert gpu["pretrain"]["encoders"] == ["resnet50"] and gpu["pretrain"]["nproc_per_node"] == 1
+    assert load_experiment("busi-gpu", ["pretrain.nproc_per_node=4"], base_dir=repo)
+    with pytest.raises(ExperimentError, match="does not divide across nproc_per_node"):
+        load_experiment("busi-gpu", ["pretrain.nproc_per_node=3"], base_dir=repo)
 
 
 def test_profile_defaults_and_overrides() -> None:
