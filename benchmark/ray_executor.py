@@ -72,7 +72,8 @@ def _run_remote(
     from benchmark.stages import Context
     from pretrain.train import resolve_device
 
-    os.chdir(cwd)  # the experiment's relative paths are relative to the driver's folder
+    if os.path.isdir(cwd):  # relative paths are the driver's (resolved ones work anywhere)
+        os.chdir(cwd)
     torch.set_num_threads(max(1, threads))
     # Ray hides the GPUs of tasks that did not ask for one, so "auto" resolves per task
     ctx = Context(exp, Path(results), jobs, tracker, str(resolve_device(device)))
