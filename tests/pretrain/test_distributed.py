@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,15 @@ def test_sharded_views_equal_the_global_views(dims: int) -> None:
             assert torch.allclose(torch.cat([s[v] for s in shards]), full[v], atol=1e-6, rtol=0)
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """The single-process reference runs with the 1 thread of each torchrun rank."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def torchrun(tmp_path: Path, nproc: int, out: Path, *args: str) -> subprocess.CompletedProcess:
     """``sslbench pretrain`` under a real torchrun with ``nproc`` CPU processes (gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -91,7 +101,7 @@ def losses(out: Path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_match_one_process(tmp_path: Path) -> None:
+def test_torchrun_two_ranks_match_one_process(tmp_path: Path, one_thread: None) -> None:
     """MoCo on a ViT (no batch norm anywhere; batch norm is per rank on CPU): 2 gloo ranks,
     whose memory banks are filled with the keys gathered from both, give the losses and
     weights of one process on the same global batch."""
@@ -105,7 +115,6 @@ def test_torchrun_two_ranks_match_one_process(tmp_path: Path) -> None:
         log_every=1,
         method_config={"memory_bank_size": 16},
     )
-    torch.set_num_threads(1)
     single = pretrain(config(tmp_path, **cfg), tmp_path / "single", progress=False)
     proc = torchrun(tmp_path, 2, tmp_path / "ddp")
     assert proc.stdout.count("encoder checkpoint:") == 1  # rank 0 alone reports
@@ -119,7 +128,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_resume_with_a_different_number_of_ranks(tmp_path: Path) -> None:
+def test_resume_with_a_different_number_of_ranks(tmp_path: Path, one_thread: None) -> None:
     """Two steps in one process, the rest under torchrun with 2 ranks: the run ends
     where an uninterrupted single-process run ends (DINO: multi-crop views, a momentum
     teacher and a centre averaged over the ranks)."""
@@ -127,7 +136,6 @@ def test_resume_with_a_different_number_of_ranks(tmp_path: Path) -> None:
         method="dino", encoder="vit_tiny", steps=4, batch_size=8, checkpoint_every=2, log_every=1
     )
     write_config(tmp_path, **kw)
-    torch.set_num_threads(1)
     ref = pretrain(config(tmp_path, **kw), tmp_path / "ref", progress=False)
     t = Trainer(config(tmp_path, **kw), tmp_path / "split")
     (tmp_path / "split").mkdir()
