@@ -24,19 +24,15 @@ from pathlib import Path
 import yaml
 
 from benchmark.data.converters import CONVERTERS
+from pretrain.distributed import torchrun_command
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def run(config: Path, out: Path, nproc: int, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cli = ["-m", "benchmark.cli", "pretrain", "--config", str(config), "-o", str(out)]
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        cmd += [f"--nproc_per_node={nproc}", *cli]
-    else:
-        cmd = [sys.executable, *cli]
-    subprocess.run([*cmd, "--no-progress"], check=True, env=env, capture_output=True)
+    cmd = torchrun_command(nproc, config, out, "--no-progress")
+    subprocess.run(cmd, check=True, env=env, capture_output=True)
     summary = json.loads((out / "pretrain.json").read_text())
     assert isinstance(summary, dict)
     return summary

@@ -175,6 +175,19 @@ def shutdown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+def torchrun_command(nproc: int, config: str | Path, out: str | Path, *args: str) -> list[str]:
+    """``sslbench pretrain --config CONFIG -o OUT ARGS`` under ``torchrun`` with ``nproc``
+    processes on this node (``--standalone`` rendezvous); one process without torchrun
+    for ``nproc == 1``."""
+    import sys
+
+    cli = ["-m", "benchmark.cli", "pretrain", "--config", str(config), "-o", str(out), *args]
+    if nproc == 1:
+        return [sys.executable, *cli]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return [sys.executable, *launcher, *cli]
+
+
 def launch_torchrun(config: Any, out_dir: str | Path, nproc: int) -> dict[str, Any]:
     """Run (or resume) ``sslbench pretrain`` for ``config`` under ``torchrun`` on this node.
 
@@ -184,7 +197,6 @@ def launch_torchrun(config: Any, out_dir: str | Path, nproc: int) -> dict[str, A
     of the cores as OpenMP threads). Returns the run summary (``pretrain.json``).
     """
     import subprocess
-    import sys
 
     import yaml
 
@@ -196,22 +208,7 @@ def launch_torchrun(config: Any, out_dir: str | Path, nproc: int) -> dict[str, A
     atomic_write_text(launch, yaml.safe_dump(config.to_dict(), sort_keys=False))
     threads = max(1, (os.cpu_count() or 1) // nproc)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "benchmark.cli",
-        "pretrain",
-        "--config",
-        str(launch),
-        "-o",
-        str(out),
-        "--resume",
-        "--no-progress",
-    ]
+    cmd = torchrun_command(nproc, launch, out, "--resume", "--no-progress")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]

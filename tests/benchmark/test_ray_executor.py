@@ -12,6 +12,7 @@ from benchmark.experiment import EXPERIMENT_DIR, load_experiment
 from benchmark.jobs import plan
 from benchmark.runner import run_experiment
 from benchmark.tracking import read_offline_run
+from tests.conftest import one_thread
 
 ray = pytest.importorskip("ray", reason="the Ray executor is an optional extra (sslbench[ray])")
 from benchmark.ray_executor import RayOptions  # noqa: E402
@@ -49,15 +50,9 @@ def records(results: Path) -> dict[tuple, dict]:
 def test_ray_executor_gives_the_local_leaderboard(tmp_path: Path, local_ray: None) -> None:
     """Two 1-CPU Ray tasks at a time give bit-identical records to the local executor run
     with one thread (CPU results depend on the number of threads, not on the executor)."""
-    import torch
-
     exp = load_experiment(TINY, SMALLER)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         local = run_experiment(exp, tmp_path / "local", progress=False, wandb_mode="disabled")
-    finally:
-        torch.set_num_threads(threads)
     assert not local.failed
     remote = run_experiment(
         exp,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +13,10 @@ import pytest
 import torch
 
 from pretrain.augment import ViewRecipe, make_views
-from pretrain.distributed import DistInfo
+from pretrain.distributed import DistInfo, torchrun_command
 from pretrain.sources import create_source
 from pretrain.train import Trainer, pretrain
+from tests.conftest import one_thread
 from tests.pretrain.test_train import config, tiny_file, weights
 
 
@@ -55,33 +55,16 @@ def test_sharded_views_equal_the_global_views(dims: int) -> None:
 
 
 @pytest.fixture
-def one_thread() -> Iterator[None]:
+def single_thread() -> Iterator[None]:
     """The single-process reference runs with the 1 thread of each torchrun rank."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 def torchrun(tmp_path: Path, nproc: int, out: Path, *args: str) -> subprocess.CompletedProcess:
     """``sslbench pretrain`` under a real torchrun with ``nproc`` CPU processes (gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "benchmark.cli",
-        "pretrain",
-        "--config",
-        str(tmp_path / "run.yaml"),
-        "-o",
-        str(out),
-        "--no-progress",
-        *args,
-    ]
+    cmd = torchrun_command(nproc, tmp_path / "run.yaml", out, "--no-progress", *args)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -101,7 +84,7 @@ def losses(out: Path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_match_one_process(tmp_path: Path, one_thread: None) -> None:
+def test_torchrun_two_ranks_match_one_process(tmp_path: Path, single_thread: None) -> None:
     """MoCo on a ViT (no batch norm anywhere; batch norm is per rank on CPU): 2 gloo ranks,
     whose memory banks are filled with the keys gathered from both, give the losses and
     weights of one process on the same global batch."""
@@ -128,7 +111,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path: Path, one_thread: None) 
 
 
 @pytest.mark.slow
-def test_resume_with_a_different_number_of_ranks(tmp_path: Path, one_thread: None) -> None:
+def test_resume_with_a_different_number_of_ranks(tmp_path: Path, single_thread: None) -> None:
     """Two steps in one process, the rest under torchrun with 2 ranks: the run ends
     where an uninterrupted single-process run ends (DINO: multi-crop views, a momentum
     teacher and a centre averaged over the ranks)."""

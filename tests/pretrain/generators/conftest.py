@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from benchmark.data.h5format import DatasetMeta, H5Writer
+from tests.conftest import one_thread
 
 #: A U-Net small enough to train in well under a second per step on 2 cores.
 TINY: dict[str, Any] = {
@@ -23,22 +22,6 @@ TINY: dict[str, Any] = {
     "device": "cpu",
     "lr": 1e-3,
 }
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one thread, restoring the previous setting afterwards.
-
-    On the shared 2-core machine, two OpenMP threads of a tiny model spin at
-    barriers while the other core is busy: measured 4.4 s per training step with
-    2 threads vs 0.03 s with 1. The results are deterministic for either setting.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True, scope="module")
