@@ -26,7 +26,9 @@ from typing import Any
 
 from benchmark.experiment import digest
 
-#: Rough CPU speeds (2 cores, 64 px) used by ``--dry-run`` estimates.
+#: Rough CPU speeds (2 cores, 64 px) used by ``--dry-run`` estimates; ``segment_img_s`` and
+#: ``finetune_img_s`` calibrated on the busi-cpu reference run (13.5 min per 15-cell
+#: segmentation sweep, about 8 min per fine-tuning sweep, uncontended).
 SPEED = {
     "convert_s_per_image": 0.004,
     "phantom_s_per_image": 0.01,
@@ -35,8 +37,8 @@ SPEED = {
     "pretrain_img_s": 80.0,
     "extract_img_s": 400.0,
     "probe_fit_s": 0.3,
-    "finetune_img_s": 60.0,
-    "segment_img_s": 30.0,
+    "finetune_img_s": 46.0,
+    "segment_img_s": 27.0,
     "report_s": 30.0,
 }
 ENCODER_COST = {"resnet50": 3.0, "vit_small": 2.5, "efficientnet_b0": 1.5, "vit_tiny_p8": 2.0}

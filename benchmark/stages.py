@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmark.data.h5format import read_meta
 from benchmark.errors import SSLBenchError
 from benchmark.jobs import Job, read_json
 from benchmark.tracking import RunHandle, Tracker
@@ -99,7 +100,12 @@ def run_generator_sample(job: Job, ctx: Context) -> dict[str, Any]:
 
         folder = ctx.exp["generator"]["checkpoint"] or ctx.jobs["generate/train"].out
         _check_training_data(Path(folder), like)
-        gen = DDPMGenerator.load(folder, steps=cfg["sample_steps"], device=ctx.device)
+        # samples are written on the real file's grid (a generator trained at a smaller
+        # size is resized up), so that real, synthetic and mixed pools are interchangeable
+        shape = tuple(read_meta(like)["image_shape"]) if like is not None else None
+        gen = DDPMGenerator.load(
+            folder, steps=cfg["sample_steps"], device=ctx.device, output_shape=shape
+        )
     else:
         options = dict(cfg["options"])
         if cfg["kind"] == "import" and like is not None:

@@ -42,7 +42,14 @@ import torch
 from benchmark.data.h5format import DatasetMeta
 from benchmark.errors import DataError
 from benchmark.io import sha256_file
-from pretrain.generators.base import GENERATORS, Generator, GeneratorError, seed_int, to_uint8
+from pretrain.generators.base import (
+    GENERATORS,
+    Generator,
+    GeneratorError,
+    resize,
+    seed_int,
+    to_uint8,
+)
 
 if TYPE_CHECKING:
     from monai.networks.nets import DiffusionModelUNet
@@ -191,6 +198,9 @@ class DDPMGenerator(Generator):
         steps: Sampling steps (default 50 for DDIM, all training steps for DDPM).
         device: Where to sample.
         path: Checkpoint folder (for provenance).
+        output_shape: Shape ``(C, *spatial)`` of the written samples when it differs from
+            the trained one (e.g. the real file's grid, so that real and synthetic pools mix):
+            samples are resized bilinearly (2D, antialiased) or trilinearly (3D).
     """
 
     name: ClassVar[str] = "ddpm"
@@ -203,8 +213,17 @@ class DDPMGenerator(Generator):
         steps: int | None = None,
         device: str | torch.device = "cpu",
         path: str | Path | None = None,
+        output_shape: tuple[int, ...] | None = None,
     ) -> None:
-        super().__init__(tuple(checkpoint["image_shape"]))
+        self.model_shape = tuple(int(s) for s in checkpoint["image_shape"])
+        if output_shape is not None and (
+            len(output_shape) != len(self.model_shape) or output_shape[0] != self.model_shape[0]
+        ):
+            raise GeneratorError(
+                f"cannot write samples of shape {tuple(output_shape)} from a generator "
+                f"trained on {self.model_shape} (channels and dimensions must match)"
+            )
+        super().__init__(tuple(output_shape) if output_shape else self.model_shape)
         self.checkpoint = checkpoint
         self.path = Path(path) if path is not None else None
         self.device = torch.device(device)
@@ -232,8 +251,12 @@ class DDPMGenerator(Generator):
         steps: int | None = None,
         device: str | torch.device = "cpu",
         size: int | None = None,
+        output_shape: tuple[int, ...] | None = None,
     ) -> DDPMGenerator:
         """Load a checkpoint folder (or its ``generator.pt``) written by ``synth train``.
+
+        ``output_shape`` resizes the samples (see the class); ``size`` only checks the
+        trained in-plane size.
 
         Raises:
             DataError: The folder or file is missing, unreadable or not a DDPM checkpoint.
@@ -287,7 +310,14 @@ class DDPMGenerator(Generator):
                 f"{shape}; cannot sample size {size} (omit --size or train "
                 f"a generator at that size)"
             )
-        return cls(ckpt, scheduler=scheduler, steps=steps, device=device, path=folder.resolve())
+        return cls(
+            ckpt,
+            scheduler=scheduler,
+            steps=steps,
+            device=device,
+            path=folder.resolve(),
+            output_shape=output_shape,
+        )
 
     def sample_batch(self, start: int, count: int, seed: int, batch_index: int) -> np.ndarray:
         from monai.inferers import DiffusionInferer
@@ -295,7 +325,7 @@ class DDPMGenerator(Generator):
         noise = torch.stack(
             [
                 torch.randn(
-                    self.image_shape,
+                    self.model_shape,
                     generator=torch.Generator().manual_seed(seed_int(seed, _NOISE_TAG, i)),
                 )
                 for i in range(start, start + count)
@@ -312,6 +342,9 @@ class DDPMGenerator(Generator):
                 verbose=False,
             )
         assert isinstance(x, torch.Tensor)
+        if self.image_shape != self.model_shape:
+            x = resize(((x + 1) / 2).clamp(0, 1), self.image_shape[1:])
+            return to_uint8(x, (0.0, 1.0))
         return to_uint8(x, (-1.0, 1.0))
 
     def describe(self) -> dict[str, Any]:
@@ -323,6 +356,8 @@ class DDPMGenerator(Generator):
             "scheduler": self.scheduler_kind,
             "steps": self.steps,
             "train_steps": self.checkpoint.get("step"),
+            "model_image_shape": list(self.model_shape),
+            "resized": self.image_shape != self.model_shape,
             "model_config": self.checkpoint["model_config"],
             "scheduler_config": self.checkpoint["scheduler_config"],
             "training_data": data.get("path"),

@@ -79,7 +79,12 @@ RUN_CONTROL = ("steps", "sample_every", "sample_steps", "sample_n", "checkpoint_
 
 @dataclass
 class DDPMConfig:
-    """Hyperparameters of a DDPM training run (defaults sized for a CPU at 64 px)."""
+    """Hyperparameters of a DDPM training run (defaults sized for a CPU at 64 px).
+
+    ``size`` resizes the in-plane axes (H, W) of the training images to ``size x size``;
+    volumes keep their depth D (MSD hippocampus 48 x 64 x 48 at ``size=32`` trains on
+    48 x 32 x 32). ``None`` trains at the stored size.
+    """
 
     steps: int = 2000
     batch_size: int = 16

@@ -178,3 +178,23 @@ def test_3d_volumes_train_and_sample(tmp_path: Path, tiny: dict[str, Any]) -> No
     gen = DDPMGenerator.load(gen_dir, steps=2)
     assert gen.checkpoint["model_config"]["spatial_dims"] == 3
     assert gen.sample(2, seed=0).shape == (2, 1, 8, 16, 16)
+
+
+def test_samples_resized_to_an_output_shape(tiny_gen: Path, tmp_path: Path) -> None:
+    gen = DDPMGenerator.load(tiny_gen, steps=2, output_shape=(1, 24, 20))
+    assert gen.model_shape == (1, 16, 16) and gen.image_shape == (1, 24, 20)
+    out = write_synthetic(gen, 3, tmp_path / "big.h5", seed=1, progress=False)
+    meta = read_meta(out)
+    assert meta["image_shape"] == [1, 24, 20]
+    assert meta["extra"]["generator"]["model_image_shape"] == [1, 16, 16]
+    assert meta["extra"]["generator"]["resized"] is True
+    # the same samples as at the trained size, resized
+    small = DDPMGenerator.load(tiny_gen, steps=2).sample(3, seed=1)
+    up = torch.nn.functional.interpolate(
+        torch.from_numpy(small).float() / 255, size=(24, 20), mode="bilinear", antialias=True
+    )
+    with h5py.File(out) as f:
+        big = torch.from_numpy(f["images"][()]).float() / 255
+    assert (big - up).abs().max() < 2 / 255
+    with pytest.raises(GeneratorError, match="channels and dimensions must match"):
+        DDPMGenerator.load(tiny_gen, steps=2, output_shape=(3, 16, 16))
