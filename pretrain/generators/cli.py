@@ -87,12 +87,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from pretrain.generators.base import write_synthetic
     from pretrain.generators.ddpm import DDPMGenerator
 
+    shape = None
+    if args.like:
+        from benchmark.data.h5format import read_meta
+
+        shape = tuple(read_meta(args.like)["image_shape"])
     gen = DDPMGenerator.load(
         args.generator,
         scheduler=args.scheduler,
         steps=args.steps,
         device=_device(args.device),
         size=args.size,
+        output_shape=shape,
     )
     start = time.perf_counter()
     out = write_synthetic(
@@ -240,6 +246,10 @@ def add_synth_command(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--seed", type=int, default=0, help="same seed -> identical images")
     s.add_argument("--size", type=int, help="expected image size (must equal the trained one)")
+    s.add_argument(
+        "--like",
+        help="real .h5 whose grid the samples are resized to (for a generator trained smaller)",
+    )
     s.add_argument("--device", default="auto", help="cpu, cuda or auto")
     _common(s)
     s.set_defaults(handler=_cmd_sample)

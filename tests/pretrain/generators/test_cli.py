@@ -157,3 +157,13 @@ def test_subprocess_errors_are_one_line(tmp_path: Path, make_tiny: Any) -> None:
         sslbench("synth", "import", str(tmp_path / "bad.npz"), "-o", str(tmp_path / "bad.h5"))
     )
     assert "bad.npz" in err and "NaN or infinite" in err and not (tmp_path / "bad.h5").exists()
+
+
+def test_sample_on_the_grid_of_a_real_file(tiny_gen: Path, make_tiny: Any, tmp_path: Path) -> None:
+    big = make_tiny(tmp_path / "big.h5", ["train"] * 4, size=24)
+    out = tmp_path / "s.h5"
+    args = ["sample", str(tiny_gen), "-n", "2", "-o", str(out), "--steps", "2", "--no-progress"]
+    assert run(*args, "--like", str(big)) == 0
+    meta = read_meta(out)
+    assert meta["image_shape"] == [1, 24, 24]
+    assert meta["extra"]["generator"]["model_image_shape"] == [1, 16, 16]
