@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import __version__
+from benchmark.allocator import tune_allocator
 from benchmark.errors import SSLBenchError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -311,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sslbench`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_allocator()
     try:
         return int(args.handler(args))
     except SSLBenchError as exc:

@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from benchmark.allocator import allocator_state
 from benchmark.errors import OutputExistsError
 
 #: Packages whose versions are recorded in every output's provenance.
@@ -160,6 +161,7 @@ def hardware() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
+        "allocator": allocator_state(),
     }
     try:
         import torch

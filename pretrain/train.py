@@ -31,6 +31,7 @@ import torch
 from lightly.utils.debug import std_of_l2_normalized
 from tqdm.auto import tqdm
 
+from benchmark.allocator import tune_allocator
 from benchmark.errors import SSLBenchError
 from benchmark.io import atomic_path, atomic_write_json, atomic_write_text, provenance
 from pretrain import distributed
@@ -415,6 +416,7 @@ def pretrain(
         overwrite: Start again even if the folder holds a run.
         progress: Show a progress bar.
     """
+    tune_allocator()
     out = Path(out_dir)
     state_path = out / STATE
     if out.exists() and not (resume or overwrite):

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from benchmark.allocator import tune_allocator
 from benchmark.errors import OutputExistsError, SplitError, SSLBenchError
 from benchmark.io import atomic_write_json, provenance
 from benchmark.registry import unknown_name_error
@@ -429,6 +430,7 @@ def run_sweep(cfg: SweepConfig, on_cell: Callable[[Cell, str], None] | None = No
     """
     from pretrain.train import resolve_device
 
+    tune_allocator()
     start = time.perf_counter()
     cfg.fractions = parse_fractions(cfg.fractions)
     cfg.seeds = parse_seeds(cfg.seeds)
