@@ -40,6 +40,7 @@ from lightly.transforms import SimCLRTransform
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from benchmark.allocator import ENV, tune_allocator
 from benchmark.data.converters import CONVERTERS
 from pretrain.augment import make_views
 from pretrain.encoders import create_encoder
@@ -175,8 +176,6 @@ def worker(args: argparse.Namespace) -> None:
     kind, tuned = PIPELINES[args.worker]
     if tuned:
         # What `sslbench pretrain` does at start-up (benchmark/allocator.py).
-        from benchmark.allocator import tune_allocator
-
         tune_allocator()
     if kind == "ours":
         rates = sslbench_rates(Path(args.h5), args.size, args.batch_size, args.steps)
@@ -193,7 +192,7 @@ def measure(
         sys.executable, __file__, "--worker", name, "--h5", str(h5), "--root", str(root),
         "--size", str(size), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
     ]  # fmt: skip
-    env = {**os.environ, "SSLBENCH_MALLOC_TUNING": "1"}
+    env = {**os.environ, ENV: "1"}
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -224,10 +223,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = CONVERTERS.create("busi", size=256).convert(root, Path(tmp) / "busi256.h5")
         for size in (int(s) for s in args.sizes.split(",")):
-            fig = {name: measure(name, args, data, root, size) for name in PIPELINES}
+            fig: dict[str, Any] = {
+                name: measure(name, args, data, root, size) for name in PIPELINES
+            }
             ours, ref, ref_tuned = (fig[name] for name in PIPELINES)
-            fig["throughput_ratio"] = ours["full"] / ref["full"]  # type: ignore[assignment]
-            fig["ratio_vs_lightly_tuned_allocator"] = ours["full"] / ref_tuned["full"]  # type: ignore[assignment]
+            fig["throughput_ratio"] = ours["full"] / ref["full"]
+            fig["ratio_vs_lightly_tuned_allocator"] = ours["full"] / ref_tuned["full"]
             results[f"{size}px"] = fig
             print(
                 f"{size}px  sslbench: full {ours['full']:.1f} img/s, model-only "
