@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmark.errors import SSLBenchError
+from benchmark.core.errors import SSLBenchError
 
 PADDING_MODES = ("zeros", "border", "reflection")
 

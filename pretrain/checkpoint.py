@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from benchmark.errors import DataError
-from benchmark.io import atomic_path, atomic_write_json, provenance, sha256_file
+from benchmark.core.errors import DataError
+from benchmark.core.io import atomic_path, atomic_write_json, provenance, sha256_file
 from pretrain.encoders import Encoder, create_encoder
 
 WEIGHTS = "encoder.pt"

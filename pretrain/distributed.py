@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from benchmark.errors import SSLBenchError
+from benchmark.core.errors import SSLBenchError
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def launch_torchrun(config: Any, out_dir: str | Path, nproc: int) -> dict[str, A
 
     import yaml
 
-    from benchmark.io import atomic_write_text
+    from benchmark.core.io import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

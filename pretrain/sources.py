@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmark.core.errors import DataError, SSLBenchError
+from benchmark.core.registry import Registry
 from benchmark.data.dataset import H5Dataset
 from benchmark.data.h5format import open_h5, read_split
-from benchmark.errors import DataError, SSLBenchError
-from benchmark.registry import Registry
 
 _POOL_IDS = {"real": 0, "synthetic": 1}
 _SHUFFLE_TAG = 2  # SeedSequence tag of the within-batch shuffle (distinct from pool ids)

@@ -31,9 +31,10 @@ import torch
 from lightly.utils.debug import std_of_l2_normalized
 from tqdm.auto import tqdm
 
-from benchmark.allocator import tune_allocator
-from benchmark.errors import SSLBenchError
-from benchmark.io import atomic_path, atomic_write_json, atomic_write_text, provenance
+from benchmark.core.allocator import tune_allocator
+from benchmark.core.device import resolve_device
+from benchmark.core.errors import SSLBenchError
+from benchmark.core.io import atomic_path, atomic_write_json, atomic_write_text, provenance
 from pretrain import distributed
 from pretrain.augment import make_views
 from pretrain.checkpoint import save_encoder
@@ -125,12 +126,6 @@ class PretrainResult:
     out_dir: Path
     checkpoint: Path
     summary: dict[str, Any]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:

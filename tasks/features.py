@@ -42,8 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.errors import DataError, SSLBenchError
-from benchmark.io import atomic_path
+from benchmark.core.errors import DataError, SSLBenchError
+from benchmark.core.io import atomic_path
 
 if TYPE_CHECKING:
     from pretrain.encoders import Encoder

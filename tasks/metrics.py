@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from benchmark.registry import Registry
+from benchmark.core.registry import Registry
 
 MetricFn = Callable[..., float]
 

@@ -27,7 +27,6 @@ change results; it is written into every record.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from benchmark.errors import DataError, SSLBenchError
+from benchmark.core.errors import DataError, SSLBenchError, did_you_mean
 
 SPEC_DIR = Path(__file__).resolve().parent / "specs"
 DATA_ROOT_ENV = "SSLBENCH_DATA_ROOT"
@@ -52,8 +51,7 @@ class SpecError(SSLBenchError, ValueError):
 
 
 def _suggest(word: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else f" (valid: {', '.join(valid)})"
+    return did_you_mean(word, valid) or f" (valid: {', '.join(valid)})"
 
 
 @dataclass(frozen=True)

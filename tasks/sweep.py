@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from benchmark.allocator import tune_allocator
-from benchmark.errors import OutputExistsError, SplitError, SSLBenchError
-from benchmark.io import atomic_write_json, provenance
-from benchmark.registry import unknown_name_error
+from benchmark.core.allocator import tune_allocator
+from benchmark.core.errors import OutputExistsError, SplitError, SSLBenchError
+from benchmark.core.io import atomic_write_json, provenance
+from benchmark.core.registry import unknown_name_error
 from pretrain.encoders import Encoder
 from tasks.adapters import ADAPTERS, CellData, CellResult
 from tasks.features import check_image_size
@@ -293,7 +293,7 @@ def supervised_adapter(spec: TaskSpec) -> str:
     )
 
 
-def plan(spec: TaskSpec, source: EncoderSource, cfg: SweepConfig) -> list[Cell]:
+def plan_cells(spec: TaskSpec, source: EncoderSource, cfg: SweepConfig) -> list[Cell]:
     """Cells in run order: encoder, then seed, then adapter, then fraction."""
     adapters = list(cfg.adapters or spec.adapters)
     if not adapters:
@@ -428,7 +428,7 @@ def run_sweep(cfg: SweepConfig, on_cell: Callable[[Cell, str], None] | None = No
         on_cell: Called after each cell with its status (``ran``, ``skipped``,
             ``reused`` or ``failed``), e.g. to drive a progress display.
     """
-    from pretrain.train import resolve_device
+    from benchmark.core.device import resolve_device
 
     tune_allocator()
     start = time.perf_counter()
@@ -438,7 +438,7 @@ def run_sweep(cfg: SweepConfig, on_cell: Callable[[Cell, str], None] | None = No
     spec.check_registries()
     source = sweep_source(cfg)
     task = TaskData.load(spec, cfg.data_root)
-    cells = plan(spec, source, cfg)
+    cells = plan_cells(spec, source, cfg)
     runner = _Runner(cfg, spec, task, str(resolve_device(cfg.device)))
     check_image_size(runner.encoder(source, 0), spec.image_size)  # fail before any cell
     for f in cfg.fractions:  # draw every subset first: an impossible one fails here

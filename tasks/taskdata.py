@@ -18,9 +18,9 @@ import h5py
 import numpy as np
 import torch
 
+from benchmark.core.errors import DataError, SplitError
 from benchmark.data.h5format import read_split, read_strings
 from benchmark.data.splits import strata_for, subset
-from benchmark.errors import DataError, SplitError
 from pretrain.checkpoint import load_encoder, read_checkpoint_meta
 from pretrain.encoders import Encoder, create_encoder
 from tasks.adapters import CellData

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from benchmark.core.errors import DataError
 from benchmark.data.h5format import SPLITS, decode_attrs, open_h5, read_split, read_strings
-from benchmark.errors import DataError
 
 
 class H5Dataset(Dataset[dict[str, Any]]):

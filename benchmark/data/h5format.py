@@ -24,8 +24,8 @@ import h5py
 import numpy as np
 
 from benchmark import __version__
-from benchmark.errors import DataError
-from benchmark.io import check_output_path, partial_path, provenance
+from benchmark.core.errors import DataError
+from benchmark.core.io import check_output_path, partial_path, provenance
 
 FORMAT_VERSION = "1.0"
 SPLITS = ("train", "val", "test")

@@ -10,7 +10,7 @@ import numpy as np
 from benchmark.data.h5format import SPLITS, decode_attrs, open_h5, read_split, read_strings
 
 
-def summarize(path: str | Path, max_mask_samples: int = 100_000) -> dict[str, Any]:
+def summarize_dataset(path: str | Path, max_mask_samples: int = 100_000) -> dict[str, Any]:
     """Shapes, dtypes, per-split counts, class balance, mask coverage and provenance.
 
     Args:
@@ -92,8 +92,8 @@ def _mask_coverage(masks: Any, idx: np.ndarray) -> dict[str, Any]:
     }
 
 
-def format_summary(s: dict[str, Any]) -> str:
-    """Human-readable text of :func:`summarize`'s output."""
+def format_dataset_summary(s: dict[str, Any]) -> str:
+    """Human-readable text of :func:`summarize_dataset`'s output."""
     a = s["attributes"]
     lines = [
         f"{s['path']}",

@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from benchmark.core.errors import SSLBenchError
 from benchmark.data.h5format import DatasetMeta, H5Writer
 from benchmark.data.splits import make_split
-from benchmark.errors import SSLBenchError
 
 CLASS_NAMES = ("none", "smooth", "irregular")
 MASK_CLASS_NAMES = ("background", "lesion")

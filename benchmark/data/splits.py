@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from benchmark.errors import SplitError
+from benchmark.core.errors import SplitError
 
 
 def strata_for(

@@ -4,7 +4,7 @@ Every module in this package registers its encoders on import; adding a
 backbone family is one new file.
 """
 
-from benchmark.plugins import import_submodules
+from benchmark.core.plugins import import_submodules
 from pretrain.encoders.base import ENCODERS, Encoder, FeatureInfo, create_encoder
 
 import_submodules(__name__)

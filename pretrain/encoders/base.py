@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from benchmark.registry import Registry
+from benchmark.core.registry import Registry
 
 ENCODERS: Registry[type[Encoder]] = Registry(
     "encoders", "backbones that produce pooled and multi-scale features"

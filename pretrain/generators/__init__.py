@@ -2,10 +2,10 @@
 
 Every module in this package registers its generator in :data:`GENERATORS`
 on import, so adding a generator is one new file. ``sslbench synth`` (see
-:mod:`pretrain.generators.cli`) trains, samples, imports and reports on them.
+:mod:`benchmark.cli.synth`) trains, samples, imports and reports on them.
 """
 
-from benchmark.plugins import import_submodules
+from benchmark.core.plugins import import_submodules
 from pretrain.generators.base import (
     GENERATORS,
     Generator,

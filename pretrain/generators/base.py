@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from benchmark.core.errors import SSLBenchError
+from benchmark.core.io import atomic_path, check_output_path
+from benchmark.core.registry import Registry
 from benchmark.data.h5format import DatasetMeta, H5Writer
-from benchmark.errors import SSLBenchError
-from benchmark.io import atomic_path, check_output_path
-from benchmark.registry import Registry
 
 GENERATORS: Registry[type[Generator]] = Registry(
     "generators", "sources of synthetic images (diffusion model, phantom, imported)"

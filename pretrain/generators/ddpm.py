@@ -15,7 +15,8 @@ Sampling uses the same network with either
 * ``ddpm``: ancestral sampling over all ``num_train_timesteps`` steps.
 
 Everything is parametrised by ``spatial_dims`` taken from the training data,
-so 3D volumes only need a 3D dataset (and patience); 2D is what runs today.
+so the same code trains and samples 2D images and 3D volumes (``results/hippocampus``
+holds a 3D run).
 
 Reproducibility. Sample ``i`` starts from Gaussian noise drawn from its own
 generator seeded with ``(seed, i)``; the ancestral DDPM noise of batch ``b``
@@ -27,7 +28,8 @@ images on the same machine.
 The checkpoint folder holds ``generator.pt`` (EMA weights, model and scheduler
 configuration, image shape, training-data provenance) and ``generator.json``
 (human-readable metadata including the SHA-256 of ``generator.pt``), written by
-:mod:`pretrain.generators.ddpm_train`.
+:mod:`pretrain.generators.ddpm_train` (training lives there only: this module
+samples).
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from benchmark.core.errors import DataError
+from benchmark.core.io import sha256_file
 from benchmark.data.h5format import DatasetMeta
-from benchmark.errors import DataError
-from benchmark.io import sha256_file
 from pretrain.generators.base import (
     GENERATORS,
     Generator,
@@ -377,30 +379,3 @@ class DDPMGenerator(Generator):
             "Ho et al. 2020 (DDPM); Song et al. 2021 (DDIM); Khader et al. 2022 (Medical Diffusion)"
         )
         return meta
-
-    @classmethod
-    def train(
-        cls,
-        data: str | Path,
-        out_dir: str | Path,
-        config: Any = None,
-        *,
-        resume: bool = False,
-        overwrite: bool = False,
-        progress: bool = True,
-    ) -> DDPMGenerator:
-        """Train on the train split of ``data`` into ``out_dir``; returns the sampler.
-
-        See :func:`pretrain.generators.ddpm_train.train_ddpm`.
-        """
-        from pretrain.generators.ddpm_train import DDPMConfig, train_ddpm
-
-        folder = train_ddpm(
-            data,
-            out_dir,
-            config or DDPMConfig(),
-            resume=resume,
-            overwrite=overwrite,
-            progress=progress,
-        )
-        return cls.load(folder)

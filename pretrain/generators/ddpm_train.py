@@ -45,10 +45,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from benchmark.core.device import resolve_device
+from benchmark.core.errors import DataError, OutputExistsError, SSLBenchError
+from benchmark.core.io import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    provenance,
+    sha256_file,
+)
 from benchmark.data.dataset import H5Dataset
 from benchmark.data.h5format import compute_content_hash, open_h5, read_split
-from benchmark.errors import DataError, OutputExistsError, SSLBenchError
-from benchmark.io import atomic_path, atomic_write_json, atomic_write_text, provenance, sha256_file
 from pretrain.generators.base import (
     GeneratorDivergedError,
     GeneratorError,
@@ -131,14 +138,6 @@ class DDPMConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GeneratorError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
 
 
 def load_train_split(

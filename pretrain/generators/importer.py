@@ -47,9 +47,9 @@ import h5py
 import numpy as np
 import torch
 
+from benchmark.core.errors import DataError
+from benchmark.core.io import sha256_file
 from benchmark.data.h5format import open_h5, read_meta
-from benchmark.errors import DataError
-from benchmark.io import sha256_file
 from pretrain.generators.base import GENERATORS, Generator, resize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

@@ -60,10 +60,10 @@ import numpy as np
 import torch
 from scipy.linalg import LinAlgWarning
 
+from benchmark.core.errors import DataError, OutputExistsError
+from benchmark.core.io import atomic_path, atomic_write_json, atomic_write_text, provenance
 from benchmark.data.dataset import H5Dataset
 from benchmark.data.h5format import open_h5, read_split
-from benchmark.errors import DataError, OutputExistsError
-from benchmark.io import atomic_path, atomic_write_json, atomic_write_text, provenance
 from pretrain.generators.base import image_grid, resize, to_uint8
 
 STANDARD_MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)

@@ -5,7 +5,7 @@ is one new file (plus nothing else: the contract tests are parametrised over
 the registry).
 """
 
-from benchmark.plugins import import_submodules
+from benchmark.core.plugins import import_submodules
 from pretrain.methods.base import METHODS, SSLMethod, StepOutput, create_method
 
 import_submodules(__name__)

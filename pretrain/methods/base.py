@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any, ClassVar, TypeVar
@@ -26,8 +25,8 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
-from benchmark.errors import SSLBenchError
-from benchmark.registry import Registry
+from benchmark.core.errors import SSLBenchError, did_you_mean
+from benchmark.core.registry import Registry
 from pretrain.augment import ViewRecipe
 from pretrain.encoders.base import Encoder
 
@@ -111,8 +110,7 @@ class SSLMethod(nn.Module):
         defaults = cls.defaults()
         for key in config:
             if key not in defaults:
-                close = difflib.get_close_matches(key, list(defaults), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(key, defaults, cutoff=0.6)
                 raise MethodConfigError(f"method {cls.name!r}: unknown option {key!r}{hint}")
         merged = {**defaults, **config}
         for key, default in defaults.items():  # YAML reads "1e-3" as a string

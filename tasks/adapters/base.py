@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from benchmark.registry import Registry
+from benchmark.core.registry import Registry
 from pretrain.encoders import Encoder
 
 ADAPTERS: Registry[type[Adapter]] = Registry(
@@ -96,7 +96,7 @@ class Adapter:
     def __init__(self, **config: Any) -> None:
         unknown = sorted(set(config) - set(self.default_config))
         if unknown:
-            from benchmark.registry import unknown_name_error
+            from benchmark.core.registry import unknown_name_error
 
             raise unknown_name_error(
                 f"option of adapter {self.name!r}", unknown[0], list(self.default_config)
@@ -104,7 +104,7 @@ class Adapter:
         self.config = {**self.default_config, **config}
 
     def check(self, encoder: Encoder, data: CellData) -> None:
-        """Raise :class:`benchmark.errors.SSLBenchError` if this cell cannot run."""
+        """Raise :class:`benchmark.core.errors.SSLBenchError` if this cell cannot run."""
 
     def run(
         self,

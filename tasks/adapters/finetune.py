@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.errors import SSLBenchError
+from benchmark.core.errors import SSLBenchError
 from pretrain.augment import ViewRecipe, augment_batch
 from pretrain.encoders import Encoder
 from tasks.adapters.base import ADAPTERS, Adapter, CellData, CellResult

@@ -85,7 +85,7 @@ class KNNAdapter(Adapter):
         check_classification(self.name, data)
         check_image_size(encoder, data.image_size)
         if int(self.config["k"]) < 1 or float(self.config["temperature"]) <= 0:
-            from benchmark.errors import SSLBenchError
+            from benchmark.core.errors import SSLBenchError
 
             raise SSLBenchError(f"knn: k must be >= 1 and temperature > 0, got {self.config}")
 

@@ -34,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from benchmark.errors import SSLBenchError
+from benchmark.core.errors import SSLBenchError
 from pretrain.encoders import Encoder
 from tasks.adapters.base import ADAPTERS, Adapter, CellData, CellResult
 from tasks.features import check_classification, check_image_size, get_features, read_labels

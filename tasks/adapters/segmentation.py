@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
+from benchmark.core.errors import DataError, SSLBenchError
 from benchmark.data.dataset import H5Dataset
-from benchmark.errors import DataError, SSLBenchError
 from pretrain.encoders import Encoder
 from tasks.adapters.base import ADAPTERS, Adapter, CellData, CellResult
 from tasks.decoders import DEFAULT_DECODER_CHANNELS, SegmentationModel

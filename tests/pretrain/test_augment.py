@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark.errors import SSLBenchError
+from benchmark.core.errors import SSLBenchError
 from pretrain.augment import (
     AugmentError,
     ViewRecipe,

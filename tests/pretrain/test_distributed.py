@@ -139,8 +139,8 @@ def test_resume_with_a_different_number_of_ranks(tmp_path: Path, single_thread: 
 def test_runner_launches_pretraining_under_torchrun(tmp_path: Path) -> None:
     """``pretrain.nproc_per_node: 2`` in an experiment: the runner's pretraining job is a
     real torchrun with 2 gloo processes, and the grid goes on with its encoder."""
-    from benchmark.experiment import EXPERIMENT_DIR, load_experiment
-    from benchmark.runner import run_experiment
+    from benchmark.harness.experiment import EXPERIMENT_DIR, load_experiment
+    from benchmark.harness.runner import run_experiment
 
     exp = load_experiment(
         EXPERIMENT_DIR / "phantom-tiny.yaml",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.errors import DataError
+from benchmark.core.errors import DataError
 from pretrain.checkpoint import checkpoint_hash, load_encoder, read_checkpoint_meta, save_encoder
 from pretrain.encoders import ENCODERS, create_encoder
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark.core.errors import DataError, SSLBenchError, UnknownNameError
 from benchmark.data.dataset import H5Dataset
 from benchmark.data.h5format import DatasetMeta, H5Writer
-from benchmark.errors import DataError, SSLBenchError, UnknownNameError
 from pretrain.sources import SOURCES, Source, create_source, mixed_counts
 
 N_TRAIN, N_HELD_OUT = 12, 8

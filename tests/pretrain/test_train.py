@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark.core.errors import SSLBenchError, UnknownNameError
 from benchmark.data import DatasetMeta, H5Writer
-from benchmark.errors import SSLBenchError, UnknownNameError
 from pretrain.checkpoint import load_encoder, read_checkpoint_meta
 from pretrain.train import PretrainConfig, Trainer, TrainingDivergedError, pretrain
 

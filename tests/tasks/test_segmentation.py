@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from benchmark.core.errors import SSLBenchError
 from benchmark.data.dataset import H5Dataset
 from benchmark.data.phantom import generate_phantom
-from benchmark.errors import SSLBenchError
 from pretrain.encoders import ENCODERS, Encoder, FeatureInfo, create_encoder
 from tasks.adapters import ADAPTERS, CellData
 from tasks.adapters.segmentation import SegmentationAdapter, joint_augment, load_cell_split

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
+from benchmark.core.errors import DataError, SSLBenchError, UnknownNameError
 from benchmark.data.h5format import DatasetMeta, H5Writer
-from benchmark.errors import DataError, SSLBenchError, UnknownNameError
 from tasks.spec import SpecError, available_specs, load_spec, spec_from_dict
 
 SHIPPED = {"busi-cls", "busi-seg", "breastmnist-cls", "phantom-cls", "phantom-seg"}

@@ -12,11 +12,11 @@ import torch
 import yaml
 
 from benchmark.cli import main
+from benchmark.cli.evaluate import format_sweep_summary, summarize_sweep
+from benchmark.core.errors import DataError, OutputExistsError, SplitError, SSLBenchError
 from benchmark.data.phantom import generate_phantom
-from benchmark.errors import DataError, OutputExistsError, SplitError, SSLBenchError
 from pretrain.checkpoint import save_encoder
 from pretrain.encoders import create_encoder
-from tasks.cli import format_summary, summarize
 from tasks.features import EncoderInputError, clear_memory_cache
 from tasks.spec import load_spec
 from tasks.sweep import SweepConfig, TaskData, parse_fractions, parse_seeds, run_sweep
@@ -154,9 +154,9 @@ def test_sweep_records_resume_and_mismatch(root: Path, tmp_path: Path) -> None:
         run_sweep(changed)
     changed.overwrite, changed.adapters, changed.baselines = True, ["linear"], []
     assert run_sweep(changed).ran == 6
-    rows = summarize(again.records)
+    rows = summarize_sweep(again.records)
     assert len(rows) == 12 and rows[0]["auc"]["n"] == 2
-    assert "auc (higher is better)" in format_summary(rows, "auc")
+    assert "auc (higher is better)" in format_sweep_summary(rows, "auc")
 
 
 def test_supervised_baseline_reuses_identical_scratch_cell(root: Path, tmp_path: Path) -> None:

@@ -2,46 +2,14 @@
 
 Each converter is one module registering a :class:`Converter` subclass in
 :data:`CONVERTERS`; ``sslbench data convert KIND SRC -o OUT.h5`` looks the kind
-up here. A converter adds its own command-line options in
+up here. Adding a converter is one new module in this package (discovered
+on import, like every other registry). A converter adds its own command-line options in
 :meth:`Converter.add_arguments` and receives them as keyword arguments.
 """
 
-from __future__ import annotations
+from benchmark.core.plugins import import_submodules
+from benchmark.data.converters.base import CONVERTERS, Converter
 
-import argparse
-from abc import ABC, abstractmethod
-from pathlib import Path
-from typing import Any, ClassVar
+import_submodules(__name__)
 
-from benchmark.registry import Registry
-
-CONVERTERS: Registry[type[Converter]] = Registry(
-    "converters", "turn downloaded datasets into sslbench HDF5 files"
-)
-
-
-class Converter(ABC):
-    """Base class of dataset converters.
-
-    Subclasses set :attr:`description` and :attr:`version` (bump it whenever the
-    output for the same input changes) and implement :meth:`convert`.
-    """
-
-    description: ClassVar[str] = ""
-    version: ClassVar[str] = "1"
-
-    def __init__(self, **options: Any) -> None:
-        self.options = options
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add converter-specific options to ``sslbench data convert`` (none by default)."""
-        return None
-
-    @abstractmethod
-    def convert(self, src: Path, out: Path, *, overwrite: bool = False) -> Path:
-        """Convert ``src`` into the HDF5 file ``out`` atomically; return ``out``."""
-
-
-# Built-in converters register themselves on import.
-from benchmark.data.converters import busi, medmnist, msd  # noqa: E402,F401
+__all__ = ["CONVERTERS", "Converter"]

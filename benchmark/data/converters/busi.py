@@ -41,11 +41,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from benchmark.data.converters import CONVERTERS, Converter
+from benchmark.core.errors import DataError
+from benchmark.core.io import check_output_path
+from benchmark.data.converters.base import CONVERTERS, Converter, natural_key, parse_names
 from benchmark.data.h5format import DatasetMeta, H5Writer
 from benchmark.data.splits import make_split
-from benchmark.errors import DataError
-from benchmark.io import check_output_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_THRESHOLD = 128
@@ -56,20 +56,6 @@ RESIZE_POLICY = (
     "with PIL bilinear, thresholded at 128; images already size x size are not resampled"
 )
 PATIENT_ID_POLICY = "no patient ids published: each image is its own patient id (its file stem)"
-
-
-def natural_key(name: str) -> tuple[Any, ...]:
-    """Sort key that orders embedded numbers numerically (``a (2)`` < ``a (10)``)."""
-    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name))
-
-
-def parse_names(value: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
-    """A comma-separated string or a sequence of names as a list (None stays None)."""
-    if value is None:
-        return None
-    names = value.split(",") if isinstance(value, str) else list(value)
-    names = [n.strip() for n in names if n.strip()]
-    return names or None
 
 
 def open_image(path: Path) -> Image.Image:
@@ -173,6 +159,21 @@ class FolderConverter(Converter):
 
     description: ClassVar[str] = "class-per-subfolder 2D images with optional <name>_mask*.png"
     version: ClassVar[str] = "1"
+
+    @classmethod
+    def count_images(cls, src: Path) -> int | None:
+        src = Path(src)
+        if not src.is_dir():
+            return None
+        return (
+            sum(
+                1
+                for p in src.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES and "_mask" not in p.name
+            )
+            or None
+        )
+
     NAME: ClassVar[str | None] = None
     DEFAULT_CLASSES: ClassVar[list[str] | None] = None
     REQUIRE_MASKS: ClassVar[bool] = False

@@ -28,11 +28,10 @@ from typing import Any, ClassVar
 import numpy as np
 from tqdm import tqdm
 
-from benchmark.data.converters import CONVERTERS, Converter
-from benchmark.data.converters.busi import parse_names
+from benchmark.core.errors import DataError
+from benchmark.core.io import check_output_path
+from benchmark.data.converters.base import CONVERTERS, Converter, parse_names
 from benchmark.data.h5format import SPLITS, DatasetMeta, H5Writer
-from benchmark.errors import DataError
-from benchmark.io import check_output_path
 
 KEYS = tuple(f"{s}_{k}" for s in SPLITS for k in ("images", "labels"))
 #: Known class names and modalities by file-name prefix.

@@ -40,12 +40,11 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from benchmark.data.converters import CONVERTERS, Converter
-from benchmark.data.converters.busi import natural_key
+from benchmark.core.errors import DataError
+from benchmark.core.io import check_output_path
+from benchmark.data.converters.base import CONVERTERS, Converter, natural_key
 from benchmark.data.h5format import DatasetMeta, H5Writer
 from benchmark.data.splits import make_split, strata_for
-from benchmark.errors import DataError
-from benchmark.io import check_output_path
 
 DEFAULT_SHAPE = (48, 64, 48)
 PERCENTILES = (0.5, 99.5)
@@ -174,6 +173,11 @@ class MSDConverter(Converter):
 
     description: ClassVar[str] = "Medical Segmentation Decathlon imagesTr/labelsTr NIfTI volumes"
     version: ClassVar[str] = "1"
+    dims: ClassVar[int] = 3
+
+    @classmethod
+    def count_images(cls, src: Path) -> int | None:
+        return len(list((Path(src) / "imagesTr").glob("*.nii*"))) or None
 
     def __init__(
         self,

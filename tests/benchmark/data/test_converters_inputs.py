@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmark.core.errors import DataError, OutputExistsError
 from benchmark.data import read_meta
 from benchmark.data.converters import CONVERTERS
 from benchmark.data.converters.msd import crop_or_pad
-from benchmark.errors import DataError, OutputExistsError
 
 CLASSES = ("benign", "malignant", "normal")
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from benchmark.core.errors import DataError, OutputExistsError
 from benchmark.data import DatasetMeta, H5Dataset, H5Writer, compute_content_hash, read_meta
-from benchmark.errors import DataError, OutputExistsError
 
 
 def write_tiny(

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from benchmark.core.errors import OutputExistsError, SplitError
 from benchmark.data import H5Dataset, compute_content_hash, open_h5, read_meta
 from benchmark.data.h5format import read_split, read_strings
 from benchmark.data.phantom import (
@@ -19,7 +20,6 @@ from benchmark.data.phantom import (
     patient_classes,
     phantom_sample,
 )
-from benchmark.errors import OutputExistsError, SplitError
 
 
 def load(path):

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmark.core.errors import SplitError
 from benchmark.data.splits import make_split, strata_for, subset
-from benchmark.errors import SplitError
 
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 BUSI = (437, 210, 133)  # benign / malignant / normal image counts of BUSI

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark.core.errors import DataError, OutputExistsError, SSLBenchError
 from benchmark.data.h5format import read_meta
-from benchmark.errors import DataError, OutputExistsError, SSLBenchError
 from pretrain.generators import GENERATORS, GeneratorDivergedError, GeneratorError
 from pretrain.generators.base import write_synthetic
 from pretrain.generators.ddpm import DDPMGenerator

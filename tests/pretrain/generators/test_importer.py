@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmark.core.errors import DataError, OutputExistsError
 from benchmark.data.h5format import read_meta
-from benchmark.errors import DataError, OutputExistsError
 from pretrain.generators import GeneratorError, write_synthetic
 from pretrain.generators.importer import ImportedImages
 from pretrain.generators.phantom import PhantomGenerator

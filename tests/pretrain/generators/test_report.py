@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.errors import DataError, OutputExistsError
+from benchmark.cli.synth import add_synth_command
+from benchmark.core.errors import DataError, OutputExistsError
 from pretrain.generators import write_synthetic
-from pretrain.generators.cli import add_synth_command
 from pretrain.generators.phantom import PhantomGenerator
 from pretrain.generators.report import fid, memorisation, ms_ssim_params, synth_report
 

@@ -1,0 +1,114 @@
+"""``sslbench pretrain``: one SSL pretraining run outside an experiment."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from benchmark.cli.args import parse_assignments
+from benchmark.core.errors import SSLBenchError
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import yaml
+
+    from pretrain.train import PretrainConfig, pretrain
+
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    values: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SSLBenchError(f"{path}: cannot read config ({exc.__class__.__name__})") from None
+        if not isinstance(loaded, dict):
+            raise SSLBenchError(f"{path}: config must be a mapping of PretrainConfig fields")
+        unknown = sorted(set(loaded) - fields)
+        if unknown:
+            from benchmark.core.registry import unknown_name_error
+
+            raise unknown_name_error(f"key in {path}", unknown[0], sorted(fields))
+        values.update(loaded)
+    cli = {
+        "method": args.method,
+        "encoder": args.encoder,
+        "source": args.source,
+        "real": args.data,
+        "synthetic": args.synthetic,
+        "synthetic_ratio": args.ratio,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "image_size": args.size,
+        "seed": args.seed,
+        "checkpoint_every": args.checkpoint_every,
+        "log_every": args.log_every,
+        "device": args.device,
+        "amp": args.amp,
+        "channels_last": args.channels_last,
+    }
+    values.update({k: v for k, v in cli.items() if v is not None})
+    if args.set:
+        values["method_config"] = {
+            **values.get("method_config", {}),
+            **parse_assignments(args.set, "--set"),
+        }
+    if args.encoder_set:
+        values["encoder_config"] = {
+            **values.get("encoder_config", {}),
+            **parse_assignments(args.encoder_set, "--encoder-set"),
+        }
+    config = PretrainConfig(**values)
+    from pretrain import distributed
+
+    try:
+        result = pretrain(
+            config,
+            args.output,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    finally:
+        info = distributed.env_info()
+        distributed.shutdown(info)
+    if not info.is_main:
+        return 0
+    s = result.summary
+    print(f"encoder checkpoint: {result.checkpoint}")
+    print(
+        f"final loss {s['final_loss']:.4f}, embedding std {s['final_embedding_std']:.4f}, "
+        f"{s['images_per_s']:.1f} images/s, {s['images_seen']} images seen"
+    )
+    return 0
+
+
+def add_pretrain_command(sub: Any) -> None:
+    """``sslbench pretrain``."""
+    p = sub.add_parser("pretrain", help="pretrain an encoder with an SSL method on a source")
+    p.add_argument("--config", help="YAML file of PretrainConfig fields (CLI flags win)")
+    p.add_argument("--data", help="real dataset .h5 (its train split is used)")
+    p.add_argument("--synthetic", help="synthetic dataset .h5")
+    p.add_argument("--source", help="real | synthetic | mixed (default real)")
+    p.add_argument("--ratio", type=float, help="synthetic fraction per batch for mixed")
+    p.add_argument("--method", help="SSL method (sslbench list methods)")
+    p.add_argument("--encoder", help="encoder (sslbench list encoders)")
+    p.add_argument("--steps", type=int, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, help="images per step")
+    p.add_argument("--size", type=int, help="view size in pixels")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method option")
+    p.add_argument("--encoder-set", action="append", metavar="KEY=VALUE", help="encoder option")
+    p.add_argument("--checkpoint-every", type=int, help="save training state every N steps")
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--device", help="cpu, cuda or auto")
+    p.add_argument("--amp", help="auto, bf16, fp16 or none")
+    p.add_argument("--channels-last", help="auto (2D CNNs), on or off")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from the saved state")
+    p.add_argument("--overwrite", action="store_true", help="start the run again")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_pretrain)

@@ -1,0 +1,140 @@
+"""``sslbench run`` and ``sslbench leaderboard``: the harness commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from benchmark.harness.experiment import experiment_hash, load_experiment
+    from benchmark.harness.runner import format_run_summary, run_experiment
+
+    exp = load_experiment(args.experiment, args.overrides)
+    results = Path(args.output) if args.output else Path("runs") / exp["name"]
+    if not args.dry_run:
+        print(f"[run] experiment {exp['name']} ({experiment_hash(exp)[:12]}) -> {results}")
+    ray_options = None
+    if args.executor == "ray":
+        from benchmark.harness.ray_executor import RayOptions
+
+        ray_options = RayOptions(
+            address=args.address,
+            cpus_per_job=args.cpus_per_job,
+            gpus_per_job=args.gpus_per_job,
+            retries=args.retries,
+        )
+    summary = run_experiment(
+        exp,
+        results,
+        source=str(args.experiment),
+        dry_run=args.dry_run,
+        wandb_mode=args.wandb,
+        progress=not args.no_progress,
+        executor=args.executor,
+        ray_options=ray_options,
+        stage=args.stage,
+        shard=_parse_shard(args.shard),
+    )
+    if args.dry_run:
+        return 0
+    print(format_run_summary(summary))
+    return 1 if summary.failed else 0
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"3/8"`` -> ``(3, 8)``."""
+    if text is None:
+        return None
+    from benchmark.core.errors import SSLBenchError
+
+    index, _, count = text.partition("/")
+    try:
+        return int(index), int(count)
+    except ValueError:
+        raise SSLBenchError(f"--shard {text!r}: expected INDEX/COUNT, e.g. 0/8") from None
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from benchmark.harness.leaderboard import build_leaderboard
+
+    out = build_leaderboard(args.results, out=args.output)
+    print(
+        f"leaderboard: {out / 'LEADERBOARD.md'} (+ leaderboard.csv, leaderboard.json, curves_*.png)"
+    )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from benchmark.harness.export import export_results
+
+    copied = export_results(args.results, args.dest)
+    print(f"copied {len(copied)} files into {args.dest}")
+    return 0
+
+
+def add_harness_commands(sub: Any) -> None:
+    """Register ``run`` and ``leaderboard`` on the top-level subparsers."""
+    run = sub.add_parser(
+        "run",
+        help="run a whole experiment grid (resumable) and write its leaderboard",
+        description="Run an experiment file end to end: convert, generate, pretrain, "
+        "evaluate, leaderboard. Rerunning skips finished work; edits rerun only what changed.",
+    )
+    run.add_argument("experiment", help="experiment YAML, or a shipped name (e.g. phantom-tiny)")
+    run.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. pretrain.steps=50"
+    )
+    run.add_argument("-o", "--output", help="results folder (default runs/<name>)")
+    run.add_argument("--dry-run", action="store_true", help="list the jobs and a time estimate")
+    run.add_argument(
+        "--wandb",
+        choices=("disabled", "offline", "online"),
+        default=None,
+        help="W&B mode (default: the experiment's wandb.mode, WANDB_MODE, else offline)",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress display")
+    ray = run.add_argument_group("executor")
+    ray.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: one job at a time in this process (default); ray: independent jobs as "
+        "Ray tasks (pip install 'sslbench[ray]')",
+    )
+    ray.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    ray.add_argument("--cpus-per-job", type=float, default=1.0, help="CPUs per Ray task")
+    ray.add_argument(
+        "--gpus-per-job", type=float, default=0.0, help="GPUs per generate/pretrain/evaluate task"
+    )
+    ray.add_argument(
+        "--retries", type=int, default=1, help="further attempts of a failed job (Ray executor)"
+    )
+    split = run.add_argument_group("split grid (e.g. a Slurm job array)")
+    split.add_argument(
+        "--stage",
+        help="run only this stage's jobs (data, generate, pretrain, evaluate, or a job-id "
+        "prefix such as generate/train); their dependencies must be done",
+    )
+    split.add_argument(
+        "--shard",
+        metavar="INDEX/COUNT",
+        help="run every COUNT-th selected job from INDEX (e.g. $SLURM_ARRAY_TASK_ID/"
+        "$SLURM_ARRAY_TASK_COUNT); shards share the folder, the final plain run "
+        "writes the leaderboard",
+    )
+    run.set_defaults(handler=_cmd_run)
+
+    lb = sub.add_parser("leaderboard", help="aggregate a results folder into a leaderboard")
+    lb.add_argument("results", help="results folder of `sslbench run` (or any folder of records)")
+    lb.add_argument("-o", "--output", help="output folder (default RESULTS/leaderboard)")
+    lb.set_defaults(handler=_cmd_leaderboard)
+
+    ex = sub.add_parser(
+        "export",
+        help="copy the committable files of a results folder (records, leaderboard, reports)",
+    )
+    ex.add_argument("results", help="results folder of `sslbench run`")
+    ex.add_argument("dest", help="destination folder, e.g. results/busi")
+    ex.set_defaults(handler=_cmd_export)

@@ -1,0 +1,36 @@
+"""``sslbench demo``: the main job end to end on the built-in phantom data.
+
+It runs the shipped ``demo`` experiment (``benchmark/experiments/demo.yaml``):
+phantom data, a small DDPM trained on its train split and sampled, SimCLR
+pretraining on real / synthetic / mixed images, classification and
+segmentation sweeps with scratch and supervised baselines, and the
+leaderboard, with W&B offline runs. ``--quick`` runs the smaller
+``phantom-tiny`` grid instead (the tox ``smoke`` environment). Like every
+``sslbench run``, it resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from benchmark.core.errors import SSLBenchError
+from benchmark.harness.experiment import load_experiment
+from benchmark.harness.ledger import EXPERIMENT_META
+from benchmark.harness.runner import format_run_summary, run_experiment
+
+
+def run_demo(out: Path, overwrite: bool = False, quick: bool = False, progress: bool = True) -> int:
+    """Run the demo into ``out``; returns a process exit code."""
+    name = "phantom-tiny" if quick else "demo"
+    exp = load_experiment(name)
+    if overwrite and out.exists():
+        if not (out / EXPERIMENT_META).exists():
+            raise SSLBenchError(f"{out}: not an sslbench results folder; refusing to delete it")
+        shutil.rmtree(out)
+    print(f"[demo] running the {name!r} experiment into {out}")
+    summary = run_experiment(exp, out, source=name, progress=progress)
+    print(format_run_summary(summary))
+    if summary.leaderboard:
+        print(f"[demo] open {summary.leaderboard / 'LEADERBOARD.md'} for the results")
+    return 1 if summary.failed else 0

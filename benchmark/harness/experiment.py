@@ -1,0 +1,466 @@
+"""Experiment files: one YAML describes a whole benchmark grid.
+
+Layout (every section but ``name`` and ``datasets`` is optional; see
+``benchmark/experiments/*.yaml`` for complete examples)::
+
+    name: busi-cpu                  # identifies the results folder
+    description: ...
+    profile: cpu-small              # defaults layer: cpu-small or gpu-full
+    device: cpu                     # cpu, cuda or auto
+    datasets:                       # key -> exactly one of phantom / convert / path
+      busi: {convert: {kind: busi, src: ../shared/data/busi_256, size: 64}}
+      toy: {phantom: {n: 96, size: 32, seed: 0}}
+      mine: {path: data/mine.h5}
+    generator:                      # needed by the synthetic and mixed sources
+      kind: ddpm                    # ddpm (trained), phantom (procedural) or import
+      dataset: busi                 # ddpm trains on its train split only
+      train: {steps: 1500, channels: [32, 64, 64]}   # DDPMConfig fields
+      checkpoint: null              # or a `synth train` folder to reuse (no training)
+      options: {}                   # phantom / import constructor options
+      samples: 1000                 # synthetic images to sample
+      sample_steps: 50              # DDIM steps
+      seed: 0
+      report: true                  # quality and memorisation report
+    pretrain:
+      dataset: busi                 # real source (train split)
+      sources: [real, synthetic, mixed]
+      ratios: [0.5]                 # synthetic ratios of the mixed source
+      methods: [simclr, vicreg]
+      encoders: [resnet18]
+      seeds: [0]
+      steps: 300                    # compute matching: steps x batch_size images
+      batch_size: 32
+      image_size: 64
+      nproc_per_node: 1             # > 1: data-parallel under torchrun (same global batch)
+      method_config: {simclr: {temperature: 0.2}}
+      encoder_config: {}
+    evaluate:
+      tasks:
+        - {spec: busi-cls, dataset: busi, adapters: [linear, finetune]}
+        - {spec: busi-seg, dataset: busi}
+      fractions: [0.05, 0.1, 0.25, 0.5, 1.0]
+      seeds: [0, 1, 2]
+      baselines: [scratch, supervised]
+      overrides: {finetune.epochs: 30}
+    wandb: {mode: offline, project: sslbench, entity: null, log_checkpoints: false}
+
+The resolved experiment is ``profile defaults < file < CLI overrides``
+(``key.sub=value``, values parsed as YAML). Every key is checked: an unknown
+key or name is an error naming the nearest valid one, before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmark.core.errors import SSLBenchError, did_you_mean
+from benchmark.core.hashing import digest
+
+EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "experiments"
+
+#: Defaults layered under an experiment file by its ``profile``.
+PROFILES: dict[str, dict[str, Any]] = {
+    "cpu-small": {
+        "device": "cpu",
+        "generator": {
+            "train": {"steps": 1500, "batch_size": 16, "channels": [32, 64, 64]},
+            "samples": 1000,
+            "sample_steps": 50,
+        },
+        "pretrain": {"steps": 300, "batch_size": 32, "image_size": 64},
+        "evaluate": {
+            "overrides": {"finetune.epochs": 30, "segmentation.epochs": 30},
+        },
+    },
+    "gpu-full": {
+        "device": "auto",
+        "generator": {
+            "train": {
+                "steps": 30000,
+                "batch_size": 64,
+                "channels": [64, 128, 256, 256],
+                "attention_levels": [False, False, True, True],
+                "num_res_blocks": 2,
+            },
+            "samples": 10000,
+            "sample_steps": 50,
+        },
+        "pretrain": {
+            "steps": 20000,
+            "batch_size": 256,
+            "image_size": 224,
+            "encoders": ["resnet50"],
+        },
+        "evaluate": {"overrides": {}},
+    },
+}
+
+DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "profile": "cpu-small",
+    "device": "cpu",
+    "datasets": {},
+    "generator": None,
+    "pretrain": None,
+    "evaluate": None,
+    "wandb": {"mode": None, "project": None, "entity": None, "log_checkpoints": False},
+}
+GENERATOR_DEFAULTS: dict[str, Any] = {
+    "kind": "ddpm",
+    "dataset": None,
+    "train": {},
+    "checkpoint": None,
+    "options": {},
+    "samples": 1000,
+    "sample_steps": 50,
+    "seed": 0,
+    "report": True,
+}
+PRETRAIN_DEFAULTS: dict[str, Any] = {
+    "dataset": None,
+    "sources": ["real"],
+    "ratios": [0.5],
+    "methods": ["simclr"],
+    "encoders": ["resnet18"],
+    "seeds": [0],
+    "steps": 300,
+    "batch_size": 32,
+    "image_size": 64,
+    "method_config": {},
+    "encoder_config": {},
+    "amp": "auto",
+    "checkpoint_every": 50,
+    "nproc_per_node": 1,  # > 1: data-parallel processes under torchrun (not in job keys)
+}
+EVALUATE_DEFAULTS: dict[str, Any] = {
+    "tasks": [],
+    "fractions": [0.05, 0.1, 0.25, 0.5, 1.0],
+    "seeds": [0, 1, 2],
+    "baselines": ["scratch", "supervised"],
+    "overrides": {},
+}
+TASK_KEYS = ("spec", "dataset", "adapters", "image_size")
+DATASET_KINDS = ("phantom", "convert", "path")
+PHANTOM_KEYS = ("n", "size", "dims", "seed", "images_per_patient", "depth")
+GENERATOR_KINDS = ("ddpm", "phantom", "import")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ExperimentError(SSLBenchError, ValueError):
+    """An experiment file is malformed, refers to unknown names, or misses data."""
+
+
+def _suggest(word: str, valid: list[str] | tuple[str, ...]) -> str:
+    return f"{did_you_mean(word, valid)} (valid: {', '.join(valid)})"
+
+
+def check_keys(section: dict[str, Any], valid: list[str] | tuple[str, ...], where: str) -> None:
+    """Raise for the first key of ``section`` not in ``valid``, naming the nearest."""
+    if not isinstance(section, dict):
+        raise ExperimentError(f"{where}: expected a mapping, got {type(section).__name__}")
+    for key in section:
+        if key not in valid:
+            raise ExperimentError(f"{where}: unknown key {key!r}{_suggest(str(key), valid)}")
+
+
+def check_name(what: str, name: str, valid: list[str], where: str) -> None:
+    """Raise for ``name`` not in ``valid``, naming the nearest."""
+    if name not in valid:
+        raise ExperimentError(f"{where}: unknown {what} {name!r}{_suggest(str(name), valid)}")
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base`` (mappings recursively, the rest replaced)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` assignments (values parsed as YAML) to ``raw``."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ExperimentError(f"override {item!r}: expected KEY=VALUE (e.g. pretrain.steps=50)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ExperimentError(f"override {item!r}: value is not valid YAML ({exc})") from None
+        parts = key.strip().split(".")
+        node = out
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ExperimentError(f"override {item!r}: {where} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def experiment_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a shipped experiment in ``benchmark/experiments``."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise ExperimentError(f"{p}: experiment file not found")
+        return p
+    shipped = EXPERIMENT_DIR / f"{name_or_path}.yaml"
+    if shipped.exists():
+        return shipped
+    names = sorted(x.stem for x in EXPERIMENT_DIR.glob("*.yaml"))
+    raise ExperimentError(f"no experiment file {str(name_or_path)!r}{_suggest(str(p), names)}")
+
+
+def load_experiment(
+    name_or_path: str | Path, overrides: list[str] | None = None, base_dir: Path | None = None
+) -> dict[str, Any]:
+    """Read, merge with its profile and the overrides, and validate an experiment.
+
+    Relative paths in ``datasets`` (``src``, ``path``) and generator options are
+    resolved against ``base_dir`` (default: the current directory).
+    """
+    path = experiment_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ExperimentError(f"{path}: cannot read experiment ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"{path}: an experiment file is a YAML mapping")
+    raw = apply_overrides(raw, overrides or [])
+    return resolve_experiment(raw, str(path), base_dir or Path.cwd())
+
+
+def resolve_experiment(raw: dict[str, Any], where: str, base_dir: Path) -> dict[str, Any]:
+    """Validate ``raw`` and fill in every default; see the module docstring."""
+    check_keys(raw, ["name", *DEFAULTS], where)
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ExperimentError(f"{where}: 'name' must be a word of letters, digits, '-', '_', '.'")
+    profile = raw.get("profile", DEFAULTS["profile"])
+    check_name("profile", str(profile), sorted(PROFILES), where)
+    exp = deep_merge(DEFAULTS, PROFILES[profile])
+    for section, defaults in (
+        ("generator", GENERATOR_DEFAULTS),
+        ("pretrain", PRETRAIN_DEFAULTS),
+        ("evaluate", EVALUATE_DEFAULTS),
+    ):
+        if raw.get(section) is None:
+            exp[section] = None
+            continue
+        check_keys(raw[section], list(defaults), f"{where}: {section}")
+        exp[section] = deep_merge(deep_merge(defaults, exp.get(section) or {}), raw[section])
+    for key in ("name", "description", "profile", "device", "datasets"):
+        if key in raw:
+            exp[key] = raw[key]
+    if raw.get("wandb") is not None:
+        check_keys(raw["wandb"], list(DEFAULTS["wandb"]), f"{where}: wandb")
+        exp["wandb"] = deep_merge(DEFAULTS["wandb"], raw["wandb"])
+    _check_datasets(exp, where, base_dir)
+    _check_generator(exp, where, base_dir)
+    _check_pretrain(exp, where)
+    _check_evaluate(exp, where)
+    return exp
+
+
+def _dataset_ref(exp: dict[str, Any], key: Any, where: str) -> None:
+    if key not in exp["datasets"]:
+        raise ExperimentError(
+            f"{where}: dataset {key!r} is not defined in 'datasets'"
+            f"{_suggest(str(key), sorted(exp['datasets']))}"
+        )
+
+
+def _check_datasets(exp: dict[str, Any], where: str, base_dir: Path) -> None:
+    from benchmark.data.converters import CONVERTERS
+
+    datasets = exp["datasets"]
+    if not isinstance(datasets, dict) or not datasets:
+        raise ExperimentError(f"{where}: 'datasets' must name at least one dataset")
+    for key, entry in datasets.items():
+        w = f"{where}: datasets.{key}"
+        if not NAME_RE.match(str(key)):
+            raise ExperimentError(f"{w}: dataset keys are words of letters, digits, '-', '_'")
+        check_keys(entry, DATASET_KINDS, w)
+        if len(entry) != 1:
+            raise ExperimentError(f"{w}: give exactly one of {', '.join(DATASET_KINDS)}")
+        kind, opts = next(iter(entry.items()))
+        if kind == "path":
+            p = Path(str(opts)).expanduser()
+            p = p if p.is_absolute() else (base_dir / p)
+            if not p.is_file():
+                raise ExperimentError(f"{w}: dataset file {p} does not exist")
+            entry["path"] = str(p.resolve())
+        elif kind == "phantom":
+            check_keys(opts or {}, PHANTOM_KEYS, f"{w}.phantom")
+            entry["phantom"] = dict(opts or {})
+        else:
+            if not isinstance(opts, dict) or "kind" not in opts or "src" not in opts:
+                raise ExperimentError(f"{w}.convert: needs 'kind' (converter) and 'src'")
+            check_name("converter", str(opts["kind"]), CONVERTERS.names(), f"{w}.convert")
+            src = Path(str(opts["src"])).expanduser()
+            src = src if src.is_absolute() else base_dir / src
+            if not src.exists():
+                raise ExperimentError(
+                    f"{w}.convert: source {src} does not exist (download the dataset there, "
+                    "or point 'src' at it)"
+                )
+            entry["convert"] = {**opts, "src": str(src.resolve())}
+
+
+def _check_generator(exp: dict[str, Any], where: str, base_dir: Path) -> None:
+    gen = exp["generator"]
+    if gen is None:
+        return
+    w = f"{where}: generator"
+    check_name("generator kind", str(gen["kind"]), list(GENERATOR_KINDS), w)
+    if gen["kind"] == "ddpm" or gen["dataset"] is not None:
+        _dataset_ref(exp, gen["dataset"], w)
+    if gen["kind"] == "ddpm":
+        from pretrain.generators.ddpm_train import DDPMConfig
+
+        valid = [f for f in DDPMConfig.__dataclass_fields__ if f not in ("device",)]
+        check_keys(gen["train"], valid, f"{w}.train")
+        if gen["checkpoint"] is not None:
+            p = Path(str(gen["checkpoint"])).expanduser()
+            p = p if p.is_absolute() else base_dir / p
+            if not (p / "generator.json").is_file() or not (p / "generator.pt").is_file():
+                raise ExperimentError(
+                    f"{w}.checkpoint: {p} is not a generator folder of `sslbench synth train` "
+                    "(needs generator.pt and generator.json)"
+                )
+            gen["checkpoint"] = str(p.resolve())
+    elif gen["train"] or gen["checkpoint"]:
+        raise ExperimentError(f"{w}: only the ddpm generator has 'train' or 'checkpoint'")
+    if gen["kind"] == "import":
+        src = gen["options"].get("src")
+        if src is None:
+            raise ExperimentError(f"{w}.options: the import generator needs 'src'")
+        p = Path(str(src)).expanduser()
+        p = p if p.is_absolute() else base_dir / p
+        if not p.exists():
+            raise ExperimentError(f"{w}.options.src: {p} does not exist")
+        gen["options"]["src"] = str(p.resolve())
+    for key in ("samples", "sample_steps"):
+        if not isinstance(gen[key], int) or gen[key] < 1:
+            raise ExperimentError(f"{w}.{key}: must be a positive integer, got {gen[key]!r}")
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _check_pretrain(exp: dict[str, Any], where: str) -> None:
+    from pretrain.encoders import ENCODERS
+    from pretrain.methods import METHODS
+    from pretrain.sources import SOURCES
+
+    pre = exp["pretrain"]
+    if pre is None:
+        return
+    w = f"{where}: pretrain"
+    _dataset_ref(exp, pre["dataset"], w)
+    for key, registry in (("sources", SOURCES), ("methods", METHODS), ("encoders", ENCODERS)):
+        pre[key] = _as_list(pre[key])
+        if not pre[key]:
+            raise ExperimentError(f"{w}.{key}: must not be empty")
+        for name in pre[key]:
+            check_name(key[:-1], str(name), registry.names(), f"{w}.{key}")
+    for key in ("method_config", "encoder_config"):
+        names = pre["methods"] if key == "method_config" else pre["encoders"]
+        check_keys(pre[key], names, f"{w}.{key}")
+    pre["ratios"] = [float(r) for r in _as_list(pre["ratios"])]
+    if any(not 0.0 < r < 1.0 for r in pre["ratios"]):
+        raise ExperimentError(f"{w}.ratios: mixed ratios lie in (0, 1), got {pre['ratios']}")
+    pre["seeds"] = _int_list(pre["seeds"], f"{w}.seeds")
+    for key in ("steps", "batch_size", "image_size", "nproc_per_node"):
+        if not isinstance(pre[key], int) or pre[key] < 1:
+            raise ExperimentError(f"{w}.{key}: must be a positive integer, got {pre[key]!r}")
+    if pre["batch_size"] % pre["nproc_per_node"]:
+        raise ExperimentError(
+            f"{w}.batch_size: {pre['batch_size']} does not divide across nproc_per_node "
+            f"{pre['nproc_per_node']} processes"
+        )
+    if {"synthetic", "mixed"} & set(pre["sources"]) and exp["generator"] is None:
+        raise ExperimentError(f"{w}.sources: synthetic and mixed sources need a 'generator'")
+
+
+def _int_list(value: Any, where: str) -> list[int]:
+    from tasks.sweep import parse_seeds
+
+    try:
+        return parse_seeds(_as_list(value))
+    except SSLBenchError as exc:
+        raise ExperimentError(f"{where}: {exc}") from None
+
+
+def _check_evaluate(exp: dict[str, Any], where: str) -> None:
+    from tasks.adapters import ADAPTERS
+    from tasks.spec import available_specs, load_spec
+    from tasks.sweep import BASELINES, parse_fractions
+
+    ev = exp["evaluate"]
+    if ev is None:
+        return
+    w = f"{where}: evaluate"
+    if not ev["tasks"]:
+        raise ExperimentError(f"{w}.tasks: list at least one task")
+    for i, task in enumerate(ev["tasks"]):
+        tw = f"{w}.tasks[{i}]"
+        if isinstance(task, str):
+            task = ev["tasks"][i] = {"spec": task}
+        check_keys(task, TASK_KEYS, tw)
+        if "spec" not in task:
+            raise ExperimentError(f"{tw}: needs 'spec' (a task spec name or YAML path)")
+        spec_name = str(task["spec"])
+        if not spec_name.endswith((".yaml", ".yml")):
+            check_name("task spec", spec_name, available_specs(), tw)
+        try:
+            spec = load_spec(spec_name)
+        except SSLBenchError as exc:
+            raise ExperimentError(f"{tw}: {exc}") from None
+        task.setdefault("dataset", None)
+        if task["dataset"] is not None:
+            _dataset_ref(exp, task["dataset"], tw)
+        task["adapters"] = _as_list(task.get("adapters") or spec.adapters)
+        for name in task["adapters"]:
+            check_name("adapter", str(name), ADAPTERS.names(), f"{tw}.adapters")
+        task.setdefault("image_size", None)
+    try:
+        ev["fractions"] = parse_fractions(_as_list(ev["fractions"]))
+    except SSLBenchError as exc:
+        raise ExperimentError(f"{w}.fractions: {exc}") from None
+    ev["seeds"] = _int_list(ev["seeds"], f"{w}.seeds")
+    ev["baselines"] = _as_list(ev["baselines"] or [])
+    for name in ev["baselines"]:
+        check_name("baseline", str(name), list(BASELINES), f"{w}.baselines")
+    if not isinstance(ev["overrides"], dict):
+        raise ExperimentError(f"{w}.overrides: expected a mapping of adapter options")
+    every = sorted({k for n in ADAPTERS.names() for k in ADAPTERS.get(n).default_config})
+    for key in ev["overrides"]:
+        prefix, dot, rest = str(key).partition(".")
+        if dot:
+            check_name("adapter", prefix, ADAPTERS.names(), f"{w}.overrides.{key}")
+            valid = sorted(ADAPTERS.get(prefix).default_config)
+            check_name(f"option of {prefix}", rest, valid, f"{w}.overrides")
+        else:
+            check_name("adapter option", str(key), every, f"{w}.overrides")
+    if exp["pretrain"] is None and not ev["baselines"]:
+        raise ExperimentError(f"{w}: nothing to evaluate without 'pretrain' or baselines")
+
+
+def experiment_hash(exp: dict[str, Any]) -> str:
+    """The hash of a resolved experiment (recorded in every output of a run)."""
+    return digest(exp)

@@ -1,0 +1,528 @@
+"""``sslbench leaderboard RESULTS``: aggregate cell records into a leaderboard.
+
+Rows are strategies (source x method x encoder, pooled over pretraining
+seeds; plus the ``scratch`` and ``supervised`` baselines), columns are
+task x adapter x label fraction, cells are the mean of the task's primary
+metric over evaluation seeds with a 95 % bootstrap CI (:mod:`benchmark.harness.stats`).
+Written to ``LEADERBOARD.md``, ``leaderboard.csv`` (long format, every metric),
+``leaderboard.json`` (everything, including paired tests) and one
+learning-curve PNG per task.
+
+The output depends only on the records (and ``index.json`` /
+``experiment.json`` when present): no timestamps, fixed bootstrap seeds, so
+regenerating a committed leaderboard reproduces it byte for byte.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from benchmark.core.errors import DataError
+from benchmark.core.io import atomic_path, atomic_write_json, atomic_write_text
+from benchmark.harness.stats import aulc, fraction_to_match, paired_comparison, summarize
+
+SCHEMA = "sslbench-leaderboard/1"
+SOURCE_ORDER = {"real": 0, "synthetic": 1, "mixed": 2}
+KIND_ORDER = {"pretrained": 0, "scratch": 1, "supervised": 2}
+
+
+def load_records(results: str | Path) -> list[dict[str, Any]]:
+    """Cell records of a results folder: those listed in ``index.json``, else every record."""
+    root = Path(results)
+    if root.is_file():
+        raise DataError(f"{root}: expected a results folder")
+    index = root / "index.json"
+    if index.exists():
+        paths = [root / p for p in json.loads(index.read_text())["records"]]
+    else:
+        paths = sorted(p for p in root.rglob("*.json") if "records" in p.parts)
+    records = []
+    for p in paths:
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{p}: unreadable record ({exc})") from None
+        if rec.get("schema", "").startswith("sslbench-cell/"):
+            records.append(rec)
+    if not records:
+        raise DataError(
+            f"{root}: no cell records found (run `sslbench run` or `sslbench evaluate`)"
+        )
+    return records
+
+
+def strategy_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The row a record belongs to (its strategy), from the encoder metadata."""
+    enc = record["encoder"]
+    meta = enc.get("metadata") or {}
+    arch = (meta.get("encoder") or {}).get("name", "?")
+    if record.get("baseline"):
+        kind = record["baseline"]
+        return {"strategy": f"{kind} / {arch}", "kind": kind, "encoder": arch}
+    cfg = meta.get("config") or {}
+    source = cfg.get("source", "?")
+    ratio = cfg.get("synthetic_ratio") if source == "mixed" else None
+    method = meta.get("method", cfg.get("method", "?"))
+    src = f"mixed {ratio:g}" if ratio is not None else source
+    return {
+        "strategy": f"{src} / {method} / {arch}",
+        "kind": "pretrained",
+        "source": source,
+        "ratio": ratio,
+        "method": method,
+        "encoder": arch,
+    }
+
+
+def _row_order(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        KIND_ORDER.get(row["kind"], 9),
+        row.get("encoder", ""),
+        row.get("method", ""),
+        SOURCE_ORDER.get(row.get("source", ""), 9),
+        row.get("ratio") or 0.0,
+    )
+
+
+def _r(x: Any, nd: int = 6) -> Any:
+    return round(x, nd) if isinstance(x, float) else x
+
+
+def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The leaderboard as a JSON-able dict (see the module docstring)."""
+    tasks: dict[str, dict[str, Any]] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    # values[(strategy, task, adapter, fraction)][eval seed] -> list over pretraining seeds
+    values: dict[tuple[str, str, str, float], dict[int, list[float]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    all_metrics: dict[tuple[str, str, str, float], dict[str, list[float]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for rec in records:
+        task, adapter, frac = rec["task"]["name"], rec["adapter"]["name"], float(rec["fraction"])
+        primary = rec["primary_metric"]
+        spec_metrics = rec["task"]["spec"].get("metrics", [])
+        hib = next((m["higher_is_better"] for m in spec_metrics if m["name"] == primary), True)
+        t = tasks.setdefault(
+            task,
+            {
+                "primary_metric": primary,
+                "higher_is_better": hib,
+                "adapters": set(),
+                "fractions": set(),
+            },
+        )
+        t["adapters"].add(adapter)
+        t["fractions"].add(frac)
+        info = strategy_of(rec)
+        rows.setdefault(info["strategy"], info)
+        value = rec["metrics"].get(primary)
+        key = (info["strategy"], task, adapter, frac)
+        values[key][int(rec["seed"])].append(float("nan") if value is None else float(value))
+        for m, v in rec["metrics"].items():
+            if isinstance(v, int | float):
+                all_metrics[key][m].append(float(v))
+    for t in tasks.values():
+        t["adapters"] = sorted(t["adapters"])
+        t["fractions"] = sorted(t["fractions"])
+    ordered = sorted(rows.values(), key=_row_order)
+    per_seed = {k: {s: sum(v) / len(v) for s, v in d.items()} for k, d in values.items()}
+    cells: dict[str, dict[str, Any]] = defaultdict(dict)
+    for (strategy, task, adapter, frac), seeds in sorted(per_seed.items()):
+        stats = summarize(list(seeds.values()))
+        cells[strategy][f"{task}/{adapter}@{frac:g}"] = {
+            **{k: _r(v) for k, v in stats.items()},
+            "seeds": sorted(seeds),
+            "values": [_r(seeds[s]) for s in sorted(seeds)],
+            "metrics": {
+                m: _r(sum(v) / len(v))
+                for m, v in sorted(all_metrics[(strategy, task, adapter, frac)].items())
+            },
+        }
+    out_rows = [{**row, "cells": cells[row["strategy"]]} for row in ordered]
+    return {
+        "schema": SCHEMA,
+        "tasks": tasks,
+        "rows": out_rows,
+        "ranking": _ranking(tasks, out_rows),
+        "comparisons": _comparisons(tasks, out_rows, per_seed),
+    }
+
+
+def _curve(row: dict[str, Any], task: str, adapter: str, fractions: list[float]) -> list[Any]:
+    return [row["cells"].get(f"{task}/{adapter}@{f:g}", {}).get("mean") for f in fractions]
+
+
+def _ranking(tasks: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task x adapter: AULC and the label fraction needed to match scratch at 100 %."""
+    out = []
+    for task, t in tasks.items():
+        for adapter in t["adapters"]:
+            fr = t["fractions"]
+            scratch_full = {
+                r["encoder"]: r["cells"].get(f"{task}/{adapter}@1", {}).get("mean")
+                for r in rows
+                if r["kind"] == "scratch"
+            }
+            entries = []
+            for r in rows:
+                if r["kind"] == "supervised":
+                    continue
+                curve = _curve(r, task, adapter, fr)
+                if all(v is None for v in curve):
+                    continue
+                target = scratch_full.get(r["encoder"])
+                match = (
+                    fraction_to_match(fr, curve, target, t["higher_is_better"])
+                    if target is not None
+                    else None
+                )
+                entries.append(
+                    {
+                        "strategy": r["strategy"],
+                        "aulc": _r(aulc(fr, curve)),
+                        "fraction_to_match_scratch_full": _r(match),
+                    }
+                )
+            sign = -1.0 if t["higher_is_better"] else 1.0
+            entries.sort(
+                key=lambda e: (e["aulc"] is None, sign * (e["aulc"] or 0.0), e["strategy"])
+            )
+            for i, e in enumerate(entries, 1):
+                out.append({"task": task, "adapter": adapter, "rank": i, **e})
+    return out
+
+
+def _comparisons(
+    tasks: dict[str, Any],
+    rows: list[dict[str, Any]],
+    per_seed: dict[tuple[str, str, str, float], dict[int, float]],
+) -> list[dict[str, Any]]:
+    """Paired tests of each pretrained strategy vs scratch and vs real-only (same method, encoder)."""
+    by_name = {r["strategy"]: r for r in rows}
+    out = []
+    for r in rows:
+        if r["kind"] != "pretrained":
+            continue
+        refs = [("scratch", f"scratch / {r['encoder']}")]
+        if r["source"] != "real":
+            refs.append(("real", f"real / {r['method']} / {r['encoder']}"))
+        for task, t in tasks.items():
+            for adapter in t["adapters"]:
+                for frac in t["fractions"]:
+                    mine = per_seed.get((r["strategy"], task, adapter, frac))
+                    if not mine:
+                        continue
+                    for ref_kind, ref in refs:
+                        theirs = per_seed.get((ref, task, adapter, frac))
+                        if ref not in by_name or not theirs:
+                            continue
+                        seeds = sorted(set(mine) & set(theirs))
+                        test = paired_comparison(
+                            [mine[s] for s in seeds], [theirs[s] for s in seeds]
+                        )
+                        if not t["higher_is_better"] and test["mean_diff"] is not None:
+                            test["note"] = (
+                                "lower is better: a negative difference favours the strategy"
+                            )
+                        out.append(
+                            {
+                                "strategy": r["strategy"],
+                                "reference": ref,
+                                "reference_kind": ref_kind,
+                                "task": task,
+                                "adapter": adapter,
+                                "fraction": frac,
+                                "seeds": seeds,
+                                **{k: _r(v) for k, v in test.items()},
+                            }
+                        )
+    return out
+
+
+def _fmt(x: Any, nd: int = 3) -> str:
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
+def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any]) -> str:
+    """The Markdown leaderboard."""
+    lines = [f"# Leaderboard: {title}", ""]
+    lines += _provenance_lines(provenance)
+    for task, t in board["tasks"].items():
+        direction = "higher is better" if t["higher_is_better"] else "lower is better"
+        lines += ["", f"## {task}: {t['primary_metric']} ({direction})", ""]
+        lines.append(
+            "Mean over evaluation seeds with 95 % bootstrap CI; best mean per column in bold."
+        )
+        lines.append("")
+        cols = [f"{a}@{f:g}" for a in t["adapters"] for f in t["fractions"]]
+        keys = [f"{task}/{c}" for c in cols]
+        best: dict[str, float] = {}
+        for k in keys:
+            means = [
+                r["cells"][k]["mean"]
+                for r in board["rows"]
+                if r["cells"].get(k, {}).get("mean") is not None
+            ]
+            if means:
+                best[k] = max(means) if t["higher_is_better"] else min(means)
+        lines.append("| strategy | " + " | ".join(cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        for r in board["rows"]:
+            if not any(k in r["cells"] for k in keys):
+                continue
+            cells = []
+            for k in keys:
+                c = r["cells"].get(k)
+                if not c or c["mean"] is None:
+                    cells.append("")
+                    continue
+                m = _fmt(c["mean"])
+                m = f"**{m}**" if best.get(k) == c["mean"] else m
+                ci = (
+                    f" [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]"
+                    if c["ci_low"] is not None
+                    else ""
+                )
+                cells.append(f"{m}{ci}")
+            lines.append(f"| {r['strategy']} | " + " | ".join(cells) + " |")
+        lines += ["", f"![learning curves of {task}](curves_{task}.png)", ""]
+        lines += _ranking_lines(board, task)
+        lines += _comparison_lines(board, task)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _provenance_lines(p: dict[str, Any]) -> list[str]:
+    compute = p.get("compute_s") or {}
+    split = ", ".join(f"{k} {v / 60:.1f} min" for k, v in compute.items()) or "not recorded"
+    exp = (
+        f"- experiment: `{p.get('experiment')}` (hash `{str(p.get('experiment_hash'))[:12]}`)"
+        if p.get("experiment")
+        else "- experiment: not recorded (records aggregated without `sslbench run`)"
+    )
+    return [
+        exp,
+        f"- git commit(s): {', '.join(f'`{c}`' for c in p.get('git_commits', []))}",
+        f"- hardware: {'; '.join(p.get('hardware', []))}",
+        f"- packages: {', '.join(f'{k} {v}' for k, v in p.get('versions', {}).items())}",
+        f"- compute time: {split} (evaluation cells: {p.get('eval_cell_s', 0) / 60:.1f} min)",
+        f"- records: {p.get('records')}",
+    ]
+
+
+def _ranking_lines(board: dict[str, Any], task: str) -> list[str]:
+    rows = [e for e in board["ranking"] if e["task"] == task]
+    if not rows:
+        return []
+    out = [
+        "Label efficiency: AULC = mean metric over log10(label fraction); "
+        "'to match' = label fraction at which the strategy reaches scratch at 100 %.",
+        "",
+        "| adapter | rank | strategy | AULC | to match scratch@100% |",
+        "|---|---|---|---|---|",
+    ]
+    for e in rows:
+        match = e["fraction_to_match_scratch_full"]
+        m = "never" if match is None else f"{match:.3g}"
+        out.append(f"| {e['adapter']} | {e['rank']} | {e['strategy']} | {_fmt(e['aulc'])} | {m} |")
+    return [*out, ""]
+
+
+def _comparison_lines(board: dict[str, Any], task: str) -> list[str]:
+    rows = [c for c in board["comparisons"] if c["task"] == task]
+    if not rows:
+        return []
+    n_max = max(c["n"] for c in rows)
+    out = [
+        "Paired comparisons (same evaluation seeds and subsets): difference of means with paired "
+        "bootstrap 95 % CI, two-sided Wilcoxon signed-rank p-value, rank-biserial effect size.",
+    ]
+    if n_max < 6:
+        out.append(
+            f"With {n_max} seeds the smallest possible two-sided Wilcoxon p-value is "
+            f"{2 / 2**n_max:.3g}: no difference can reach p < 0.05; read the CIs."
+        )
+    out += [
+        "",
+        "| strategy | vs | adapter | fraction | Δ [95% CI] | p | r | n |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in rows:
+        ci = (
+            f" [{_fmt(c['diff_ci_low'])}, {_fmt(c['diff_ci_high'])}]"
+            if c["diff_ci_low"] is not None
+            else ""
+        )
+        out.append(
+            f"| {c['strategy']} | {c['reference_kind']} | {c['adapter']} | {c['fraction']:g} | "
+            f"{_fmt(c['mean_diff'])}{ci} | {_fmt(c['p_value'])} | {_fmt(c['rank_biserial'], 2)} | {c['n']} |"
+        )
+    return [*out, ""]
+
+
+def render_csv(board: dict[str, Any]) -> str:
+    """Long-format CSV: one line per strategy x task x adapter x fraction x metric."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(
+        [
+            "task",
+            "adapter",
+            "fraction",
+            "strategy",
+            "kind",
+            "source",
+            "ratio",
+            "method",
+            "encoder",
+            "metric",
+            "primary",
+            "mean",
+            "ci_low",
+            "ci_high",
+            "std",
+            "n",
+        ]
+    )
+    for r in board["rows"]:
+        for key, c in r["cells"].items():
+            task, rest = key.split("/", 1)
+            adapter, frac = rest.split("@")
+            primary = board["tasks"][task]["primary_metric"]
+            for metric, mean in c["metrics"].items():
+                is_primary = metric == primary
+                w.writerow(
+                    [
+                        task,
+                        adapter,
+                        frac,
+                        r["strategy"],
+                        r["kind"],
+                        r.get("source", ""),
+                        r.get("ratio") if r.get("ratio") is not None else "",
+                        r.get("method", ""),
+                        r["encoder"],
+                        metric,
+                        int(is_primary),
+                        mean,
+                        c["ci_low"] if is_primary else "",
+                        c["ci_high"] if is_primary else "",
+                        c["std"] if is_primary else "",
+                        c["n"],
+                    ]
+                )
+    return buf.getvalue()
+
+
+def plot_curves(board: dict[str, Any], task: str, path: Path) -> Path:
+    """Learning curves (metric vs label fraction, log x, CI bands), one panel per adapter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = board["tasks"][task]
+    adapters = t["adapters"]
+    fig, axes = plt.subplots(1, len(adapters), figsize=(5 * len(adapters), 4), squeeze=False)
+    for ax, adapter in zip(axes[0], adapters, strict=True):
+        for r in board["rows"]:
+            pts = [
+                (f, r["cells"][f"{task}/{adapter}@{f:g}"])
+                for f in t["fractions"]
+                if f"{task}/{adapter}@{f:g}" in r["cells"]
+                and r["cells"][f"{task}/{adapter}@{f:g}"]["mean"] is not None
+            ]
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            ys = [p[1]["mean"] for p in pts]
+            style = {"pretrained": "-", "scratch": "--", "supervised": ":"}[r["kind"]]
+            marker = "*" if r["kind"] == "supervised" else "o"
+            (line,) = ax.plot(xs, ys, style, marker=marker, label=r["strategy"])
+            lo = [p[1]["ci_low"] for p in pts]
+            hi = [p[1]["ci_high"] for p in pts]
+            if all(v is not None for v in lo + hi) and len(xs) > 1:
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_xlabel("label fraction")
+        ax.set_ylabel(t["primary_metric"])
+        ax.set_title(f"{task} / {adapter}")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def _provenance(results: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    index = (
+        json.loads((results / "index.json").read_text())
+        if (results / "index.json").exists()
+        else {}
+    )
+    meta = (
+        json.loads((results / "experiment.json").read_text())
+        if (results / "experiment.json").exists()
+        else {}
+    )
+    provs = [r.get("provenance", {}) for r in records]
+    hw = sorted(
+        {
+            f"{p.get('hardware', {}).get('machine', '?')}, {p.get('hardware', {}).get('cpu_count', '?')} CPUs"
+            + (f", {p['hardware']['gpu']}" if p.get("hardware", {}).get("gpu") else ", no GPU")
+            for p in provs
+        }
+    )
+    return {
+        "experiment": meta.get("name"),
+        "experiment_hash": index.get("experiment_hash") or meta.get("hash"),
+        "git_commits": sorted({p.get("git_commit", "unknown") for p in provs}),
+        "versions": {k: v for k, v in sorted((provs[0].get("versions") or {}).items())}
+        if provs
+        else {},
+        "hardware": hw,
+        "compute_s": index.get("compute_s", {}),
+        "eval_cell_s": round(
+            sum(r.get("train_time_s", 0) + r.get("eval_time_s", 0) for r in records), 1
+        ),
+        "records": len(records),
+    }
+
+
+def build_leaderboard(
+    results: str | Path, out: str | Path | None = None, tracker: Any = None
+) -> Path:
+    """Write the leaderboard of ``results`` into ``out`` (default ``RESULTS/leaderboard``)."""
+    root = Path(results)
+    dest = Path(out) if out else root / "leaderboard"
+    records = load_records(root)
+    board = aggregate(records)
+    prov = _provenance(root, records)
+    board["provenance"] = prov
+    title = prov.get("experiment") or root.name
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(dest / "leaderboard.json", board)
+    atomic_write_text(dest / "leaderboard.csv", render_csv(board))
+    pngs = {task: plot_curves(board, task, dest / f"curves_{task}.png") for task in board["tasks"]}
+    atomic_write_text(dest / "LEADERBOARD.md", render_markdown(board, title, prov))
+    if tracker is not None:
+        with tracker.run("leaderboard", "leaderboard", {"results": str(root), **prov}) as wb:
+            cols = ["strategy", *sorted({k for r in board["rows"] for k in r["cells"]})]
+            wb.table(
+                "leaderboard",
+                cols,
+                [
+                    [r["strategy"], *[r["cells"].get(c, {}).get("mean") for c in cols[1:]]]
+                    for r in board["rows"]
+                ],
+            )
+            wb.images({f"curves/{t}": p for t, p in pngs.items()})
+    return dest

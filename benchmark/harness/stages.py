@@ -1,0 +1,352 @@
+"""How each kind of job runs: convert, generate, pretrain, evaluate.
+
+Each function takes the job, the run context and returns a small JSON-able
+summary that the runner saves in the job's marker file. Outputs are written
+atomically by the underlying commands, and every long stage resumes: DDPM and
+pretraining runs continue from their last checkpoint, sweeps skip recorded
+cells.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmark.core.errors import SSLBenchError
+from benchmark.core.io import read_json
+from benchmark.data.h5format import read_meta
+from benchmark.harness.jobs import Job
+from benchmark.harness.ledger import Outcome
+from benchmark.harness.tracking import RunHandle, Tracker
+
+
+@dataclass
+class Context:
+    """What the stages of one run share."""
+
+    exp: dict[str, Any]
+    results: Path
+    jobs: dict[str, Job]
+    tracker: Tracker
+    device: str = "cpu"
+    on_cell: Callable[[Any, str], None] | None = None
+
+    def data_path(self, key: str | None) -> Path | None:
+        return self.jobs[f"data/{key}"].out if key else None
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_data(job: Job, ctx: Context) -> dict[str, Any]:
+    """Convert a dataset, generate a phantom, or check an existing file."""
+    from benchmark.data.h5format import compute_content_hash
+
+    entry = {k: v for k, v in job.config.items() if k in ("phantom", "convert", "path")}
+    kind, opts = next(iter(entry.items()))
+    if kind == "phantom":
+        from benchmark.data.phantom import generate_phantom
+
+        generate_phantom(job.out, overwrite=True, **opts)
+    elif kind == "convert":
+        from benchmark.data.converters import CONVERTERS
+
+        options = {k: v for k, v in opts.items() if k not in ("kind", "src")}
+        converter = CONVERTERS.create(opts["kind"], **options)
+        converter.convert(Path(opts["src"]), job.out, overwrite=True)
+    return {"path": str(job.out), "content_hash": compute_content_hash(job.out)}
+
+
+def run_generator_train(job: Job, ctx: Context) -> dict[str, Any]:
+    """Train (or resume) the DDPM on the train split of its dataset."""
+    from pretrain.generators.ddpm_train import DDPMConfig, train_ddpm
+
+    data = ctx.jobs[job.deps[0]].out
+    train = dict(job.config["train"])
+    for key in ("channels", "attention_levels"):
+        if train.get(key) is not None:
+            train[key] = tuple(train[key])
+    cfg = DDPMConfig(**{**train, "device": ctx.device})
+    cfg.validate()
+    with ctx.tracker.run(job.id, "generate", job.config) as wb:
+        out = train_ddpm(data, job.out, cfg, resume=True, progress=False)
+        meta = read_json(out / "generator.json") or {}
+        wb.log_history(_jsonl(out / "metrics.jsonl"))
+        wb.summary(
+            {k: meta[k] for k in ("final_loss", "images_per_s", "train_time_s") if k in meta}
+        )
+        grids = sorted((out / "samples").glob("*.png"))
+        if grids:
+            wb.images({"samples": grids[-1]})
+    return {
+        "path": str(out),
+        "train_time_s": meta.get("train_time_s"),
+        "final_loss": meta.get("final_loss"),
+    }
+
+
+def run_generator_sample(job: Job, ctx: Context) -> dict[str, Any]:
+    """Sample the synthetic set (and write its quality report)."""
+    from pretrain.generators import GENERATORS, write_synthetic
+
+    cfg = job.config
+    like = ctx.data_path(ctx.exp["generator"]["dataset"])
+    if cfg["kind"] == "ddpm":
+        from pretrain.generators.ddpm import DDPMGenerator
+
+        folder = ctx.exp["generator"]["checkpoint"] or ctx.jobs["generate/train"].out
+        _check_training_data(Path(folder), like)
+        # samples are written on the real file's grid (a generator trained at a smaller
+        # size is resized up), so that real, synthetic and mixed pools are interchangeable
+        shape = tuple(read_meta(like)["image_shape"]) if like is not None else None
+        gen = DDPMGenerator.load(
+            folder, steps=cfg["sample_steps"], device=ctx.device, output_shape=shape
+        )
+    else:
+        options = dict(cfg["options"])
+        if cfg["kind"] == "import" and like is not None:
+            options.setdefault("like", str(like))
+        gen = GENERATORS.create(cfg["kind"], **options)
+    with ctx.tracker.run(job.id, "generate", cfg) as wb:
+        write_synthetic(
+            gen, cfg["samples"], job.out, seed=cfg["seed"], overwrite=True, progress=False
+        )
+        summary: dict[str, Any] = {"path": str(job.out), "samples": cfg["samples"]}
+        if cfg["report"] and like is not None:
+            from pretrain.generators.report import synth_report
+
+            report_dir = job.out.with_name(job.out.stem + "-report")
+            rep = synth_report(job.out, like, report_dir, overwrite=True)
+            summary["report"] = str(report_dir)
+            flat = _flat_numbers(rep, ("fidelity", "diversity", "memorisation"))
+            wb.summary(flat)
+            summary["report_metrics"] = flat
+            figure = report_dir / "samples_real_vs_synthetic.png"
+            if figure.exists():
+                wb.images({"real_vs_synthetic": figure})
+    return summary
+
+
+def _check_training_data(folder: Path, real: Path | None) -> None:
+    """Refuse a generator that was not trained on the experiment's real train split."""
+    from benchmark.data.h5format import compute_content_hash
+
+    meta = read_json(folder / "generator.json") or {}
+    trained_on = (meta.get("training_data") or {}).get("content_hash")
+    if real is not None and trained_on != compute_content_hash(real):
+        raise SSLBenchError(
+            f"{folder}: the generator was trained on data with content hash "
+            f"{str(trained_on)[:12]}..., not on {real}; train it on the experiment's dataset"
+        )
+
+
+def _flat_numbers(report: dict[str, Any], sections: tuple[str, ...]) -> dict[str, float]:
+    out: dict[str, float] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(node, int | float) and not isinstance(node, bool):
+            out[prefix] = float(node)
+
+    for s in sections:
+        walk(s, report.get(s, {}))
+    return out
+
+
+def run_pretrain(job: Job, ctx: Context) -> dict[str, Any]:
+    """Pretrain (or resume) one strategy's encoder."""
+    from pretrain.train import PretrainConfig, pretrain
+
+    cfg = {k: v for k, v in job.config.items() if k != "label"}
+    real = ctx.data_path(ctx.exp["pretrain"]["dataset"]) if cfg["real"] else None
+    synthetic = ctx.jobs["generate/sample"].out if cfg["synthetic"] else None
+    config = PretrainConfig(
+        **{
+            **cfg,
+            "real": str(real) if real else None,
+            "synthetic": str(synthetic) if synthetic else None,
+            "device": ctx.device,
+        }
+    )
+    config.validate()
+    nproc = int(ctx.exp["pretrain"].get("nproc_per_node") or 1)
+    with ctx.tracker.run(job.id, "pretrain", job.config) as wb:
+        if nproc > 1:  # data-parallel under torchrun (pretrain.distributed)
+            from pretrain.distributed import launch_torchrun
+
+            summary = launch_torchrun(config, job.out, nproc)
+        else:
+            summary = pretrain(config, job.out, resume=True, progress=False).summary
+        wb.log_history(_jsonl(job.out / "metrics.jsonl"))
+        wb.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
+        if ctx.tracker.log_checkpoints:
+            wb.artifact(job.out / "encoder", f"encoder-{job.slug}", "model")
+    return {
+        "checkpoint": str(job.out / "encoder"),
+        "train_time_s": summary.get("train_time_s"),
+        "world_size": nproc,
+    }
+
+
+def run_evaluate(job: Job, ctx: Context) -> dict[str, Any]:
+    """Run (or resume) one sweep: a strategy's encoder, or the baselines."""
+    from tasks.sweep import SweepConfig, run_sweep
+
+    cfg = job.config
+    ev = ctx.exp["evaluate"]
+    data = ctx.data_path(cfg["data"])
+    encoder, arch = None, None
+    if cfg.get("encoder"):
+        encoder = str(ctx.jobs[f"pretrain/{cfg['encoder']}"].out / "encoder")
+    else:
+        arch = _architecture(ctx, cfg["architecture"], data)
+    sweep = SweepConfig(
+        encoder=encoder,
+        task=cfg["spec"],
+        adapters=list(cfg["adapters"]),
+        fractions=list(cfg["fractions"]),
+        seeds=list(cfg["seeds"]),
+        output=cfg["output"],
+        baselines=list(cfg["baselines"]),
+        device=ctx.device,
+        overrides=overrides_for(ev["overrides"], cfg["adapters"], cfg["spec"], cfg["baselines"]),
+        cache_dir=str(ctx.results / "cache" / "features"),
+        encoder_name=cfg.get("encoder"),
+        progress=False,
+        dataset=str(data) if data else None,
+        image_size=cfg["image_size"],
+        architecture=arch,
+        keep_going=True,
+    )
+    with ctx.tracker.run(job.id, "evaluate", {**cfg, "sweep": sweep.to_dict()}) as wb:
+        result = run_sweep(sweep, on_cell=ctx.on_cell)
+        _log_sweep(wb, result.records)
+    failed = [
+        f"{f['adapter']} f={f['fraction']:g} s={f['seed']}: {f['error']}" for f in result.failures
+    ]
+    out = {
+        "records": [str(p.relative_to(ctx.results)) for p in result.paths],
+        "ran": result.ran,
+        "skipped": result.skipped,
+        "reused": result.reused,
+        "failures": result.failures,
+    }
+    if failed:
+        raise CellFailures(out, failed)
+    return out
+
+
+class CellFailures(SSLBenchError):
+    """Some cells of a sweep failed; the others were recorded."""
+
+    def __init__(self, summary: dict[str, Any], failed: list[str]) -> None:
+        super().__init__(f"{len(failed)} cell(s) failed: " + "; ".join(failed[:3]))
+        self.summary = summary
+
+
+def overrides_for(
+    overrides: dict[str, Any], adapters: list[str], spec_name: str, baselines: list[str]
+) -> dict[str, Any]:
+    """The experiment's adapter overrides that apply to one sweep's adapters.
+
+    ``adapter.key`` applies to that adapter only; a bare ``key`` to every adapter
+    of the sweep having that option (including the supervised baseline's).
+    """
+    from tasks.adapters import ADAPTERS
+    from tasks.spec import load_spec
+    from tasks.sweep import supervised_adapter
+
+    names = list(adapters)
+    if "supervised" in baselines:
+        names.append(supervised_adapter(load_spec(spec_name)))
+    out = {}
+    for key, value in overrides.items():
+        prefix, dot, _ = key.partition(".")
+        if dot and prefix in ADAPTERS:
+            if prefix in names:
+                out[key] = value
+        elif any(key in ADAPTERS.get(n).default_config for n in names):
+            out[key] = value
+    return out
+
+
+def _architecture(ctx: Context, name: str, data: Path | None) -> dict[str, Any]:
+    """Constructor args of the baselines' encoder (as pretraining would build it)."""
+    import h5py
+
+    pre = ctx.exp["pretrain"] or {}
+    args: dict[str, Any] = {}
+    if data is not None:
+        with h5py.File(data, "r") as f:
+            args["in_chans"] = int(f["images"].shape[1])
+    if pre:
+        args["img_size"] = int(pre["image_size"])
+        args.update(pre["encoder_config"].get(name, {}))
+    return {"name": name, "args": args}
+
+
+def _log_sweep(wb: RunHandle, records: list[dict[str, Any]]) -> None:
+    if not wb.active or not records:
+        return
+    rows = []
+    for r in records:
+        primary = r["primary_metric"]
+        rows.append(
+            [
+                r["task"]["name"],
+                r["adapter"]["name"],
+                r.get("baseline") or r["encoder"]["id"],
+                r["fraction"],
+                r["seed"],
+                r["metrics"].get(primary),
+            ]
+        )
+    wb.table("cells", ["task", "adapter", "encoder", "fraction", "seed", "primary"], rows)
+    final: dict[str, float] = {}
+    for r in records:
+        key = f"{r['adapter']['name']}/frac{r['fraction']:g}/seed{r['seed']}"
+        value = r["metrics"].get(r["primary_metric"])
+        if isinstance(value, int | float):
+            final[key] = float(value)
+    wb.summary(final)
+
+
+_STAGE_FN = {
+    "data": run_data,
+    "generate/train": run_generator_train,
+    "generate/sample": run_generator_sample,
+    "pretrain": run_pretrain,
+    "evaluate": run_evaluate,
+}
+
+
+def _fn(job: Job) -> Any:
+    return _STAGE_FN.get(job.id) or _STAGE_FN[job.stage]
+
+
+def run_job(job: Job, ctx: Context) -> Outcome:
+    """Run one job in this process, catching its error (KeyboardInterrupt propagates)."""
+    t0 = time.perf_counter()
+    try:
+        out = _fn(job)(job, ctx)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        return Outcome(
+            False,
+            error=f"{exc.__class__.__name__}: {exc}",
+            traceback=traceback.format_exc(limit=12),
+            partial=exc.summary if isinstance(exc, CellFailures) else None,
+            wall_s=time.perf_counter() - t0,
+        )
+    return Outcome(True, out=out, wall_s=time.perf_counter() - t0)

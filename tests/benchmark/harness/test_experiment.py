@@ -1,0 +1,125 @@
+"""Experiment files: loading, profiles, overrides and clear errors before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark.harness.experiment import (
+    EXPERIMENT_DIR,
+    ExperimentError,
+    experiment_hash,
+    load_experiment,
+)
+from benchmark.harness.jobs import plan_jobs
+from benchmark.harness.runner import run_experiment
+
+TINY = EXPERIMENT_DIR / "phantom-tiny.yaml"
+
+
+def write(tmp_path: Path, raw: dict, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def tiny_raw() -> dict:
+    return yaml.safe_load(TINY.read_text())
+
+
+def test_shipped_experiments_load(shared_data: Path) -> None:
+    exp = load_experiment("phantom-tiny")
+    assert exp["pretrain"]["methods"] == ["simclr", "vicreg"]
+    assert exp["generator"]["train"]["steps"] == 4  # the file wins over the profile
+    assert exp["evaluate"]["fractions"] == [0.5, 1.0]
+    repo = Path(__file__).resolve().parents[2]
+    assert (repo / "../shared/data/busi_256").resolve() == (shared_data / "busi_256").resolve()
+    busi = load_experiment("busi-cpu", base_dir=repo)
+    assert busi["generator"]["samples"] >= 2 * 499  # at least 2x the real pretraining pool
+    assert busi["evaluate"]["fractions"] == [0.05, 0.1, 0.25, 0.5, 1.0]
+    hippo = load_experiment("hippocampus-cpu", base_dir=repo)
+    assert hippo["pretrain"]["encoders"] == ["resnet10_3d"]
+    assert load_experiment("demo")["evaluate"]["baselines"] == ["scratch", "supervised"]
+    gpu = load_experiment("busi-gpu", base_dir=repo)  # the gpu-full profile underneath
+    assert gpu["device"] == "auto" and gpu["pretrain"]["image_size"] == 224
+    assert gpu["pretrain"]["encoders"] == ["resnet50"] and gpu["pretrain"]["nproc_per_node"] == 1
+    assert load_experiment("busi-gpu", ["pretrain.nproc_per_node=4"], base_dir=repo)
+    with pytest.raises(ExperimentError, match="does not divide across nproc_per_node"):
+        load_experiment("busi-gpu", ["pretrain.nproc_per_node=3"], base_dir=repo)
+
+
+def test_profile_defaults_and_overrides() -> None:
+    exp = load_experiment(TINY, ["pretrain.steps=7", "evaluate.seeds=[3, 4]", "device=cpu"])
+    assert exp["pretrain"]["steps"] == 7
+    assert exp["evaluate"]["seeds"] == [3, 4]
+    assert exp["pretrain"]["amp"] == "auto"  # from the built-in defaults
+    base = load_experiment(TINY)
+    assert experiment_hash(exp) != experiment_hash(base)
+    assert experiment_hash(base) == experiment_hash(load_experiment(TINY))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r.update(pretrian=r.pop("pretrain")), "did you mean 'pretrain'"),
+        (lambda r: r["pretrain"].update(methods=["simclrr"]), "did you mean 'simclr'"),
+        (lambda r: r["pretrain"].update(encoders=["resnet19"]), "unknown encoder 'resnet19'"),
+        (lambda r: r["pretrain"].update(stpes=3), "did you mean 'steps'"),
+        (lambda r: r["evaluate"].update(fractions=[1.0, 0.5]), "strictly increasing"),
+        (lambda r: r["evaluate"].update(fractions=[0.0, 0.5]), "outside"),
+        (lambda r: r["evaluate"]["tasks"][0].update(spec="phantom-clss"), "phantom-cls"),
+        (lambda r: r["evaluate"]["tasks"][0].update(dataset="busi"), "not defined"),
+        (lambda r: r["evaluate"]["overrides"].update({"finetune.epoch": 1}), "'epochs'"),
+        (lambda r: r["evaluate"].update(baselines=["scrach"]), "did you mean 'scratch'"),
+        (lambda r: r.update(datasets={"x": {"path": "missing.h5"}}), "does not exist"),
+        (lambda r: r.update(profile="gpu-ful"), "did you mean 'gpu-full'"),
+        (lambda r: r.pop("generator"), "need a 'generator'"),
+    ],
+)
+def test_bad_experiments_fail_with_a_clear_message(tmp_path: Path, edit, message: str) -> None:
+    raw = tiny_raw()
+    edit(raw)
+    with pytest.raises(ExperimentError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_experiment(write(tmp_path, raw))
+
+
+def test_missing_source_dataset_names_the_path(tmp_path: Path) -> None:
+    raw = tiny_raw()
+    raw["datasets"] = {"phantom": {"convert": {"kind": "busi", "src": "nowhere/busi"}}}
+    with pytest.raises(ExperimentError, match="nowhere/busi does not exist"):
+        load_experiment(write(tmp_path, raw), base_dir=tmp_path)
+
+
+def test_bad_override_syntax() -> None:
+    with pytest.raises(ExperimentError, match="KEY=VALUE"):
+        load_experiment(TINY, ["pretrain.steps"])
+
+
+def test_results_folder_of_another_experiment_is_refused(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "experiment.json").write_text('{"name": "other", "hash": "x"}')
+    before = sorted(results.rglob("*"))
+    with pytest.raises(ExperimentError, match="holds results of experiment 'other'"):
+        run_experiment(load_experiment(TINY), results, progress=False)
+    assert sorted(results.rglob("*")) == before  # nothing started
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    with pytest.raises(ExperimentError, match="not an sslbench results folder"):
+        run_experiment(load_experiment(TINY), stray, progress=False)
+
+
+def test_job_keys_change_only_downstream_of_an_edit(tmp_path: Path) -> None:
+    base = {j.id: j.key for j in plan_jobs(load_experiment(TINY), tmp_path)}
+    edited = {j.id: j.key for j in plan_jobs(load_experiment(TINY, ["pretrain.steps=4"]), tmp_path)}
+    changed = {k for k in base if base[k] != edited[k]}
+    assert changed and all(k.startswith(("pretrain/", "evaluate/")) for k in changed)
+    assert base["data/phantom"] == edited["data/phantom"]
+    assert base["generate/sample"] == edited["generate/sample"]
+    assert (
+        edited["evaluate/phantom-cls/baselines-resnet18"]
+        == base["evaluate/phantom-cls/baselines-resnet18"]
+    )

@@ -1,0 +1,115 @@
+"""Leaderboard aggregation on fixed records: rows, CIs, pairing, ranking, files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from scipy import stats as sps
+
+from benchmark.harness.leaderboard import aggregate, build_leaderboard
+from benchmark.harness.stats import bootstrap_ci
+
+SPEC = {"metrics": [{"name": "auc", "higher_is_better": True}]}
+
+
+def record(strategy: str, fraction: float, seed: int, auc: float, pre_seed: int = 0) -> dict:
+    if strategy in ("scratch", "supervised"):
+        encoder = {"id": strategy, "metadata": {"encoder": {"name": "resnet18"}}}
+        baseline = strategy
+    else:
+        source, method = strategy.split("-")
+        encoder = {
+            "id": f"{strategy}-{pre_seed}",
+            "metadata": {
+                "method": method,
+                "encoder": {"name": "resnet18"},
+                "config": {"source": source, "synthetic_ratio": 0.5, "seed": pre_seed},
+            },
+        }
+        baseline = None
+    return {
+        "schema": "sslbench-cell/1",
+        "task": {"name": "t", "spec": SPEC},
+        "adapter": {"name": "linear"},
+        "baseline": baseline,
+        "fraction": fraction,
+        "seed": seed,
+        "primary_metric": "auc",
+        "metrics": {"auc": auc, "accuracy": auc - 0.1},
+        "encoder": encoder,
+        "train_time_s": 1.0,
+        "eval_time_s": 0.5,
+        "provenance": {"git_commit": "abc", "versions": {"torch": "x"}, "hardware": {}},
+    }
+
+
+REAL = {0.1: [0.60, 0.62, 0.65, 0.61, 0.63], 1.0: [0.80, 0.82, 0.81, 0.83, 0.80]}
+SCRATCH = {0.1: [0.55, 0.56, 0.60, 0.57, 0.58], 1.0: [0.70, 0.72, 0.71, 0.74, 0.70]}
+
+
+def records() -> list[dict]:
+    out = []
+    for frac in (0.1, 1.0):
+        for seed in range(5):
+            out.append(record("real-simclr", frac, seed, REAL[frac][seed]))
+            # two pretraining seeds of the mixed strategy: averaged per evaluation seed
+            out.append(record("mixed-simclr", frac, seed, REAL[frac][seed] + 0.01, pre_seed=0))
+            out.append(record("mixed-simclr", frac, seed, REAL[frac][seed] + 0.03, pre_seed=1))
+            out.append(record("scratch", frac, seed, SCRATCH[frac][seed]))
+        out.append(record("supervised", 1.0, 0, 0.75)) if frac == 1.0 else None
+    return out
+
+
+def test_rows_cells_and_confidence_intervals() -> None:
+    board = aggregate(records())
+    names = [r["strategy"] for r in board["rows"]]
+    assert names == [
+        "real / simclr / resnet18",
+        "mixed 0.5 / simclr / resnet18",
+        "scratch / resnet18",
+        "supervised / resnet18",
+    ]
+    real = board["rows"][0]["cells"]["t/linear@0.1"]
+    assert real["mean"] == pytest.approx(sum(REAL[0.1]) / 5)
+    lo, hi = bootstrap_ci(REAL[0.1])
+    assert (real["ci_low"], real["ci_high"]) == pytest.approx((lo, hi), abs=1e-6)
+    mixed = board["rows"][1]["cells"]["t/linear@0.1"]
+    assert mixed["n"] == 5  # pretraining seeds pooled per evaluation seed
+    assert mixed["mean"] == pytest.approx(sum(REAL[0.1]) / 5 + 0.02)
+
+
+def test_paired_comparisons_and_ranking() -> None:
+    board = aggregate(records())
+    comp = {(c["strategy"], c["reference_kind"], c["fraction"]): c for c in board["comparisons"]}
+    vs_scratch = comp[("real / simclr / resnet18", "scratch", 0.1)]
+    diff = [a - b for a, b in zip(REAL[0.1], SCRATCH[0.1], strict=True)]
+    assert vs_scratch["p_value"] == pytest.approx(sps.wilcoxon(diff).pvalue, abs=1e-6)
+    assert vs_scratch["mean_diff"] == pytest.approx(sum(diff) / 5, abs=1e-6)
+    vs_real = comp[("mixed 0.5 / simclr / resnet18", "real", 1.0)]
+    assert vs_real["mean_diff"] == pytest.approx(0.02, abs=1e-6)
+    assert ("real / simclr / resnet18", "real", 0.1) not in comp
+    ranks = [e["strategy"] for e in board["ranking"]]
+    assert ranks == [
+        "mixed 0.5 / simclr / resnet18",
+        "real / simclr / resnet18",
+        "scratch / resnet18",
+    ]
+    real_rank = next(e for e in board["ranking"] if e["strategy"].startswith("real"))
+    assert real_rank["fraction_to_match_scratch_full"] is not None
+    assert real_rank["fraction_to_match_scratch_full"] < 1.0
+
+
+def test_files_are_regenerated_identically(tmp_path: Path) -> None:
+    rec_dir = tmp_path / "results" / "records"
+    rec_dir.mkdir(parents=True)
+    for i, r in enumerate(records()):
+        (rec_dir / f"r{i}.json").write_text(json.dumps(r))
+    a = build_leaderboard(tmp_path / "results", out=tmp_path / "a")
+    b = build_leaderboard(tmp_path / "results", out=tmp_path / "b")
+    for name in ("LEADERBOARD.md", "leaderboard.csv", "leaderboard.json", "curves_t.png"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    md = (a / "LEADERBOARD.md").read_text()
+    assert "| mixed 0.5 / simclr / resnet18 | **0.642**" in md
+    assert "![learning curves of t](curves_t.png)" in md

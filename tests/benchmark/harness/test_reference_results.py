@@ -1,0 +1,93 @@
+"""The committed reference leaderboards (``results/<name>/``): exactly what their records
+regenerate, no weights or data committed, and (BUSI) a reduced rerun from scratch on the real
+images that agrees with the committed numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmark.harness.leaderboard import build_leaderboard, load_records, strategy_of
+from tests.benchmark.harness.test_runner import cli
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+#: committed experiment outputs (a results folder of `sslbench run`, exported)
+REFERENCES = sorted(p.parent.name for p in (REPO / "results").glob("*/index.json"))
+REF = REPO / "results" / "busi"
+FILES = ("LEADERBOARD.md", "leaderboard.csv", "leaderboard.json")
+# real-data SimCLR encoder (same job key, hence the same weights, as in the reference run),
+# its linear probe on BUSI classification at 2 fractions x 3 seeds, and the scratch baseline
+REDUCED = [
+    "pretrain.sources=[real]",
+    "pretrain.methods=[simclr]",
+    "generator=null",
+    "evaluate.tasks=[{spec: busi-cls, dataset: busi, adapters: [linear]}]",
+    "evaluate.fractions=[0.25, 1.0]",
+    "evaluate.baselines=[scratch]",
+]
+
+
+def test_the_references_are_committed() -> None:
+    assert {"busi", "hippocampus"} <= set(REFERENCES)
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+def test_committed_leaderboard_is_what_the_records_give(name: str, tmp_path: Path) -> None:
+    ref = REPO / "results" / name
+    out = build_leaderboard(ref, out=tmp_path / "lb")
+    for file in FILES:
+        assert (out / file).read_bytes() == (ref / file).read_bytes(), (name, file)
+    curves = {p.name for p in ref.glob("curves_*.png")}
+    assert curves and curves == {p.name for p in out.glob("curves_*.png")}
+    index = json.loads((ref / "index.json").read_text())
+    assert len(load_records(ref)) == len(index["records"]) > 0
+    for doc in ("README.md", "REPORT.md", "experiment.yaml"):
+        assert (ref / doc).stat().st_size > 0, (name, doc)
+
+
+def test_no_weights_or_data_are_committed() -> None:
+    heavy = [p for p in (REPO / "results").rglob("*") if p.suffix in {".pt", ".h5", ".npz"}]
+    assert not heavy
+
+
+def cell_key(record: dict) -> tuple:
+    return (
+        strategy_of(record)["strategy"],
+        record["task"]["name"],
+        record["adapter"]["name"],
+        record["fraction"],
+        record["seed"],
+    )
+
+
+def test_reduced_rerun_agrees_with_the_committed_leaderboard(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    results = tmp_path / "busi-reduced"
+    src = f"datasets.busi.convert.src={shared_data / 'busi_256'}"
+    proc = cli("run", "busi-cpu", *REDUCED, src, "-o", str(results), "--no-progress", timeout=1800)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    committed = {cell_key(r): r for r in load_records(REF)}
+    board = json.loads((REF / "leaderboard.json").read_text())
+    cells = {row["strategy"]: row["cells"] for row in board["rows"]}
+    rerun = load_records(results)
+    assert len(rerun) == 2 * 3 * 2  # (encoder, scratch) x 3 seeds x 2 fractions
+    by_cell: dict[tuple, list[float]] = {}
+    for rec in rerun:
+        key = cell_key(rec)
+        ref = committed[key]
+        # the same job key gives the same weights on a CPU, hence the same numbers
+        assert rec["encoder"]["hash"] == ref["encoder"]["hash"], key
+        for metric, value in rec["metrics"].items():
+            assert value == pytest.approx(ref["metrics"][metric], abs=1e-9), (key, metric)
+        by_cell.setdefault(key[:4], []).append(rec["metrics"][rec["primary_metric"]])
+    tol = 5e-6  # leaderboard.json stores 6 significant digits
+    for (strategy, task, adapter, fraction), values in by_cell.items():
+        cell = cells[strategy][f"{task}/{adapter}@{fraction:g}"]
+        mean = sum(values) / len(values)
+        assert mean == pytest.approx(cell["mean"], abs=tol), (strategy, fraction)
+        assert cell["ci_low"] - tol <= mean <= cell["ci_high"] + tol, (strategy, fraction)
