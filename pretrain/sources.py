@@ -37,7 +37,7 @@ compete with the model for the few cores), so no DataLoader is used.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -130,6 +130,11 @@ class Source:
     """
 
     name = ""
+    #: Which pools the source reads: the experiment runner plans its inputs from these.
+    uses_real: ClassVar[bool] = False
+    uses_synthetic: ClassVar[bool] = False
+    #: Whether the source is swept over the experiment's synthetic ``ratios``.
+    takes_ratio: ClassVar[bool] = False
 
     def __init__(self, *, batch_size: int, seed: int, device: str | torch.device = "cpu") -> None:
         if int(batch_size) != batch_size or batch_size < 1:
@@ -292,6 +297,7 @@ class RealSource(Source):
     """The train split of a real dataset file (``synthetic`` is ignored)."""
 
     name = "real"
+    uses_real = True
 
     def __init__(
         self,
@@ -311,6 +317,7 @@ class SyntheticSource(Source):
     """A generated-image file: its train samples, or all if none is marked train."""
 
     name = "synthetic"
+    uses_synthetic = True
 
     def __init__(
         self,
@@ -331,6 +338,9 @@ class MixedSource(Source):
     """Real and synthetic images with exactly ``round(ratio * B)`` synthetic per batch."""
 
     name = "mixed"
+    uses_real = True
+    uses_synthetic = True
+    takes_ratio = True
 
     def __init__(
         self,

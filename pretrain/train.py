@@ -11,9 +11,22 @@ same number of images (compute matching). Each step:
 All randomness of step ``t`` (augmentations, masks, dropout) is drawn from
 generators re-seeded from ``(seed, t)``, so a run killed at any point and
 resumed from its last checkpoint ends with the same weights as an uninterrupted
-run. The training state (model, optimizer, scheduler, RNG states, step) is
-saved every ``checkpoint_every`` steps; the final encoder is saved in the
-shared checkpoint format (:mod:`pretrain.checkpoint`).
+run. The training state (model, optimizer, scheduler, fp16 loss scaler, RNG
+states, step) is saved every ``checkpoint_every`` steps; the final encoder is
+saved in the shared checkpoint format (:mod:`pretrain.checkpoint`).
+
+Resuming checks that the saved run had the same configuration, except for the
+run-control keys :data:`RUN_CONTROL_KEYS` (device, logging and checkpoint
+cadence, memory format), so a run started on a GPU can be finished on a CPU
+host.
+
+Mixed precision. ``amp`` autocasts the forward pass to bf16 or fp16. fp16 has
+a narrow exponent range, so small gradients would underflow to zero: fp16 runs
+scale the loss with a dynamic :class:`torch.amp.GradScaler`
+(:func:`make_grad_scaler`), unscale the gradients before clipping and logging
+their norm, and skip the optimizer step (lowering the scale) when a scaled
+gradient overflowed. bf16 and fp32 runs use a disabled scaler, which changes
+nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +62,15 @@ SUMMARY = "pretrain.json"
 METRICS = "metrics.jsonl"
 ENCODER_DIR = "encoder"
 
+#: :class:`PretrainConfig` fields that may differ when a run is resumed: they
+#: choose where and how the run executes and what it records, not what it
+#: learns (``device`` moves the arithmetic, ``channels_last`` only the memory
+#: layout, so either may change the weights by rounding only). Every other field
+#: (method and its config, data, steps, batch size, seed, amp, ...) must match.
+#: The DDPM trainer has its own list for its config
+#: (:data:`pretrain.generators.ddpm_train.RUN_CONTROL`).
+RUN_CONTROL_KEYS: tuple[str, ...] = ("device", "log_every", "checkpoint_every", "channels_last")
+
 
 class TrainingDivergedError(SSLBenchError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -73,8 +96,9 @@ class PretrainConfig:
         checkpoint_every: Save the training state every N steps (0: only at the end).
         log_every: Record metrics every N steps.
         device: ``cpu``, ``cuda``, ``cuda:1``, or ``auto``.
-        amp: Mixed precision: ``auto`` (bf16 on CUDA if supported, else off), ``bf16``,
-            ``fp16`` or ``none``.
+        amp: Mixed precision: ``auto`` (bf16 on CUDA if supported, fp16 on CUDA
+            without bf16, off elsewhere), ``bf16``, ``fp16`` or ``none``. fp16 runs use
+            a dynamic loss scale (:func:`make_grad_scaler`).
         channels_last: Memory format of 2D CNN weights and views: ``auto`` (on for 2D
             CNNs, where oneDNN/cuDNN convolutions run faster in NHWC: ~1.2-1.6x for
             ResNet-18 on a 2-core CPU), ``on`` or ``off``.
@@ -138,6 +162,16 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def make_grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:
+    """The loss scaler of a run autocast to ``dtype`` on ``device``.
+
+    Enabled for fp16 only (its 5-bit exponent underflows small gradients); a
+    disabled scaler (bf16, fp32) passes the loss, the gradients and the optimizer
+    step through unchanged.
+    """
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
 def build_optimizer(
     method: torch.nn.Module, config: dict[str, Any], batch_size: int
 ) -> torch.optim.Optimizer:
@@ -187,6 +221,7 @@ class Trainer:
         self.out = Path(out_dir)
         self.dist, self.device = distributed.setup(resolve_device(config.device), config.batch_size)
         self.amp_dtype = _amp_dtype(config.amp, self.device)
+        self.scaler = make_grad_scaler(self.amp_dtype, self.device)
         torch.manual_seed(config.seed)  # initial weights
         self.source = create_source(
             config.source,
@@ -228,6 +263,7 @@ class Trainer:
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),  # {} unless fp16
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "history": self.history,
@@ -236,15 +272,24 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["config"] != self.config.to_dict():
+        """Restore a saved state; its config must match but for :data:`RUN_CONTROL_KEYS`."""
+        saved = {k: v for k, v in state["config"].items() if k not in RUN_CONTROL_KEYS}
+        now = {k: v for k, v in self.config.to_dict().items() if k not in RUN_CONTROL_KEYS}
+        if saved != now:
+            diff = sorted(k for k in {*saved, *now} if saved.get(k) != now.get(k))
             raise SSLBenchError(
-                f"{self.out / STATE}: saved run has a different config; use a new output folder"
+                f"{self.out / STATE}: saved run has a different config ({', '.join(diff)}); "
+                "use the same settings or a new output folder"
             )
         self.method.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # States saved before the scaler existed, or by a bf16/fp32 run ({}) that now
+        # resolves to fp16 (amp=auto on another device), start with a fresh scaler.
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"]:
+        if state["cuda_rng"] and torch.cuda.is_available():  # a GPU run resumed on a CPU
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = int(state["step"])
         self.history = list(state["history"])
@@ -293,18 +338,29 @@ class Trainer:
                 f"{self.out / STATE} (try a lower lr or amp=none)"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler = self.scaler  # disabled (a no-op) unless fp16
+        scaler.scale(loss).backward()
+        # Every rank averages the same scaled gradients, so all ranks see the same
+        # overflow and skip (or take) the step together.
         distributed.average_gradients(self.method, dist_info)
+        scaler.unscale_(self.optimizer)  # clip and log the true gradients
         clip = float(self.method.config["clip_grad"]) or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.method.parameters(), clip)
-        if not torch.isfinite(grad_norm):
+        scale = scaler.get_scale()  # 1.0 when disabled
+        # fp16 with a loss scale > 1: an overflow only lowers the scale and skips the step
+        if not torch.isfinite(grad_norm) and (not scaler.is_enabled() or scale <= 1.0):
             raise TrainingDivergedError(
                 f"gradients became {grad_norm.item()} at step {step}; the last good checkpoint "
                 f"is {self.out / STATE} (try a lower lr or amp=none)"
             )
-        self.optimizer.step()
-        self.scheduler.step()
+        scaler.step(self.optimizer)  # optimizer.step(), skipped on an fp16 overflow
+        scaler.update()
+        with warnings.catch_warnings():
+            # a skipped first step makes torch warn that the schedule stepped first
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.scheduler.step()
         self.method.after_optimizer_step(step, self.config.steps)
+        # Collapse indicator on the backbone's pooled features (StepOutput.embeddings).
         local = {"embedding_std": float(std_of_l2_normalized(out.embeddings.detach().float()))}
         local.update({k: float(v) for k, v in out.logs.items()})
         logs = {
@@ -312,6 +368,8 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "grad_norm": grad_norm.item(),
         }
+        if scaler.is_enabled():
+            logs["loss_scale"] = scale
         logs.update(distributed.mean_over_ranks(local, dist_info, self.device))
         return logs
 

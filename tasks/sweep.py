@@ -281,12 +281,17 @@ def adapter_configs(
 
 
 def supervised_adapter(spec: TaskSpec) -> str:
-    """The end-to-end adapter of the ``supervised`` baseline (``finetune`` for labels)."""
-    if spec.target == "labels":
-        return "finetune"
-    for name in spec.adapters:
-        if name in ADAPTERS and ADAPTERS.get(name).trains_encoder:
-            return name
+    """The end-to-end adapter of the ``supervised`` baseline.
+
+    The first of the task's adapters, then of all registered adapters, that trains
+    the encoder on the task's target (``finetune`` for labels, ``segmentation`` for
+    masks): each adapter declares ``trains_encoder`` and ``target`` itself.
+    """
+    names = [n for n in spec.adapters if n in ADAPTERS] + ADAPTERS.names()
+    for name in names:
+        adapter = ADAPTERS.get(name)
+        if adapter.trains_encoder and adapter.target == spec.target:
+            return ADAPTERS.resolve(name)
     raise SSLBenchError(
         f"task {spec.name!r} has no end-to-end adapter for the supervised baseline; "
         "pass --baselines scratch (or none)"

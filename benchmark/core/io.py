@@ -192,3 +192,20 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None
+
+
+def source_fingerprint(path: str | os.PathLike[str]) -> str:
+    """A location-free fingerprint of a source file or folder, for job keys.
+
+    A file: its SHA-256. A folder: the SHA-256 of every file's relative path and
+    size (cheap for thousands of images, and independent of where the folder lies),
+    so a moved folder keeps its fingerprint and an edited one (files added, removed,
+    replaced by one of another size) changes it.
+    """
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    h = hashlib.sha256()
+    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        h.update(f"{f.relative_to(p).as_posix()}\0{f.stat().st_size}\n".encode())
+    return h.hexdigest()

@@ -52,6 +52,7 @@ key or name is an error naming the nearest valid one, before any work starts.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,6 @@ EVALUATE_DEFAULTS: dict[str, Any] = {
 TASK_KEYS = ("spec", "dataset", "adapters", "image_size")
 DATASET_KINDS = ("phantom", "convert", "path")
 PHANTOM_KEYS = ("n", "size", "dims", "seed", "images_per_patient", "depth")
-GENERATOR_KINDS = ("ddpm", "phantom", "import")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -321,17 +321,20 @@ def _check_datasets(exp: dict[str, Any], where: str, base_dir: Path) -> None:
 
 
 def _check_generator(exp: dict[str, Any], where: str, base_dir: Path) -> None:
+    from pretrain.generators import GENERATORS
+    from pretrain.generators.base import GENERATOR_TRAINERS
+
     gen = exp["generator"]
     if gen is None:
         return
     w = f"{where}: generator"
-    check_name("generator kind", str(gen["kind"]), list(GENERATOR_KINDS), w)
-    if gen["kind"] == "ddpm" or gen["dataset"] is not None:
+    check_name("generator kind", str(gen["kind"]), GENERATORS.names(), w)
+    cls = GENERATORS.get(gen["kind"])
+    if cls.trainable or gen["dataset"] is not None:
         _dataset_ref(exp, gen["dataset"], w)
-    if gen["kind"] == "ddpm":
-        from pretrain.generators.ddpm_train import DDPMConfig
-
-        valid = [f for f in DDPMConfig.__dataclass_fields__ if f not in ("device",)]
+    if cls.trainable:
+        config_class = GENERATOR_TRAINERS.get(gen["kind"]).config_class
+        valid = [f.name for f in dataclasses.fields(config_class) if f.name != "device"]
         check_keys(gen["train"], valid, f"{w}.train")
         if gen["checkpoint"] is not None:
             p = Path(str(gen["checkpoint"])).expanduser()
@@ -343,16 +346,19 @@ def _check_generator(exp: dict[str, Any], where: str, base_dir: Path) -> None:
                 )
             gen["checkpoint"] = str(p.resolve())
     elif gen["train"] or gen["checkpoint"]:
-        raise ExperimentError(f"{w}: only the ddpm generator has 'train' or 'checkpoint'")
-    if gen["kind"] == "import":
-        src = gen["options"].get("src")
+        trainable = [n for n in GENERATORS.names() if GENERATORS.get(n).trainable]
+        raise ExperimentError(
+            f"{w}: only trainable generators ({', '.join(trainable)}) have 'train' or 'checkpoint'"
+        )
+    for opt in cls.path_options:
+        src = gen["options"].get(opt)
         if src is None:
-            raise ExperimentError(f"{w}.options: the import generator needs 'src'")
+            raise ExperimentError(f"{w}.options: the {gen['kind']} generator needs {opt!r}")
         p = Path(str(src)).expanduser()
         p = p if p.is_absolute() else base_dir / p
         if not p.exists():
-            raise ExperimentError(f"{w}.options.src: {p} does not exist")
-        gen["options"]["src"] = str(p.resolve())
+            raise ExperimentError(f"{w}.options.{opt}: {p} does not exist")
+        gen["options"][opt] = str(p.resolve())
     for key in ("samples", "sample_steps"):
         if not isinstance(gen[key], int) or gen[key] < 1:
             raise ExperimentError(f"{w}.{key}: must be a positive integer, got {gen[key]!r}")
@@ -393,8 +399,9 @@ def _check_pretrain(exp: dict[str, Any], where: str) -> None:
             f"{w}.batch_size: {pre['batch_size']} does not divide across nproc_per_node "
             f"{pre['nproc_per_node']} processes"
         )
-    if {"synthetic", "mixed"} & set(pre["sources"]) and exp["generator"] is None:
-        raise ExperimentError(f"{w}.sources: synthetic and mixed sources need a 'generator'")
+    needing = [s for s in pre["sources"] if SOURCES.get(s).uses_synthetic]
+    if needing and exp["generator"] is None:
+        raise ExperimentError(f"{w}.sources: {' and '.join(needing)} need a 'generator'")
 
 
 def _int_list(value: Any, where: str) -> list[int]:

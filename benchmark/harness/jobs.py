@@ -12,8 +12,15 @@ experiments never mix outputs::
     RESULTS/evaluate/<task>-<key>/records/...  (one JSON record per cell)
     RESULTS/cache/features/                    (frozen features, shared)
 
-:mod:`benchmark.harness.runner` executes the jobs in order; this module only plans
-them and knows how to run each kind.
+A job describes itself: its ``config`` holds every setting that shapes its
+outputs (its key is the hash of that config, which names its inputs by *their*
+keys), and its ``run`` holds what does not change the result (input and output
+locations, process counts). A stage function (:mod:`benchmark.harness.stages`)
+reads only these and its dependencies' recorded outputs, so the key covers every
+input by construction. Paths never enter a key: datasets are keyed by content
+(an HDF5 file's recorded content hash, a source folder's fingerprint), so a
+results folder can move between machines. This module only plans the jobs;
+:mod:`benchmark.harness.runner` runs them.
 """
 
 from __future__ import annotations
@@ -23,12 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.core.errors import SSLBenchError
 from benchmark.core.hashing import digest
-from benchmark.core.io import read_json
+from benchmark.core.io import read_json, source_fingerprint
+from benchmark.data.h5format import read_meta
 
 #: Rough CPU speeds (2 cores, 64 px) used by ``--dry-run`` estimates; ``segment_img_s`` and
 #: ``finetune_img_s`` calibrated on the busi-cpu reference run (13.5 min per 15-cell
-#: segmentation sweep, about 8 min per fine-tuning sweep, uncontended).
+#: segmentation sweep, about 8 min per fine-tuning sweep, uncontended). Per-component
+#: factors (an encoder's ``cost``, a converter's ``dims``) belong to the components.
 SPEED = {
     "convert_s_per_image": 0.004,
     "phantom_s_per_image": 0.01,
@@ -41,7 +51,6 @@ SPEED = {
     "segment_img_s": 27.0,
     "report_s": 30.0,
 }
-ENCODER_COST = {"resnet50": 3.0, "vit_small": 2.5, "efficientnet_b0": 1.5, "vit_tiny_p8": 2.0}
 
 
 @dataclass
@@ -51,10 +60,12 @@ class Job:
     Attributes:
         id: Human-readable unique id, e.g. ``pretrain/real-simclr-resnet18-s0``.
         stage: ``data``, ``generate``, ``pretrain`` or ``evaluate``.
-        key: Hash of the job's settings and its inputs' keys.
+        key: Hash of ``config`` (which names the job's inputs by their keys).
         deps: Ids of jobs whose outputs it reads.
-        config: Resolved settings (saved with the job and logged to W&B).
+        config: Every setting that shapes the outputs (saved with the job, logged to W&B).
         out: Main output path.
+        run: What does not change the outputs and stays out of the key: source
+            locations, the sweep's output folder, process counts.
         cells: Planned evaluation cells ``(adapter, baseline, fraction, seed)``.
         estimate_s: Rough CPU time estimate.
     """
@@ -65,6 +76,7 @@ class Job:
     deps: list[str]
     config: dict[str, Any]
     out: Path
+    run: dict[str, Any] = field(default_factory=dict)
     cells: list[list[Any]] = field(default_factory=list)
     estimate_s: float = 0.0
 
@@ -80,39 +92,33 @@ def _area(size: int | None, dims: int = 2) -> float:
 
 def _dims(entry: dict[str, Any] | None) -> int:
     """Spatial dimensions of a dataset entry (for estimates)."""
+    from benchmark.data.converters import CONVERTERS
+
     if not entry:
         return 2
     if "phantom" in entry:
         return int(entry["phantom"].get("dims") or 2)
     if "convert" in entry:
-        return 3 if entry["convert"]["kind"] in ("msd", "nifti") else 2
+        return CONVERTERS.get(entry["convert"]["kind"]).dims
     try:
-        import h5py
-
-        with h5py.File(entry["path"], "r") as f:
-            return int(f["images"].ndim) - 2
-    except (OSError, KeyError):
+        return len(read_meta(entry["path"])["image_shape"]) - 1
+    except (OSError, KeyError, SSLBenchError):
         return 2
 
 
 def _n_images(entry: dict[str, Any]) -> int:
     """Rough number of images of a dataset entry (for estimates)."""
+    from benchmark.data.converters import CONVERTERS
+
     if "phantom" in entry:
         return int(entry["phantom"].get("n") or 240)
     if "path" in entry:
         try:
-            import h5py
-
-            with h5py.File(entry["path"], "r") as f:
-                return int(f["images"].shape[0])
-        except (OSError, KeyError):
+            return int(read_meta(entry["path"])["n"])
+        except (OSError, KeyError, SSLBenchError):
             return 500
-    src = Path(entry["convert"]["src"])
-    if entry["convert"]["kind"] in ("msd", "nifti"):
-        return len(list((src / "imagesTr").glob("*.nii*"))) or 800
-    if src.is_dir():
-        return sum(1 for p in src.rglob("*.png") if "_mask" not in p.name) or 800
-    return 800
+    opts = entry["convert"]
+    return CONVERTERS.get(opts["kind"]).count_images(Path(opts["src"])) or 800
 
 
 def dataset_size(entry: dict[str, Any]) -> int | None:
@@ -122,141 +128,171 @@ def dataset_size(entry: dict[str, Any]) -> int | None:
 
 
 def strategy_label(source: str, ratio: float | None, method: str, encoder: str, seed: int) -> str:
-    """``mixed0.5-simclr-resnet18-s0``."""
-    src = f"mixed{ratio:g}" if source == "mixed" else source
+    """``mixed0.5-simclr-resnet18-s0`` (a ratio-swept source carries its ratio)."""
+    src = f"{source}{ratio:g}" if ratio is not None else source
     return f"{src}-{method}-{encoder}-s{seed}"
+
+
+def _data_job(name: str, entry: dict[str, Any], results: Path) -> Job:
+    """Convert / phantom / existing file, keyed by content and never by a path."""
+    from benchmark.data.converters import CONVERTERS
+
+    kind, opts = next(iter(entry.items()))
+    run: dict[str, Any] = {}
+    if kind == "path":
+        cfg: dict[str, Any] = {
+            "dataset": name,
+            "path": {"content_hash": read_meta(opts).get("content_hash")},
+        }
+        run["path"] = str(opts)
+    elif kind == "convert":
+        options = {k: v for k, v in opts.items() if k != "src"}
+        cfg = {
+            "dataset": name,
+            "convert": {**options, "source": source_fingerprint(opts["src"])},
+            "converter_version": CONVERTERS.get(opts["kind"]).version,
+        }
+        run["src"] = str(opts["src"])
+    else:
+        cfg = {"dataset": name, kind: opts}
+    key = digest(cfg, 12)
+    n = _n_images(entry)
+    est = (
+        0.0
+        if kind == "path"
+        else n * SPEED[f"{'phantom' if kind == 'phantom' else 'convert'}_s_per_image"]
+    )
+    out = Path(opts) if kind == "path" else results / "data" / f"{name}-{key}.h5"
+    return Job(f"data/{name}", "data", key, [], cfg, out, run=run, estimate_s=est)
+
+
+def _generator_jobs(exp: dict[str, Any], results: Path, data: dict[str, Job]) -> list[Job]:
+    """``generate/train`` (trainable kinds without a checkpoint) and ``generate/sample``."""
+    from pretrain.generators import GENERATORS
+
+    gen = exp["generator"]
+    cls = GENERATORS.get(gen["kind"])
+    jobs: list[Job] = []
+    gen_entry = exp["datasets"][gen["dataset"]] if gen["dataset"] else None
+    like = data[gen["dataset"]] if gen["dataset"] else None
+    size = gen["train"].get("size") or (dataset_size(gen_entry) if gen_entry else None)
+    gdims = _dims(gen_entry)
+    deps = [like.id] if like else []
+    train_key, run = None, {}
+    if cls.trainable and gen["checkpoint"]:
+        meta = read_json(Path(gen["checkpoint"]) / "generator.json") or {}
+        train_key = digest({"checkpoint": meta.get("generator_sha256")}, 12)
+        run["checkpoint"] = str(gen["checkpoint"])
+    elif cls.trainable:
+        assert like is not None  # the experiment checks that a trainable kind has a dataset
+        tcfg = {"kind": gen["kind"], "data": like.key, "train": gen["train"]}
+        train_key = digest(tcfg, 12)
+        steps = int(gen["train"].get("steps", 2000))
+        bs = int(gen["train"].get("batch_size", 16))
+        est = steps * bs / SPEED["ddpm_train_img_s"] * _area(size, gdims)
+        out = results / "generator" / f"{gen['kind']}-{train_key}"
+        jobs.append(
+            Job("generate/train", "generate", train_key, [like.id], tcfg, out, estimate_s=est)
+        )
+        deps = [*deps, "generate/train"]
+    options = dict(gen["options"])
+    for opt in cls.path_options:
+        if options.get(opt) is not None:
+            run[opt] = options[opt]
+            options[opt] = {"source": source_fingerprint(options[opt])}
+    scfg = {
+        "kind": gen["kind"],
+        "generator": train_key,
+        "like": like.key if like else None,
+        "options": options,
+        "samples": gen["samples"],
+        "sample_steps": gen["sample_steps"] if cls.has_sample_steps else None,
+        "seed": gen["seed"],
+        "report": gen["report"],
+    }
+    skey = digest(scfg, 12)
+    per = gen["sample_steps"] / 50 / SPEED["ddim50_img_s"] if cls.has_sample_steps else 0.01
+    est = gen["samples"] * per * _area(size, gdims) + (SPEED["report_s"] if gen["report"] else 0)
+    out = results / "synthetic" / f"{gen['kind']}-{skey}.h5"
+    jobs.append(Job("generate/sample", "generate", skey, deps, scfg, out, run=run, estimate_s=est))
+    return jobs
+
+
+def _pretrain_jobs(
+    exp: dict[str, Any], results: Path, data: dict[str, Job], synth: Job | None
+) -> dict[str, Job]:
+    from pretrain.encoders import ENCODERS
+    from pretrain.sources import SOURCES
+
+    pre = exp["pretrain"]
+    dj = data[pre["dataset"]]
+    dims = _dims(exp["datasets"][pre["dataset"]])
+    encoders: dict[str, Job] = {}
+    for source in pre["sources"]:
+        src = SOURCES.get(source)
+        ratios: list[float | None] = list(pre["ratios"]) if src.takes_ratio else [None]
+        for ratio in ratios:
+            for method in pre["methods"]:
+                for encoder in pre["encoders"]:
+                    for seed in pre["seeds"]:
+                        label = strategy_label(source, ratio, method, encoder, seed)
+                        synthetic = synth if src.uses_synthetic else None
+                        cfg = {
+                            "method": method,
+                            "encoder": encoder,
+                            "source": source,
+                            "synthetic_ratio": ratio if ratio is not None else 0.5,
+                            "steps": pre["steps"],
+                            "batch_size": pre["batch_size"],
+                            "image_size": pre["image_size"],
+                            "seed": seed,
+                            "method_config": pre["method_config"].get(method, {}),
+                            "encoder_config": pre["encoder_config"].get(encoder, {}),
+                            "amp": pre["amp"],
+                            "checkpoint_every": pre["checkpoint_every"],
+                            "real": dj.key if src.uses_real else None,
+                            "synthetic": synthetic.key if synthetic else None,
+                        }
+                        key = digest(cfg, 12)
+                        deps = ([dj.id] if src.uses_real else []) + (
+                            [synthetic.id] if synthetic else []
+                        )
+                        est = (
+                            pre["steps"]
+                            * pre["batch_size"]
+                            / SPEED["pretrain_img_s"]
+                            * _area(pre["image_size"], dims)
+                            * ENCODERS.get(encoder).cost
+                        )
+                        job = Job(
+                            f"pretrain/{label}",
+                            "pretrain",
+                            key,
+                            deps,
+                            cfg,
+                            results / "pretrain" / f"{label}-{key}",
+                            run={"nproc_per_node": int(pre.get("nproc_per_node") or 1)},
+                            estimate_s=est,
+                        )
+                        job.config["label"] = label
+                        encoders[label] = job
+    return encoders
 
 
 def plan_jobs(exp: dict[str, Any], results: Path) -> list[Job]:
     """All jobs of the resolved experiment ``exp``, in a valid run order."""
-    from benchmark.data.converters import CONVERTERS
-
-    jobs: list[Job] = []
-    data: dict[str, Job] = {}
-    for name, entry in exp["datasets"].items():
-        kind = next(iter(entry))
-        cfg = {"dataset": name, **entry}
-        if kind == "convert":
-            cfg["converter_version"] = CONVERTERS.get(entry["convert"]["kind"]).version
-        key = digest(cfg, 12)
-        n = _n_images(entry)
-        est = (
-            0.0
-            if kind == "path"
-            else n * SPEED[f"{'phantom' if kind == 'phantom' else 'convert'}_s_per_image"]
-        )
-        out = Path(entry["path"]) if kind == "path" else results / "data" / f"{name}-{key}.h5"
-        data[name] = Job(f"data/{name}", "data", key, [], cfg, out, estimate_s=est)
-    jobs += data.values()
-
+    data = {name: _data_job(name, entry, results) for name, entry in exp["datasets"].items()}
+    jobs: list[Job] = list(data.values())
     synth: Job | None = None
-    gen = exp["generator"]
-    if gen is not None:
-        deps, train_key = [], None
-        gen_entry = exp["datasets"][gen["dataset"]] if gen["dataset"] else None
-        size = gen["train"].get("size") or (dataset_size(gen_entry) if gen_entry else None)
-        gdims = _dims(gen_entry)
-        if gen["kind"] == "ddpm" and gen["checkpoint"]:
-            meta = read_json(Path(gen["checkpoint"]) / "generator.json") or {}
-            train_key = digest({"checkpoint": meta.get("generator_sha256")}, 12)
-            deps = [data[gen["dataset"]].id]
-        elif gen["kind"] == "ddpm":
-            dj = data[gen["dataset"]]
-            tcfg = {"kind": "ddpm", "data": dj.key, "train": gen["train"], "device": exp["device"]}
-            train_key = digest({**tcfg, "device": None}, 12)
-            steps = int(gen["train"].get("steps", 2000))
-            bs = int(gen["train"].get("batch_size", 16))
-            est = steps * bs / SPEED["ddpm_train_img_s"] * _area(size, gdims)
-            train = Job(
-                "generate/train",
-                "generate",
-                train_key,
-                [dj.id],
-                tcfg,
-                results / "generator" / f"ddpm-{train_key}",
-                estimate_s=est,
-            )
-            jobs.append(train)
-            deps = [train.id]
-        elif gen["dataset"]:
-            deps = [data[gen["dataset"]].id]
-        scfg = {
-            "kind": gen["kind"],
-            "generator": train_key,
-            "like": data[gen["dataset"]].key if gen["dataset"] else None,
-            "options": gen["options"],
-            "samples": gen["samples"],
-            "sample_steps": gen["sample_steps"] if gen["kind"] == "ddpm" else None,
-            "seed": gen["seed"],
-            "report": gen["report"],
-        }
-        skey = digest(scfg, 12)
-        per = gen["sample_steps"] / 50 / SPEED["ddim50_img_s"] if gen["kind"] == "ddpm" else 0.01
-        est = gen["samples"] * per * _area(size, gdims) + (
-            SPEED["report_s"] if gen["report"] else 0
-        )
-        synth = Job(
-            "generate/sample",
-            "generate",
-            skey,
-            deps,
-            scfg,
-            results / "synthetic" / f"{gen['kind']}-{skey}.h5",
-            estimate_s=est,
-        )
-        jobs.append(synth)
-
+    if exp["generator"] is not None:
+        gen_jobs = _generator_jobs(exp, results, data)
+        jobs += gen_jobs
+        synth = gen_jobs[-1]
     encoders: dict[str, Job] = {}
-    pre = exp["pretrain"]
-    if pre is not None:
-        dj = data[pre["dataset"]]
-        for source in pre["sources"]:
-            ratios: list[float | None] = list(pre["ratios"]) if source == "mixed" else [None]
-            for ratio in ratios:
-                for method in pre["methods"]:
-                    for encoder in pre["encoders"]:
-                        for seed in pre["seeds"]:
-                            label = strategy_label(source, ratio, method, encoder, seed)
-                            cfg = {
-                                "method": method,
-                                "encoder": encoder,
-                                "source": source,
-                                "synthetic_ratio": ratio if ratio is not None else 0.5,
-                                "steps": pre["steps"],
-                                "batch_size": pre["batch_size"],
-                                "image_size": pre["image_size"],
-                                "seed": seed,
-                                "method_config": pre["method_config"].get(method, {}),
-                                "encoder_config": pre["encoder_config"].get(encoder, {}),
-                                "amp": pre["amp"],
-                                "checkpoint_every": pre["checkpoint_every"],
-                                "real": dj.key if source != "synthetic" else None,
-                                "synthetic": synth.key if synth and source != "real" else None,
-                            }
-                            key = digest(cfg, 12)
-                            deps = [dj.id] + ([synth.id] if synth and source != "real" else [])
-                            est = (
-                                pre["steps"]
-                                * pre["batch_size"]
-                                / SPEED["pretrain_img_s"]
-                                * _area(pre["image_size"], _dims(exp["datasets"][pre["dataset"]]))
-                                * ENCODER_COST.get(encoder, 1.0)
-                            )
-                            job = Job(
-                                f"pretrain/{label}",
-                                "pretrain",
-                                key,
-                                deps,
-                                cfg,
-                                results / "pretrain" / f"{label}-{key}",
-                                estimate_s=est,
-                            )
-                            job.config["label"] = label
-                            encoders[label] = job
+    if exp["pretrain"] is not None:
+        encoders = _pretrain_jobs(exp, results, data, synth)
         jobs += encoders.values()
-
-    ev = exp["evaluate"]
-    if ev is not None:
+    if exp["evaluate"] is not None:
         jobs += _plan_evaluation(exp, results, data, encoders)
     return jobs
 
@@ -287,13 +323,7 @@ def _plan_evaluation(
         n = _n_images(exp["datasets"][task["dataset"]]) if task["dataset"] else 500
         n_train = 0.65 * n
         dims = _dims(exp["datasets"][task["dataset"]] if task["dataset"] else None)
-        base = {
-            **tcfg,
-            "data": task["dataset"],
-            "fractions": ev["fractions"],
-            "seeds": ev["seeds"],
-            "output": str(out),
-        }
+        base = {**tcfg, "fractions": ev["fractions"], "seeds": ev["seeds"]}
 
         def cell_cost(
             adapter: str,
@@ -320,8 +350,9 @@ def _plan_evaluation(
                     "evaluate",
                     digest({**tcfg, "encoder": pj.key}, 12),
                     deps,
-                    {**base, "encoder": label, "baselines": []},
+                    {**base, "encoder": label, "encoder_key": pj.key, "baselines": []},
                     out,
+                    run={"output": str(out)},
                     cells=c,
                     estimate_s=est,
                 )
@@ -333,19 +364,32 @@ def _plan_evaluation(
                     sup = supervised_adapter(spec)
                     c += [[sup, "supervised", 1.0, s] for s in ev["seeds"]]
                 est = sum(cell_cost(a, f) + n / SPEED["extract_img_s"] for a, _, f, _ in c)
+                # the scratch / supervised encoder is built as pretraining would build it,
+                # so its construction arguments are part of the key (input channels come
+                # from the dataset, whose key is in ``tcfg``)
+                architecture = {"name": arch, "args": _baseline_args(pre, arch)}
+                bcfg = {**tcfg, "baselines": ev["baselines"], "architecture": architecture}
                 jobs.append(
                     Job(
                         f"evaluate/{spec.name}/baselines-{arch}",
                         "evaluate",
-                        digest({**tcfg, "baselines": ev["baselines"], "arch": arch}, 12),
+                        digest(bcfg, 12),
                         [dj.id] if dj else [],
-                        {**base, "architecture": arch, "baselines": ev["baselines"]},
+                        {**base, **bcfg},
                         out,
+                        run={"output": str(out)},
                         cells=c,
                         estimate_s=est,
                     )
                 )
     return jobs
+
+
+def _baseline_args(pre: dict[str, Any] | None, arch: str) -> dict[str, Any]:
+    """Constructor arguments of the baselines' encoder ``arch`` (as pretraining builds it)."""
+    if not pre:
+        return {}
+    return {"img_size": int(pre["image_size"]), **pre["encoder_config"].get(arch, {})}
 
 
 def _cell_cost(
@@ -358,7 +402,9 @@ def _cell_cost(
     dims: int = 2,
 ) -> float:
     """Rough seconds of one evaluation cell on the CPU."""
-    if adapter in ("linear", "knn"):
+    from tasks.adapters import ADAPTERS
+
+    if not ADAPTERS.get(adapter).trains_encoder:  # frozen features: a probe fit
         return SPEED["probe_fit_s"]
     epochs = float(overrides.get(f"{adapter}.epochs", overrides.get("epochs", 30)))
     speed = SPEED["segment_img_s" if target == "masks" else "finetune_img_s"]

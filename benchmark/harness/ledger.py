@@ -127,8 +127,10 @@ def clean_partials(results: Path) -> int:
     return n
 
 
-def marker_path(results: Path, job: Job) -> Path:
-    return results / "jobs" / f"{job.slug}.json"
+def marker_path(results: Path, job: Job | str) -> Path:
+    """``RESULTS/jobs/<job>.json`` of a job (or a job id)."""
+    slug = job.replace("/", "__") if isinstance(job, str) else job.slug
+    return results / "jobs" / f"{slug}.json"
 
 
 def failure_path(results: Path, job: Job) -> Path:

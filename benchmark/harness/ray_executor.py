@@ -56,10 +56,8 @@ class RayOptions:
 
 
 def _run_remote(
-    exp: dict[str, Any],
     results: str,
-    job_id: str,
-    jobs: dict[str, Job],
+    job: Job,
     tracker: Tracker,
     device: str,
     cwd: str,
@@ -75,8 +73,8 @@ def _run_remote(
         os.chdir(cwd)
     torch.set_num_threads(max(1, threads))
     # Ray hides the GPUs of tasks that did not ask for one, so "auto" resolves per task
-    ctx = Context(exp, Path(results), jobs, tracker, str(resolve_device(device)))
-    return run_job(jobs[job_id], ctx)
+    ctx = Context(Path(results), tracker, str(resolve_device(device)))
+    return run_job(job, ctx)
 
 
 def _resources(job: Job, options: RayOptions) -> dict[str, float]:
@@ -114,7 +112,6 @@ def execute_ray(
     summary = RunSummary(results, "", len(jobs))
     todo = [j for j in jobs if not job_done(results, j)]
     summary.skipped = [j.id for j in jobs if j not in todo]
-    by_id = {j.id: j for j in jobs}
     device = str(exp["device"])
     started = False
     if not ray.is_initialized():
@@ -138,10 +135,8 @@ def execute_ray(
         ref = task.options(
             **_resources(job, options), max_retries=0, name=job.id.replace("/", ":")
         ).remote(
-            exp,
             str(results),
-            job.id,
-            by_id,
+            job,
             tracker,
             device,
             cwd,

@@ -187,9 +187,7 @@ def _execute(
         bar.set_description_str(stage, refresh=False)
         bar.set_postfix_str(f"cells {state['cells']}/{cells_total}")
 
-    ctx = Context(
-        exp, results, {j.id: j for j in jobs}, tracker, str(resolve_device(exp["device"]))
-    )
+    ctx = Context(results, tracker, str(resolve_device(exp["device"])))
     failed: set[str] = set()
     try:
         for job in todo:

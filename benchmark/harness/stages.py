@@ -1,7 +1,10 @@
 """How each kind of job runs: convert, generate, pretrain, evaluate.
 
-Each function takes the job, the run context and returns a small JSON-able
-summary that the runner saves in the job's marker file. Outputs are written
+Each function takes the job and the run context and returns a small JSON-able
+summary of its outputs that the runner saves in the job's marker file. A stage
+reads only its job (``config``, ``run``) and the recorded outputs of the jobs it
+depends on (:meth:`Context.output`), never the experiment: the job key covers
+every input by construction. Outputs are written
 atomically by the underlying commands, and every long stage resumes: DDPM and
 pretraining runs continue from their last checkpoint, sweeps skip recorded
 cells.
@@ -21,23 +24,28 @@ from benchmark.core.errors import SSLBenchError
 from benchmark.core.io import read_json
 from benchmark.data.h5format import read_meta
 from benchmark.harness.jobs import Job
-from benchmark.harness.ledger import Outcome
+from benchmark.harness.ledger import Outcome, marker_path
 from benchmark.harness.tracking import RunHandle, Tracker
 
 
 @dataclass
 class Context:
-    """What the stages of one run share."""
+    """What the stages of one run share: where results go, tracking, the device."""
 
-    exp: dict[str, Any]
     results: Path
-    jobs: dict[str, Job]
     tracker: Tracker
     device: str = "cpu"
     on_cell: Callable[[Any, str], None] | None = None
 
-    def data_path(self, key: str | None) -> Path | None:
-        return self.jobs[f"data/{key}"].out if key else None
+    def output(self, job: Job, stage: str) -> dict[str, Any]:
+        """The recorded outputs of ``job``'s one dependency of ``stage`` (a stage or job id)."""
+        found = [d for d in job.deps if d == stage or d.split("/")[0] == stage]
+        if len(found) != 1:
+            raise SSLBenchError(f"{job.id}: expected one {stage} dependency, got {found}")
+        marker = read_json(marker_path(self.results, found[0])) or {}
+        if marker.get("status") != "ok":
+            raise SSLBenchError(f"{job.id}: dependency {found[0]} has not finished")
+        return dict(marker.get("outputs") or {})
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -50,34 +58,35 @@ def run_data(job: Job, ctx: Context) -> dict[str, Any]:
     """Convert a dataset, generate a phantom, or check an existing file."""
     from benchmark.data.h5format import compute_content_hash
 
-    entry = {k: v for k, v in job.config.items() if k in ("phantom", "convert", "path")}
-    kind, opts = next(iter(entry.items()))
-    if kind == "phantom":
+    if "phantom" in job.config:
         from benchmark.data.phantom import generate_phantom
 
-        generate_phantom(job.out, overwrite=True, **opts)
-    elif kind == "convert":
+        generate_phantom(job.out, overwrite=True, **job.config["phantom"])
+    elif "convert" in job.config:
         from benchmark.data.converters import CONVERTERS
 
-        options = {k: v for k, v in opts.items() if k not in ("kind", "src")}
+        opts = job.config["convert"]
+        options = {k: v for k, v in opts.items() if k not in ("kind", "source")}
         converter = CONVERTERS.create(opts["kind"], **options)
-        converter.convert(Path(opts["src"]), job.out, overwrite=True)
-    return {"path": str(job.out), "content_hash": compute_content_hash(job.out)}
+        converter.convert(Path(job.run["src"]), job.out, overwrite=True)
+    content_hash = compute_content_hash(job.out)
+    expected = (job.config.get("path") or {}).get("content_hash")
+    if expected is not None and content_hash != expected:
+        raise SSLBenchError(
+            f"{job.out}: content hash {content_hash[:12]}... differs from the one the file "
+            f"records ({str(expected)[:12]}...): the file is corrupted or was edited in place"
+        )
+    return {"path": str(job.out), "content_hash": content_hash}
 
 
 def run_generator_train(job: Job, ctx: Context) -> dict[str, Any]:
-    """Train (or resume) the DDPM on the train split of its dataset."""
-    from pretrain.generators.ddpm_train import DDPMConfig, train_ddpm
+    """Train (or resume) a trainable generator on the train split of its dataset."""
+    from pretrain.generators.base import GENERATOR_TRAINERS
 
-    data = ctx.jobs[job.deps[0]].out
-    train = dict(job.config["train"])
-    for key in ("channels", "attention_levels"):
-        if train.get(key) is not None:
-            train[key] = tuple(train[key])
-    cfg = DDPMConfig(**{**train, "device": ctx.device})
-    cfg.validate()
+    data = Path(ctx.output(job, "data")["path"])
+    trainer = GENERATOR_TRAINERS.get(job.config["kind"])
     with ctx.tracker.run(job.id, "generate", job.config) as wb:
-        out = train_ddpm(data, job.out, cfg, resume=True, progress=False)
+        out = trainer.fit(data, job.out, dict(job.config["train"]), ctx.device)
         meta = read_json(out / "generator.json") or {}
         wb.log_history(_jsonl(out / "metrics.jsonl"))
         wb.summary(
@@ -98,21 +107,23 @@ def run_generator_sample(job: Job, ctx: Context) -> dict[str, Any]:
     from pretrain.generators import GENERATORS, write_synthetic
 
     cfg = job.config
-    like = ctx.data_path(ctx.exp["generator"]["dataset"])
-    if cfg["kind"] == "ddpm":
-        from pretrain.generators.ddpm import DDPMGenerator
-
-        folder = ctx.exp["generator"]["checkpoint"] or ctx.jobs["generate/train"].out
+    cls = GENERATORS.get(cfg["kind"])
+    like = Path(ctx.output(job, "data")["path"]) if cfg["like"] else None
+    if cls.trainable:
+        folder = job.run.get("checkpoint") or ctx.output(job, "generate/train")["path"]
         _check_training_data(Path(folder), like)
         # samples are written on the real file's grid (a generator trained at a smaller
         # size is resized up), so that real, synthetic and mixed pools are interchangeable
         shape = tuple(read_meta(like)["image_shape"]) if like is not None else None
-        gen = DDPMGenerator.load(
+        gen = cls.load(  # type: ignore[attr-defined]
             folder, steps=cfg["sample_steps"], device=ctx.device, output_shape=shape
         )
     else:
-        options = dict(cfg["options"])
-        if cfg["kind"] == "import" and like is not None:
+        options = {
+            **dict(cfg["options"]),
+            **{k: job.run[k] for k in cls.path_options if k in job.run},
+        }
+        if cls.takes_like and like is not None:
             options.setdefault("like", str(like))
         gen = GENERATORS.create(cfg["kind"], **options)
     with ctx.tracker.run(job.id, "generate", cfg) as wb:
@@ -168,8 +179,8 @@ def run_pretrain(job: Job, ctx: Context) -> dict[str, Any]:
     from pretrain.train import PretrainConfig, pretrain
 
     cfg = {k: v for k, v in job.config.items() if k != "label"}
-    real = ctx.data_path(ctx.exp["pretrain"]["dataset"]) if cfg["real"] else None
-    synthetic = ctx.jobs["generate/sample"].out if cfg["synthetic"] else None
+    real = ctx.output(job, "data")["path"] if cfg["real"] else None
+    synthetic = ctx.output(job, "generate/sample")["path"] if cfg["synthetic"] else None
     config = PretrainConfig(
         **{
             **cfg,
@@ -179,7 +190,7 @@ def run_pretrain(job: Job, ctx: Context) -> dict[str, Any]:
         }
     )
     config.validate()
-    nproc = int(ctx.exp["pretrain"].get("nproc_per_node") or 1)
+    nproc = int(job.run.get("nproc_per_node") or 1)
     with ctx.tracker.run(job.id, "pretrain", job.config) as wb:
         if nproc > 1:  # data-parallel under torchrun (pretrain.distributed)
             from pretrain.distributed import launch_torchrun
@@ -203,23 +214,22 @@ def run_evaluate(job: Job, ctx: Context) -> dict[str, Any]:
     from tasks.sweep import SweepConfig, run_sweep
 
     cfg = job.config
-    ev = ctx.exp["evaluate"]
-    data = ctx.data_path(cfg["data"])
+    data = Path(ctx.output(job, "data")["path"]) if cfg["dataset"] else None
     encoder, arch = None, None
     if cfg.get("encoder"):
-        encoder = str(ctx.jobs[f"pretrain/{cfg['encoder']}"].out / "encoder")
+        encoder = str(ctx.output(job, "pretrain")["checkpoint"])
     else:
-        arch = _architecture(ctx, cfg["architecture"], data)
+        arch = _architecture(cfg["architecture"], data)
     sweep = SweepConfig(
         encoder=encoder,
         task=cfg["spec"],
         adapters=list(cfg["adapters"]),
         fractions=list(cfg["fractions"]),
         seeds=list(cfg["seeds"]),
-        output=cfg["output"],
+        output=job.run["output"],
         baselines=list(cfg["baselines"]),
         device=ctx.device,
-        overrides=overrides_for(ev["overrides"], cfg["adapters"], cfg["spec"], cfg["baselines"]),
+        overrides=overrides_for(cfg["overrides"], cfg["adapters"], cfg["spec"], cfg["baselines"]),
         cache_dir=str(ctx.results / "cache" / "features"),
         encoder_name=cfg.get("encoder"),
         progress=False,
@@ -280,19 +290,13 @@ def overrides_for(
     return out
 
 
-def _architecture(ctx: Context, name: str, data: Path | None) -> dict[str, Any]:
-    """Constructor args of the baselines' encoder (as pretraining would build it)."""
-    import h5py
-
-    pre = ctx.exp["pretrain"] or {}
+def _architecture(planned: dict[str, Any], data: Path | None) -> dict[str, Any]:
+    """The baselines' encoder: the planned name and args, with the data's input channels."""
     args: dict[str, Any] = {}
     if data is not None:
-        with h5py.File(data, "r") as f:
-            args["in_chans"] = int(f["images"].shape[1])
-    if pre:
-        args["img_size"] = int(pre["image_size"])
-        args.update(pre["encoder_config"].get(name, {}))
-    return {"name": name, "args": args}
+        args["in_chans"] = int(read_meta(data)["image_shape"][0])
+    args.update(planned["args"])
+    return {"name": planned["name"], "args": args}
 
 
 def _log_sweep(wb: RunHandle, records: list[dict[str, Any]]) -> None:

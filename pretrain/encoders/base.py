@@ -57,12 +57,16 @@ class Encoder(nn.Module):
         is_vit: True for patch-token transformers (masked-image methods need it).
         patch_size: Patch size of a ViT, else None.
         min_size / size_multiple: Input sizes the encoder accepts.
+        cost: Relative training cost per image (dry-run estimates).
     """
 
     name: ClassVar[str] = ""
     spatial_dims: ClassVar[int] = 2
     supports_multiscale: ClassVar[bool] = True
     is_vit: ClassVar[bool] = False
+    #: Training cost per image relative to a ResNet-18 at the same input size
+    #: (``sslbench run --dry-run`` estimates; measured roughly on a 2-core CPU).
+    cost: ClassVar[float] = 1.0
 
     def __init__(self, in_chans: int = 1, img_size: int | tuple[int, ...] = 64) -> None:
         super().__init__()

@@ -107,16 +107,16 @@ class TimmViTEncoder(Encoder):
         return out
 
 
-def _register_cnn(name: str, timm_name: str) -> None:
+def _register_cnn(name: str, timm_name: str, cost: float = 1.0) -> None:
     cls = type(
         f"Timm_{name}",
         (TimmCNNEncoder,),
-        {"name": name, "timm_name": timm_name, "__doc__": f"timm ``{timm_name}``."},
+        {"name": name, "timm_name": timm_name, "cost": cost, "__doc__": f"timm ``{timm_name}``."},
     )
     ENCODERS.register(name)(cls)
 
 
-def _register_vit(name: str, timm_name: str, patch: int) -> None:
+def _register_vit(name: str, timm_name: str, patch: int, cost: float = 1.0) -> None:
     cls = type(
         f"Timm_{name}",
         (TimmViTEncoder,),
@@ -124,20 +124,22 @@ def _register_vit(name: str, timm_name: str, patch: int) -> None:
             "name": name,
             "timm_name": timm_name,
             "default_patch_size": patch,
+            "cost": cost,
             "__doc__": f"timm ``{timm_name}`` (patch {patch}).",
         },
     )
     ENCODERS.register(name)(cls)
 
 
-for _name, _timm in [
-    ("resnet18", "resnet18"),
-    ("resnet50", "resnet50"),
-    ("convnext_atto", "convnext_atto"),
-    ("efficientnet_b0", "efficientnet_b0"),
+# (name, timm name, cost per image relative to resnet18)
+for _name, _timm, _cost in [
+    ("resnet18", "resnet18", 1.0),
+    ("resnet50", "resnet50", 3.0),
+    ("convnext_atto", "convnext_atto", 1.0),
+    ("efficientnet_b0", "efficientnet_b0", 1.5),
 ]:
-    _register_cnn(_name, _timm)
+    _register_cnn(_name, _timm, _cost)
 
 _register_vit("vit_tiny", "vit_tiny_patch16_224", 16)
-_register_vit("vit_tiny_p8", "vit_tiny_patch16_224", 8)
-_register_vit("vit_small", "vit_small_patch16_224", 16)
+_register_vit("vit_tiny_p8", "vit_tiny_patch16_224", 8, cost=2.0)
+_register_vit("vit_small", "vit_small_patch16_224", 16, cost=2.5)

@@ -120,6 +120,24 @@ def save_grid(images: np.ndarray, path: str | Path, ncol: int = 8, scale: int = 
     return Path(path)
 
 
+class GeneratorTrainer(abc.ABC):
+    """How a trainable generator kind trains on a real file's train split."""
+
+    #: The dataclass of its training options (``generator.train`` in experiments).
+    config_class: ClassVar[type]
+
+    @staticmethod
+    @abc.abstractmethod
+    def fit(data: Path, out: Path, options: dict[str, Any], device: str) -> Path:
+        """Train (or resume) into ``out`` on the train split of ``data``; returns ``out``."""
+
+
+#: Training of the trainable generator kinds, by the generator's registry name.
+GENERATOR_TRAINERS: Registry[type[GeneratorTrainer]] = Registry(
+    "generator trainers", "train a generator on a real train split"
+)
+
+
 class Generator(abc.ABC):
     """Base class of synthetic image sources.
 
@@ -132,8 +150,17 @@ class Generator(abc.ABC):
     """
 
     name: ClassVar[str] = ""
-    #: Whether the generator learns from data (``sslbench synth train``).
+    #: Whether the generator learns from data (``sslbench synth train``); a trainable
+    #: kind registers its training in :data:`GENERATOR_TRAINERS` under the same name
+    #: and loads a trained folder with ``load(folder, steps=, device=, output_shape=)``.
     trainable: ClassVar[bool] = False
+    #: Constructor options that are paths: resolved by experiment files and kept out
+    #: of job keys (a fingerprint of their content goes in instead).
+    path_options: ClassVar[tuple[str, ...]] = ()
+    #: Whether the constructor takes ``like`` (a real file whose shape it must match).
+    takes_like: ClassVar[bool] = False
+    #: Whether sampling takes a number of denoising steps (``sample_steps``).
+    has_sample_steps: ClassVar[bool] = False
 
     def __init__(self, image_shape: tuple[int, ...]) -> None:
         self.image_shape = tuple(int(s) for s in image_shape)

@@ -207,6 +207,7 @@ class DDPMGenerator(Generator):
 
     name: ClassVar[str] = "ddpm"
     trainable: ClassVar[bool] = True
+    has_sample_steps: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -57,8 +57,10 @@ from benchmark.core.io import (
 from benchmark.data.dataset import H5Dataset
 from benchmark.data.h5format import compute_content_hash, open_h5, read_split
 from pretrain.generators.base import (
+    GENERATOR_TRAINERS,
     GeneratorDivergedError,
     GeneratorError,
+    GeneratorTrainer,
     resize,
     save_grid,
     seed_int,
@@ -475,3 +477,21 @@ def train_ddpm(
             (out / name).unlink(missing_ok=True)
     trainer.run(progress=progress)
     return trainer.finish()
+
+
+@GENERATOR_TRAINERS.register("ddpm")
+class DDPMTraining(GeneratorTrainer):
+    """The ``ddpm`` generator's training, as the experiment runner calls it."""
+
+    config_class = DDPMConfig
+
+    @staticmethod
+    def fit(data: Path, out: Path, options: dict[str, Any], device: str) -> Path:
+        """Train (or resume) with ``options`` (:class:`DDPMConfig` fields) on ``device``."""
+        train = dict(options)
+        for key in ("channels", "attention_levels"):
+            if train.get(key) is not None:
+                train[key] = tuple(train[key])
+        cfg = DDPMConfig(**{**train, "device": device})
+        cfg.validate()
+        return train_ddpm(data, out, cfg, resume=True, progress=False)

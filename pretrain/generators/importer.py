@@ -202,6 +202,8 @@ class ImportedImages(Generator):
     """
 
     name: ClassVar[str] = "import"
+    path_options: ClassVar[tuple[str, ...]] = ("src",)
+    takes_like: ClassVar[bool] = True
 
     def __init__(
         self,

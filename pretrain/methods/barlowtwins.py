@@ -84,7 +84,8 @@ class BarlowTwins(SSLMethod):
         return [view0, dataclasses.replace(view0, blur_p=0.1)]
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:
-        z0 = self.projection_head(self.encoder.forward_features(views[0]))
+        f0 = self.encoder.forward_features(views[0])
+        z0 = self.projection_head(f0)
         z1 = self.projection_head(self.encoder.forward_features(views[1]))
         loss = self.criterion(z0, z1)
-        return StepOutput(loss=loss, embeddings=z0.detach())
+        return StepOutput(loss=loss, embeddings=f0.detach())

@@ -10,6 +10,24 @@ device, calls :meth:`SSLMethod.training_step`, steps the optimizer and calls
 
 Adding a method is one file in ``pretrain/methods/`` decorated with
 ``@METHODS.register("name")``; the contract tests pick it up automatically.
+
+Collapse indicator. The loop logs ``embedding_std``, the standard deviation of
+the L2-normalised :attr:`StepOutput.embeddings` (lightly's
+``std_of_l2_normalized``). To keep it comparable across methods, every method
+returns the same tensor: the backbone's **pooled features** of its first view
+(what :meth:`Encoder.forward_features` returns, ``(B, encoder.num_features)``),
+never projections (whose width and normalisation differ from method to
+method). They are the features the method's own forward pass already
+computed, detached: no extra forward pass, so batch-norm statistics, RNG
+draws and the trained weights are exactly those of the loss computation
+(a method that forwards several views in one batch returns the first view's
+rows). Masked methods see only the visible part of the image: MAE returns
+timm's pooling of ``forward_features`` (class token or token mean, then
+``fc_norm``) applied to the tokens it encoded (the visible patches and the
+prefix tokens); SparK's dense encoder has no pooled output in its forward,
+so it returns its coarsest feature map averaged over the visible positions
+(the global average pooling of the CNN and 3D encoders' ``forward_features``,
+restricted to what SparK's sparse encoder would see).
 """
 
 from __future__ import annotations
@@ -58,8 +76,11 @@ class StepOutput:
 
     Attributes:
         loss: Scalar loss to back-propagate.
-        embeddings: (B, D) detached embeddings of one view (for the collapse indicator:
-            std of L2-normalised embeddings, ~1/sqrt(D) when healthy, 0 when collapsed).
+        embeddings: (B, D) detached pooled backbone features of the first view, D =
+            ``encoder.num_features`` (see the module docstring), for the collapse
+            indicator: std of the L2-normalised embeddings over the batch, 0 when
+            collapsed, at most ~1/sqrt(D) (lower for non-negative post-ReLU features:
+            ~0.04 for a ResNet-18, D = 512, at initialisation).
         logs: Extra scalars to log (floats).
     """
 

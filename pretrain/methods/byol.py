@@ -101,7 +101,8 @@ class BYOL(MomentumMethod):
         ]
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:
-        z0 = self.projection_head(self.encoder.forward_features(views[0]))
+        f0 = self.encoder.forward_features(views[0])
+        z0 = self.projection_head(f0)
         z1 = self.projection_head(self.encoder.forward_features(views[1]))
         p0, p1 = self.prediction_head(z0), self.prediction_head(z1)
         with torch.no_grad():
@@ -109,4 +110,4 @@ class BYOL(MomentumMethod):
             t1 = self.projection_head_momentum(self.encoder_momentum.forward_features(views[1]))
         loss = 2 * (self.criterion(p0, t1) + self.criterion(p1, t0))
         logs = {"ema_momentum": self.momentum_at(step, total_steps)}
-        return StepOutput(loss=loss, embeddings=z0.detach(), logs=logs)
+        return StepOutput(loss=loss, embeddings=f0.detach(), logs=logs)

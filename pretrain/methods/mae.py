@@ -182,6 +182,11 @@ class MAE(SSLMethod):
             target = utils.normalize_mean_var(target, dim=-1)
         loss = F.mse_loss(pred, target)
         mask_ratio = idx_mask.shape[1] / num_patches
-        # Collapse indicator: mean of the visible patch tokens.
-        embeddings = encoded[:, self.num_prefix_tokens :].mean(dim=1).detach()
+        # Collapse indicator: the encoder's pooled features (timm's pooling of
+        # Encoder.forward_features: class token or token mean, then fc_norm) of the
+        # tokens already encoded, i.e. of the visible patches. No extra forward pass;
+        # head_drop is an identity (drop rate 0: encoders have no drop_rate option).
+        with torch.no_grad():
+            vit = cast(VisionTransformer, self.encoder.model)
+            embeddings = vit.forward_head(encoded.detach(), pre_logits=True)
         return StepOutput(loss=loss, embeddings=embeddings, logs={"mask_ratio": mask_ratio})

@@ -111,9 +111,10 @@ class MoCoV2(MomentumMethod):
         ]
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:
-        query = self.projection_head(self.encoder.forward_features(views[0]))
+        features = self.encoder.forward_features(views[0])
+        query = self.projection_head(features)
         with torch.no_grad():
             key = self.projection_head_momentum(self.encoder_momentum.forward_features(views[1]))
         loss = self.criterion(query, key)  # enqueues the keys after reading the queue
         logs = {"ema_momentum": self.momentum_at(step, total_steps)}
-        return StepOutput(loss=loss, embeddings=query.detach(), logs=logs)
+        return StepOutput(loss=loss, embeddings=features.detach(), logs=logs)

@@ -89,6 +89,8 @@ class SimCLR(SSLMethod):
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:
         # One forward over both views: batch norm sees all 2B views, like the
         # paper's global batch norm (and like lightly's SimCLR benchmark).
-        z0, z1 = self.project(torch.cat(views[:2])).chunk(2)
+        features = self.encoder.forward_features(torch.cat(views[:2]))
+        z0, z1 = self.projection_head(features).chunk(2)
         loss = self.criterion(z0, z1)
-        return StepOutput(loss=loss, embeddings=z0.detach())
+        # collapse indicator on the pooled features of the first view
+        return StepOutput(loss=loss, embeddings=features[: views[0].shape[0]].detach())

@@ -80,8 +80,9 @@ class SimSiam(SSLMethod):
         return [recipe, recipe]
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:
-        z0 = self.projection_head(self.encoder.forward_features(views[0]))
+        f0 = self.encoder.forward_features(views[0])
+        z0 = self.projection_head(f0)
         z1 = self.projection_head(self.encoder.forward_features(views[1]))
         p0, p1 = self.prediction_head(z0), self.prediction_head(z1)
         loss = 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach()))
-        return StepOutput(loss=loss, embeddings=z0.detach())
+        return StepOutput(loss=loss, embeddings=f0.detach())

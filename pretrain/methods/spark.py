@@ -245,7 +245,10 @@ class SparK(SSLMethod):
             if key in self.to_decoder:
                 f = feats[self.levels[stride]]
                 m = _resize_mask(visible, p / stride)
-                if embeddings is None:  # collapse indicator: coarsest map, visible mean
+                # Collapse indicator: the coarsest map average-pooled (as the CNN and 3D
+                # encoders' forward_features pool it) over the visible positions only,
+                # the pooled features of SparK's sparse encoder.
+                if embeddings is None:
                     dims = tuple(range(2, f.dim()))
                     embeddings = ((f * m).sum(dims) / m.sum(dims)).detach()
                 f = _masked_norm(f, m, self.norm_weights[key], self.norm_biases[key])

@@ -34,7 +34,7 @@ def test_shipped_experiments_load(shared_data: Path) -> None:
     assert exp["pretrain"]["methods"] == ["simclr", "vicreg"]
     assert exp["generator"]["train"]["steps"] == 4  # the file wins over the profile
     assert exp["evaluate"]["fractions"] == [0.5, 1.0]
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     assert (repo / "../shared/data/busi_256").resolve() == (shared_data / "busi_256").resolve()
     busi = load_experiment("busi-cpu", base_dir=repo)
     assert busi["generator"]["samples"] >= 2 * 499  # at least 2x the real pretraining pool

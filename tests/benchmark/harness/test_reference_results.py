@@ -14,7 +14,7 @@ from tests.benchmark.harness.test_runner import cli
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 #: committed experiment outputs (a results folder of `sslbench run`, exported)
 REFERENCES = sorted(p.parent.name for p in (REPO / "results").glob("*/index.json"))
 REF = REPO / "results" / "busi"

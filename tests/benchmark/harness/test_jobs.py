@@ -1,0 +1,121 @@
+"""Job planning: keys that cover every input (and no path), components' own facts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmark.core.hashing import digest
+from benchmark.data.phantom import generate_phantom
+from benchmark.harness.experiment import EXPERIMENT_DIR, load_experiment, resolve_experiment
+from benchmark.harness.jobs import Job, plan_jobs
+from benchmark.harness.ledger import marker_path
+
+TINY = EXPERIMENT_DIR / "phantom-tiny.yaml"
+BASELINES = "evaluate/phantom-cls/baselines-resnet18"
+
+
+def keys(overrides: list[str], results: Path) -> dict[str, str]:
+    return {j.id: j.key for j in plan_jobs(load_experiment(TINY, overrides), results)}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    ["pretrain.image_size=48", "pretrain.encoder_config={resnet18: {drop_path_rate: 0.1}}"],
+)
+def test_baselines_rerun_when_their_encoder_changes(tmp_path: Path, edit: str) -> None:
+    """The stale-baselines bug: the scratch encoder is built from ``pretrain.image_size``
+    and ``encoder_config``, so its job key must change with them (it did not)."""
+    base, edited = keys([], tmp_path), keys([edit], tmp_path)
+    assert edited[BASELINES] != base[BASELINES]
+    job = next(j for j in plan_jobs(load_experiment(TINY, [edit]), tmp_path) if j.id == BASELINES)
+    args = job.config["architecture"]["args"]
+    if "image_size" in edit:
+        assert args["img_size"] == 48
+    else:
+        assert args["drop_path_rate"] == 0.1
+
+
+def test_every_job_key_is_the_hash_of_its_config(tmp_path: Path) -> None:
+    """Data, generator and pretraining keys hash exactly their config (label aside); the
+    locations a stage reads come from ``run`` or its dependencies, never the experiment."""
+    for job in plan_jobs(load_experiment(TINY), tmp_path):
+        if job.stage == "evaluate":
+            assert "output" in job.run and "output" not in job.config
+            continue
+        cfg = {k: v for k, v in job.config.items() if k != "label"}
+        assert job.key == digest(cfg, 12), job.id
+        assert not any(isinstance(v, str) and str(tmp_path) in v for v in cfg.values())
+
+
+def phantom_experiment(path: Path) -> dict[str, Any]:
+    raw = {
+        "name": "p",
+        "datasets": {"mine": {"path": str(path)}},
+        "pretrain": {"dataset": "mine", "steps": 2, "batch_size": 4, "image_size": 32},
+    }
+    return resolve_experiment(raw, "test", path.parent)
+
+
+def plan_keys(exp: dict[str, Any], results: Path) -> dict[str, str]:
+    return {j.id: j.key for j in plan_jobs(exp, results)}
+
+
+def test_path_dataset_is_keyed_by_content_not_location(tmp_path: Path) -> None:
+    """Bug: a ``path:`` dataset was keyed by its path; a replaced file reran nothing and
+    a results folder could not move between machines."""
+    a = generate_phantom(tmp_path / "a" / "d.h5", n=24, size=32, seed=0)
+    b = tmp_path / "b" / "d.h5"
+    b.parent.mkdir()
+    shutil.copy(a, b)
+    ka = plan_keys(phantom_experiment(Path(a)), tmp_path / "r")
+    kb = plan_keys(phantom_experiment(b), tmp_path / "r")
+    assert ka == kb  # moved: same keys all the way down
+    generate_phantom(b, n=24, size=32, seed=1, overwrite=True)  # replaced in place
+    kc = plan_keys(phantom_experiment(b), tmp_path / "r")
+    assert kc["data/mine"] != ka["data/mine"]
+    assert all(kc[j] != ka[j] for j in ka if j.startswith("pretrain/"))
+
+
+def busi_experiment(src: Path) -> dict[str, Any]:
+    raw = {
+        "name": "b",
+        "datasets": {"busi": {"convert": {"kind": "busi", "src": str(src), "size": 32}}},
+    }
+    return resolve_experiment(raw, "test", src.parent)
+
+
+def test_converted_dataset_is_keyed_by_source_content(tmp_path: Path, shared_data: Path) -> None:
+    """A converted dataset's key holds a fingerprint of its source folder, not its path."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    shutil.copytree(shared_data / "busi_raw_sample", one)
+    shutil.copytree(shared_data / "busi_raw_sample", two)
+    k1 = plan_keys(busi_experiment(one), tmp_path / "r")["data/busi"]
+    assert plan_keys(busi_experiment(two), tmp_path / "r")["data/busi"] == k1
+    victim = next(p for p in sorted(two.rglob("*.png")) if "_mask" not in p.name)
+    victim.unlink()
+    assert plan_keys(busi_experiment(two), tmp_path / "r")["data/busi"] != k1
+
+
+def test_marker_path_of_a_job_and_of_its_id(tmp_path: Path) -> None:
+    job = Job("pretrain/real-simclr-resnet18-s0", "pretrain", "k", [], {}, tmp_path)
+    assert marker_path(tmp_path, job) == marker_path(tmp_path, job.id)
+    assert marker_path(tmp_path, job).name == "pretrain__real-simclr-resnet18-s0.json"
+
+
+def test_estimates_use_component_facts(tmp_path: Path) -> None:
+    """An encoder's ``cost`` scales its pretraining estimate (no table in the harness)."""
+    from pretrain.encoders import ENCODERS
+
+    small = {j.id: j for j in plan_jobs(load_experiment(TINY), tmp_path)}
+    big = {
+        j.id: j
+        for j in plan_jobs(load_experiment(TINY, ["pretrain.encoders=[resnet50]"]), tmp_path)
+    }
+    s = small["pretrain/real-simclr-resnet18-s0"].estimate_s
+    b = big["pretrain/real-simclr-resnet50-s0"].estimate_s
+    ratio = ENCODERS.get("resnet50").cost / ENCODERS.get("resnet18").cost
+    assert b == pytest.approx(s * ratio)
