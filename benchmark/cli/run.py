@@ -12,9 +12,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from benchmark.harness.runner import format_run_summary, run_experiment
 
     exp = load_experiment(args.experiment, args.overrides)
-    results = Path(args.output) if args.output else Path("runs") / exp["name"]
+    results = Path(args.output) if args.output else Path("runs") / exp.name
     if not args.dry_run:
-        print(f"[run] experiment {exp['name']} ({experiment_hash(exp)[:12]}) -> {results}")
+        print(f"[run] experiment {exp.name} ({experiment_hash(exp)[:12]}) -> {results}")
     ray_options = None
     if args.executor == "ray":
         from benchmark.harness.ray_executor import RayOptions

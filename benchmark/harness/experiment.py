@@ -44,7 +44,8 @@ Layout (every section but ``name`` and ``datasets`` is optional; see
       overrides: {finetune.epochs: 30}
     wandb: {mode: offline, project: sslbench, entity: null, log_checkpoints: false}
 
-The resolved experiment is ``profile defaults < file < CLI overrides``
+The resolved experiment (a typed :class:`Experiment`) is ``profile defaults < file < CLI
+overrides``
 (``key.sub=value``, values parsed as YAML). Every key is checked: an unknown
 key or name is an error naming the nearest valid one, before any work starts.
 """
@@ -54,6 +55,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +228,7 @@ def experiment_path(name_or_path: str | Path) -> Path:
 
 def load_experiment(
     name_or_path: str | Path, overrides: list[str] | None = None, base_dir: Path | None = None
-) -> dict[str, Any]:
+) -> Experiment:
     """Read, merge with its profile and the overrides, and validate an experiment.
 
     Relative paths in ``datasets`` (``src``, ``path``) and generator options are
@@ -243,8 +245,12 @@ def load_experiment(
     return resolve_experiment(raw, str(path), base_dir or Path.cwd())
 
 
-def resolve_experiment(raw: dict[str, Any], where: str, base_dir: Path) -> dict[str, Any]:
-    """Validate ``raw`` and fill in every default; see the module docstring."""
+def resolve_experiment(raw: dict[str, Any], where: str, base_dir: Path) -> Experiment:
+    """Validate ``raw``, fill in every default and type it; see the module docstring."""
+    return Experiment.from_dict(_resolve_mapping(raw, where, base_dir))
+
+
+def _resolve_mapping(raw: dict[str, Any], where: str, base_dir: Path) -> dict[str, Any]:
     check_keys(raw, ["name", *DEFAULTS], where)
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
@@ -468,6 +474,127 @@ def _check_evaluate(exp: dict[str, Any], where: str) -> None:
         raise ExperimentError(f"{w}: nothing to evaluate without 'pretrain' or baselines")
 
 
-def experiment_hash(exp: dict[str, Any]) -> str:
+def experiment_hash(exp: Experiment) -> str:
     """The hash of a resolved experiment (recorded in every output of a run)."""
-    return digest(exp)
+    return digest(exp.to_dict())
+
+
+# -- the typed experiment ---------------------------------------------------------------
+@dataclass
+class GeneratorSection:
+    """``generator:``: how the synthetic pool is made (see the module docstring)."""
+
+    kind: str
+    dataset: str | None
+    train: dict[str, Any]
+    checkpoint: str | None
+    options: dict[str, Any]
+    samples: int
+    sample_steps: int
+    seed: int
+    report: bool
+
+
+@dataclass
+class PretrainSection:
+    """``pretrain:``: the grid of sources x methods x encoders x seeds and its budget."""
+
+    dataset: str
+    sources: list[str]
+    ratios: list[float]
+    methods: list[str]
+    encoders: list[str]
+    seeds: list[int]
+    steps: int
+    batch_size: int
+    image_size: int
+    method_config: dict[str, dict[str, Any]]
+    encoder_config: dict[str, dict[str, Any]]
+    amp: str
+    checkpoint_every: int
+    nproc_per_node: int
+
+
+@dataclass
+class TaskEntry:
+    """One entry of ``evaluate.tasks``."""
+
+    spec: str
+    dataset: str | None
+    adapters: list[str]
+    image_size: int | None
+
+
+@dataclass
+class EvaluateSection:
+    """``evaluate:``: tasks, label fractions, seeds, baselines and adapter overrides."""
+
+    tasks: list[TaskEntry]
+    fractions: list[float]
+    seeds: list[int]
+    baselines: list[str]
+    overrides: dict[str, Any]
+
+
+@dataclass
+class WandbSection:
+    """``wandb:``: tracking (offline by default)."""
+
+    mode: str | None = None
+    project: str | None = None
+    entity: str | None = None
+    log_checkpoints: bool = False
+
+
+@dataclass
+class Experiment:
+    """A resolved, validated experiment (:func:`load_experiment`).
+
+    ``datasets`` maps a key to exactly one of ``{"phantom": {...}}``,
+    ``{"convert": {...}}`` or ``{"path": "..."}`` (paths resolved). :meth:`to_dict`
+    gives the plain mapping that is saved as ``experiment.yaml`` and hashed.
+    """
+
+    name: str
+    description: str
+    profile: str
+    device: str
+    datasets: dict[str, dict[str, Any]]
+    generator: GeneratorSection | None
+    pretrain: PretrainSection | None
+    evaluate: EvaluateSection | None
+    wandb: WandbSection = field(default_factory=WandbSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain mapping (the layout of an experiment file, every default filled in)."""
+        return {
+            "description": self.description,
+            "profile": self.profile,
+            "device": self.device,
+            "datasets": copy.deepcopy(self.datasets),
+            "generator": dataclasses.asdict(self.generator) if self.generator else None,
+            "pretrain": dataclasses.asdict(self.pretrain) if self.pretrain else None,
+            "evaluate": dataclasses.asdict(self.evaluate) if self.evaluate else None,
+            "wandb": dataclasses.asdict(self.wandb),
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_dict(cls, exp: dict[str, Any]) -> Experiment:
+        """Build from a resolved mapping (:func:`resolve_experiment`)."""
+        ev = exp["evaluate"]
+        evaluate = None
+        if ev is not None:
+            tasks = [TaskEntry(**t) for t in ev["tasks"]]
+            evaluate = EvaluateSection(**{**ev, "tasks": tasks})
+        return cls(
+            name=exp["name"],
+            description=exp["description"],
+            profile=exp["profile"],
+            device=exp["device"],
+            datasets=exp["datasets"],
+            generator=GeneratorSection(**exp["generator"]) if exp["generator"] else None,
+            pretrain=PretrainSection(**exp["pretrain"]) if exp["pretrain"] else None,
+            evaluate=evaluate,
+            wandb=WandbSection(**(exp.get("wandb") or {})),
+        )

@@ -34,6 +34,7 @@ from benchmark.core.errors import SSLBenchError
 from benchmark.core.hashing import digest
 from benchmark.core.io import read_json, source_fingerprint
 from benchmark.data.h5format import read_meta
+from benchmark.harness.experiment import PRETRAIN_DEFAULTS, Experiment, PretrainSection
 
 #: Rough CPU speeds (2 cores, 64 px) used by ``--dry-run`` estimates; ``segment_img_s`` and
 #: ``finetune_img_s`` calibrated on the busi-cpu reference run (13.5 min per 15-cell
@@ -166,75 +167,77 @@ def _data_job(name: str, entry: dict[str, Any], results: Path) -> Job:
     return Job(f"data/{name}", "data", key, [], cfg, out, run=run, estimate_s=est)
 
 
-def _generator_jobs(exp: dict[str, Any], results: Path, data: dict[str, Job]) -> list[Job]:
+def _generator_jobs(exp: Experiment, results: Path, data: dict[str, Job]) -> list[Job]:
     """``generate/train`` (trainable kinds without a checkpoint) and ``generate/sample``."""
     from pretrain.generators import GENERATORS
 
-    gen = exp["generator"]
-    cls = GENERATORS.get(gen["kind"])
+    gen = exp.generator
+    assert gen is not None
+    cls = GENERATORS.get(gen.kind)
     jobs: list[Job] = []
-    gen_entry = exp["datasets"][gen["dataset"]] if gen["dataset"] else None
-    like = data[gen["dataset"]] if gen["dataset"] else None
-    size = gen["train"].get("size") or (dataset_size(gen_entry) if gen_entry else None)
+    gen_entry = exp.datasets[gen.dataset] if gen.dataset else None
+    like = data[gen.dataset] if gen.dataset else None
+    size = gen.train.get("size") or (dataset_size(gen_entry) if gen_entry else None)
     gdims = _dims(gen_entry)
     deps = [like.id] if like else []
     train_key, run = None, {}
-    if cls.trainable and gen["checkpoint"]:
-        meta = read_json(Path(gen["checkpoint"]) / "generator.json") or {}
+    if cls.trainable and gen.checkpoint:
+        meta = read_json(Path(gen.checkpoint) / "generator.json") or {}
         train_key = digest({"checkpoint": meta.get("generator_sha256")}, 12)
-        run["checkpoint"] = str(gen["checkpoint"])
+        run["checkpoint"] = str(gen.checkpoint)
     elif cls.trainable:
         assert like is not None  # the experiment checks that a trainable kind has a dataset
-        tcfg = {"kind": gen["kind"], "data": like.key, "train": gen["train"]}
+        tcfg = {"kind": gen.kind, "data": like.key, "train": gen.train}
         train_key = digest(tcfg, 12)
-        steps = int(gen["train"].get("steps", 2000))
-        bs = int(gen["train"].get("batch_size", 16))
+        steps = int(gen.train.get("steps", 2000))
+        bs = int(gen.train.get("batch_size", 16))
         est = steps * bs / SPEED["ddpm_train_img_s"] * _area(size, gdims)
-        out = results / "generator" / f"{gen['kind']}-{train_key}"
+        out = results / "generator" / f"{gen.kind}-{train_key}"
         jobs.append(
             Job("generate/train", "generate", train_key, [like.id], tcfg, out, estimate_s=est)
         )
         deps = [*deps, "generate/train"]
-    options = dict(gen["options"])
+    options = dict(gen.options)
     for opt in cls.path_options:
         if options.get(opt) is not None:
             run[opt] = options[opt]
             options[opt] = {"source": source_fingerprint(options[opt])}
     scfg = {
-        "kind": gen["kind"],
+        "kind": gen.kind,
         "generator": train_key,
         "like": like.key if like else None,
         "options": options,
-        "samples": gen["samples"],
-        "sample_steps": gen["sample_steps"] if cls.has_sample_steps else None,
-        "seed": gen["seed"],
-        "report": gen["report"],
+        "samples": gen.samples,
+        "sample_steps": gen.sample_steps if cls.has_sample_steps else None,
+        "seed": gen.seed,
+        "report": gen.report,
     }
     skey = digest(scfg, 12)
-    per = gen["sample_steps"] / 50 / SPEED["ddim50_img_s"] if cls.has_sample_steps else 0.01
-    est = gen["samples"] * per * _area(size, gdims) + (SPEED["report_s"] if gen["report"] else 0)
-    out = results / "synthetic" / f"{gen['kind']}-{skey}.h5"
+    per = gen.sample_steps / 50 / SPEED["ddim50_img_s"] if cls.has_sample_steps else 0.01
+    est = gen.samples * per * _area(size, gdims) + (SPEED["report_s"] if gen.report else 0)
+    out = results / "synthetic" / f"{gen.kind}-{skey}.h5"
     jobs.append(Job("generate/sample", "generate", skey, deps, scfg, out, run=run, estimate_s=est))
     return jobs
 
 
 def _pretrain_jobs(
-    exp: dict[str, Any], results: Path, data: dict[str, Job], synth: Job | None
+    exp: Experiment, results: Path, data: dict[str, Job], synth: Job | None
 ) -> dict[str, Job]:
     from pretrain.encoders import ENCODERS
     from pretrain.sources import SOURCES
 
-    pre = exp["pretrain"]
-    dj = data[pre["dataset"]]
-    dims = _dims(exp["datasets"][pre["dataset"]])
+    pre = exp.pretrain
+    assert pre is not None
+    dj = data[pre.dataset]
+    dims = _dims(exp.datasets[pre.dataset])
     encoders: dict[str, Job] = {}
-    for source in pre["sources"]:
+    for source in pre.sources:
         src = SOURCES.get(source)
-        ratios: list[float | None] = list(pre["ratios"]) if src.takes_ratio else [None]
+        ratios: list[float | None] = list(pre.ratios) if src.takes_ratio else [None]
         for ratio in ratios:
-            for method in pre["methods"]:
-                for encoder in pre["encoders"]:
-                    for seed in pre["seeds"]:
+            for method in pre.methods:
+                for encoder in pre.encoders:
+                    for seed in pre.seeds:
                         label = strategy_label(source, ratio, method, encoder, seed)
                         synthetic = synth if src.uses_synthetic else None
                         cfg = {
@@ -242,14 +245,14 @@ def _pretrain_jobs(
                             "encoder": encoder,
                             "source": source,
                             "synthetic_ratio": ratio if ratio is not None else 0.5,
-                            "steps": pre["steps"],
-                            "batch_size": pre["batch_size"],
-                            "image_size": pre["image_size"],
+                            "steps": pre.steps,
+                            "batch_size": pre.batch_size,
+                            "image_size": pre.image_size,
                             "seed": seed,
-                            "method_config": pre["method_config"].get(method, {}),
-                            "encoder_config": pre["encoder_config"].get(encoder, {}),
-                            "amp": pre["amp"],
-                            "checkpoint_every": pre["checkpoint_every"],
+                            "method_config": pre.method_config.get(method, {}),
+                            "encoder_config": pre.encoder_config.get(encoder, {}),
+                            "amp": pre.amp,
+                            "checkpoint_every": pre.checkpoint_every,
                             "real": dj.key if src.uses_real else None,
                             "synthetic": synthetic.key if synthetic else None,
                         }
@@ -258,10 +261,10 @@ def _pretrain_jobs(
                             [synthetic.id] if synthetic else []
                         )
                         est = (
-                            pre["steps"]
-                            * pre["batch_size"]
+                            pre.steps
+                            * pre.batch_size
                             / SPEED["pretrain_img_s"]
-                            * _area(pre["image_size"], dims)
+                            * _area(pre.image_size, dims)
                             * ENCODERS.get(encoder).cost
                         )
                         job = Job(
@@ -271,7 +274,7 @@ def _pretrain_jobs(
                             deps,
                             cfg,
                             results / "pretrain" / f"{label}-{key}",
-                            run={"nproc_per_node": int(pre.get("nproc_per_node") or 1)},
+                            run={"nproc_per_node": pre.nproc_per_node},
                             estimate_s=est,
                         )
                         job.config["label"] = label
@@ -279,51 +282,52 @@ def _pretrain_jobs(
     return encoders
 
 
-def plan_jobs(exp: dict[str, Any], results: Path) -> list[Job]:
+def plan_jobs(exp: Experiment, results: Path) -> list[Job]:
     """All jobs of the resolved experiment ``exp``, in a valid run order."""
-    data = {name: _data_job(name, entry, results) for name, entry in exp["datasets"].items()}
+    data = {name: _data_job(name, entry, results) for name, entry in exp.datasets.items()}
     jobs: list[Job] = list(data.values())
     synth: Job | None = None
-    if exp["generator"] is not None:
+    if exp.generator is not None:
         gen_jobs = _generator_jobs(exp, results, data)
         jobs += gen_jobs
         synth = gen_jobs[-1]
     encoders: dict[str, Job] = {}
-    if exp["pretrain"] is not None:
+    if exp.pretrain is not None:
         encoders = _pretrain_jobs(exp, results, data, synth)
         jobs += encoders.values()
-    if exp["evaluate"] is not None:
+    if exp.evaluate is not None:
         jobs += _plan_evaluation(exp, results, data, encoders)
     return jobs
 
 
 def _plan_evaluation(
-    exp: dict[str, Any], results: Path, data: dict[str, Job], encoders: dict[str, Job]
+    exp: Experiment, results: Path, data: dict[str, Job], encoders: dict[str, Job]
 ) -> list[Job]:
     from tasks.spec import load_spec
     from tasks.sweep import supervised_adapter
 
-    ev, pre = exp["evaluate"], exp["pretrain"]
+    ev, pre = exp.evaluate, exp.pretrain
+    assert ev is not None
     jobs = []
-    archs = list(pre["encoders"]) if pre else ["resnet18"]
-    for task in ev["tasks"]:
-        spec = load_spec(task["spec"])
-        dj = data[task["dataset"]] if task["dataset"] else None
+    archs = list(pre.encoders) if pre else list(PRETRAIN_DEFAULTS["encoders"])
+    for task in ev.tasks:
+        spec = load_spec(task.spec)
+        dj = data[task.dataset] if task.dataset else None
         tcfg = {
-            "spec": task["spec"],
+            "spec": task.spec,
             "spec_version": spec.version,
             "dataset": dj.key if dj else None,
-            "image_size": task["image_size"],
-            "adapters": task["adapters"],
-            "overrides": ev["overrides"],
+            "image_size": task.image_size,
+            "adapters": task.adapters,
+            "overrides": ev.overrides,
         }
         tkey = digest(tcfg, 12)
         out = results / "evaluate" / f"{spec.name}-{tkey}"
-        size = task["image_size"] or spec.image_size
-        n = _n_images(exp["datasets"][task["dataset"]]) if task["dataset"] else 500
+        size = task.image_size or spec.image_size
+        n = _n_images(exp.datasets[task.dataset]) if task.dataset else 500
         n_train = 0.65 * n
-        dims = _dims(exp["datasets"][task["dataset"]] if task["dataset"] else None)
-        base = {**tcfg, "fractions": ev["fractions"], "seeds": ev["seeds"]}
+        dims = _dims(exp.datasets[task.dataset] if task.dataset else None)
+        base = {**tcfg, "fractions": ev.fractions, "seeds": ev.seeds}
 
         def cell_cost(
             adapter: str,
@@ -333,15 +337,13 @@ def _plan_evaluation(
             size: int = size,
             dims: int = dims,
         ) -> float:
-            return _cell_cost(ev["overrides"], adapter, fraction, target, n_train, size, dims)
+            return _cell_cost(ev.overrides, adapter, fraction, target, n_train, size, dims)
 
         def cells(adapters: list[str], baseline: str | None) -> list[list[Any]]:
-            return [
-                [a, baseline, f, s] for s in ev["seeds"] for a in adapters for f in ev["fractions"]
-            ]
+            return [[a, baseline, f, s] for s in ev.seeds for a in adapters for f in ev.fractions]
 
         for label, pj in encoders.items():
-            c = cells(task["adapters"], None)
+            c = cells(task.adapters, None)
             est = n / SPEED["extract_img_s"] + sum(cell_cost(a, f) for a, _, f, _ in c)
             deps = [pj.id] + ([dj.id] if dj else [])
             jobs.append(
@@ -357,18 +359,18 @@ def _plan_evaluation(
                     estimate_s=est,
                 )
             )
-        if ev["baselines"]:
+        if ev.baselines:
             for arch in archs:
-                c = cells(task["adapters"], "scratch") if "scratch" in ev["baselines"] else []
-                if "supervised" in ev["baselines"]:
+                c = cells(task.adapters, "scratch") if "scratch" in ev.baselines else []
+                if "supervised" in ev.baselines:
                     sup = supervised_adapter(spec)
-                    c += [[sup, "supervised", 1.0, s] for s in ev["seeds"]]
+                    c += [[sup, "supervised", 1.0, s] for s in ev.seeds]
                 est = sum(cell_cost(a, f) + n / SPEED["extract_img_s"] for a, _, f, _ in c)
                 # the scratch / supervised encoder is built as pretraining would build it,
                 # so its construction arguments are part of the key (input channels come
                 # from the dataset, whose key is in ``tcfg``)
                 architecture = {"name": arch, "args": _baseline_args(pre, arch)}
-                bcfg = {**tcfg, "baselines": ev["baselines"], "architecture": architecture}
+                bcfg = {**tcfg, "baselines": ev.baselines, "architecture": architecture}
                 jobs.append(
                     Job(
                         f"evaluate/{spec.name}/baselines-{arch}",
@@ -385,11 +387,11 @@ def _plan_evaluation(
     return jobs
 
 
-def _baseline_args(pre: dict[str, Any] | None, arch: str) -> dict[str, Any]:
+def _baseline_args(pre: PretrainSection | None, arch: str) -> dict[str, Any]:
     """Constructor arguments of the baselines' encoder ``arch`` (as pretraining builds it)."""
     if not pre:
         return {}
-    return {"img_size": int(pre["image_size"]), **pre["encoder_config"].get(arch, {})}
+    return {"img_size": int(pre.image_size), **pre.encoder_config.get(arch, {})}
 
 
 def _cell_cost(

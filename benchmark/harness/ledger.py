@@ -27,7 +27,7 @@ import yaml
 
 from benchmark.core.errors import SSLBenchError
 from benchmark.core.io import atomic_write_json, atomic_write_text, provenance, read_json
-from benchmark.harness.experiment import ExperimentError, experiment_hash
+from benchmark.harness.experiment import Experiment, ExperimentError, experiment_hash
 from benchmark.harness.jobs import Job
 
 EXPERIMENT_FILE = "experiment.yaml"
@@ -100,14 +100,14 @@ def job_lock(results: Path, job: Job) -> Iterator[None]:
         os.close(fd)
 
 
-def check_results_folder(results: Path, exp: dict[str, Any]) -> None:
+def check_results_folder(results: Path, exp: Experiment) -> None:
     """Refuse a folder of another experiment, or a non-empty folder that is not a results folder."""
     meta = read_json(results / EXPERIMENT_META)
     if meta is not None:
-        if meta.get("name") != exp["name"]:
+        if meta.get("name") != exp.name:
             raise ExperimentError(
                 f"{results}: holds results of experiment {meta.get('name')!r}, not "
-                f"{exp['name']!r}; choose another output folder"
+                f"{exp.name!r}; choose another output folder"
             )
         return
     if results.exists() and any(p.name != LOCK for p in results.iterdir()):
@@ -148,15 +148,15 @@ def job_done(results: Path, job: Job) -> bool:
     return job.out.exists()
 
 
-def save_experiment(results: Path, exp: dict[str, Any], source: str) -> str:
+def save_experiment(results: Path, exp: Experiment, source: str) -> str:
     """Write the resolved experiment and its hash (history kept per hash)."""
     h = experiment_hash(exp)
-    text = yaml.safe_dump(exp, sort_keys=False)
+    text = yaml.safe_dump(exp.to_dict(), sort_keys=False)
     atomic_write_text(results / EXPERIMENT_FILE, text)
     atomic_write_text(results / "experiments" / f"{h[:12]}.yaml", text)
     atomic_write_json(
         results / EXPERIMENT_META,
-        {"name": exp["name"], "hash": h, "source": source, "provenance": provenance()},
+        {"name": exp.name, "hash": h, "source": source, "provenance": provenance()},
     )
     return h
 

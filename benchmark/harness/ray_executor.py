@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.core.errors import SSLBenchError
+from benchmark.harness.experiment import Experiment
 from benchmark.harness.jobs import Job
 from benchmark.harness.tracking import Tracker
 
@@ -83,7 +84,7 @@ def _resources(job: Job, options: RayOptions) -> dict[str, float]:
 
 
 def execute_ray(
-    exp: dict[str, Any],
+    exp: Experiment,
     results: Path,
     jobs: list[Job],
     tracker: Tracker,
@@ -112,7 +113,7 @@ def execute_ray(
     summary = RunSummary(results, "", len(jobs))
     todo = [j for j in jobs if not job_done(results, j)]
     summary.skipped = [j.id for j in jobs if j not in todo]
-    device = str(exp["device"])
+    device = str(exp.device)
     started = False
     if not ray.is_initialized():
         ray.init(

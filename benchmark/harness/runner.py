@@ -29,7 +29,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from benchmark.core.errors import SSLBenchError
-from benchmark.harness.experiment import experiment_hash
+from benchmark.harness.experiment import Experiment, experiment_hash
 from benchmark.harness.jobs import Job, format_duration, plan_jobs
 from benchmark.harness.ledger import (
     LockedError,
@@ -85,7 +85,7 @@ def describe_plan(jobs: list[Job], results: Path) -> tuple[str, float]:
 
 
 def run_experiment(
-    exp: dict[str, Any],
+    exp: Experiment,
     results: str | Path,
     *,
     source: str = "",
@@ -125,14 +125,14 @@ def run_experiment(
         if not split:  # a shard must not delete the temporary files of the others
             clean_partials(results)
         h = save_experiment(results, exp, source)
-        wb = exp.get("wandb") or {}
+        wb = exp.wandb
         tracker = Tracker(
-            mode=str(wandb_mode or wb.get("mode") or ""),
-            project=wb.get("project"),
-            entity=wb.get("entity"),
-            group=exp["name"],
+            mode=str(wandb_mode or wb.mode or ""),
+            project=wb.project,
+            entity=wb.entity,
+            group=exp.name,
             dir=results,
-            log_checkpoints=bool(wb.get("log_checkpoints")),
+            log_checkpoints=bool(wb.log_checkpoints),
         )
         if executor == "ray":
             from benchmark.harness.ray_executor import RayOptions, execute_ray
@@ -156,7 +156,7 @@ def run_experiment(
 
 
 def _execute(
-    exp: dict[str, Any],
+    exp: Experiment,
     results: Path,
     jobs: list[Job],
     tracker: Tracker,
@@ -187,7 +187,7 @@ def _execute(
         bar.set_description_str(stage, refresh=False)
         bar.set_postfix_str(f"cells {state['cells']}/{cells_total}")
 
-    ctx = Context(results, tracker, str(resolve_device(exp["device"])))
+    ctx = Context(results, tracker, str(resolve_device(exp.device)))
     failed: set[str] = set()
     try:
         for job in todo:

@@ -28,7 +28,7 @@ Protocol (``default_config``; every value can be overridden):
   anti-aliasing for images, nearest-exact for masks); metrics are computed at
   that resolution. Single-channel images are repeated for multi-channel
   encoders.
-* Metrics: :func:`tasks.seg_metrics.segmentation_metrics` (Dice, Dice on
+* Metrics: :func:`tasks.metrics.segmentation.segmentation_metrics` (Dice, Dice on
   non-empty masks, false-positive rate on empty masks, HD95; explicit
   empty-mask policy documented there).
 * Determinism: weights, shuffling and augmentation draw from generators
@@ -54,7 +54,7 @@ from benchmark.data.dataset import H5Dataset
 from pretrain.encoders import Encoder
 from tasks.adapters.base import ADAPTERS, Adapter, CellData, CellResult
 from tasks.decoders import DEFAULT_DECODER_CHANNELS, SegmentationModel
-from tasks.seg_metrics import per_image_scores, segmentation_metrics
+from tasks.metrics.segmentation import per_image_scores, segmentation_metrics
 
 MODES = ("frozen", "finetune")
 

@@ -16,7 +16,7 @@ from pretrain.encoders import ENCODERS, Encoder, FeatureInfo, create_encoder
 from tasks.adapters import ADAPTERS, CellData
 from tasks.adapters.segmentation import SegmentationAdapter, joint_augment, load_cell_split
 from tasks.decoders import SegmentationModel, UNetDecoder
-from tasks.seg_metrics import AGGREGATE_METRICS
+from tasks.metrics.segmentation import AGGREGATE_METRICS
 
 SIZE = 32
 ENCODERS_2D = [n for n in ENCODERS.names() if ENCODERS.get(n).spatial_dims == 2]

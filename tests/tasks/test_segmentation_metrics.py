@@ -1,4 +1,4 @@
-"""Dice/HD95 and the empty-mask policy of tasks.seg_metrics, on hand-made masks."""
+"""Dice/HD95 and the empty-mask policy of tasks.metrics.segmentation, on hand-made masks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tasks.seg_metrics import AGGREGATE_METRICS, metric_class_names, segmentation_metrics
+from tasks.metrics.segmentation import AGGREGATE_METRICS, metric_class_names, segmentation_metrics
 
 
 def _square(n: int = 1, size: int = 32, top: int = 8, left: int = 8, side: int = 8) -> torch.Tensor:

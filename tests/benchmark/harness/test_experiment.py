@@ -31,20 +31,20 @@ def tiny_raw() -> dict:
 
 def test_shipped_experiments_load(shared_data: Path) -> None:
     exp = load_experiment("phantom-tiny")
-    assert exp["pretrain"]["methods"] == ["simclr", "vicreg"]
-    assert exp["generator"]["train"]["steps"] == 4  # the file wins over the profile
-    assert exp["evaluate"]["fractions"] == [0.5, 1.0]
+    assert exp.pretrain.methods == ["simclr", "vicreg"]
+    assert exp.generator.train["steps"] == 4  # the file wins over the profile
+    assert exp.evaluate.fractions == [0.5, 1.0]
     repo = Path(__file__).resolve().parents[3]
     assert (repo / "../shared/data/busi_256").resolve() == (shared_data / "busi_256").resolve()
     busi = load_experiment("busi-cpu", base_dir=repo)
-    assert busi["generator"]["samples"] >= 2 * 499  # at least 2x the real pretraining pool
-    assert busi["evaluate"]["fractions"] == [0.05, 0.1, 0.25, 0.5, 1.0]
+    assert busi.generator.samples >= 2 * 499  # at least 2x the real pretraining pool
+    assert busi.evaluate.fractions == [0.05, 0.1, 0.25, 0.5, 1.0]
     hippo = load_experiment("hippocampus-cpu", base_dir=repo)
-    assert hippo["pretrain"]["encoders"] == ["resnet10_3d"]
-    assert load_experiment("demo")["evaluate"]["baselines"] == ["scratch", "supervised"]
+    assert hippo.pretrain.encoders == ["resnet10_3d"]
+    assert load_experiment("demo").evaluate.baselines == ["scratch", "supervised"]
     gpu = load_experiment("busi-gpu", base_dir=repo)  # the gpu-full profile underneath
-    assert gpu["device"] == "auto" and gpu["pretrain"]["image_size"] == 224
-    assert gpu["pretrain"]["encoders"] == ["resnet50"] and gpu["pretrain"]["nproc_per_node"] == 1
+    assert gpu.device == "auto" and gpu.pretrain.image_size == 224
+    assert gpu.pretrain.encoders == ["resnet50"] and gpu.pretrain.nproc_per_node == 1
     assert load_experiment("busi-gpu", ["pretrain.nproc_per_node=4"], base_dir=repo)
     with pytest.raises(ExperimentError, match="does not divide across nproc_per_node"):
         load_experiment("busi-gpu", ["pretrain.nproc_per_node=3"], base_dir=repo)
@@ -52,9 +52,9 @@ def test_shipped_experiments_load(shared_data: Path) -> None:
 
 def test_profile_defaults_and_overrides() -> None:
     exp = load_experiment(TINY, ["pretrain.steps=7", "evaluate.seeds=[3, 4]", "device=cpu"])
-    assert exp["pretrain"]["steps"] == 7
-    assert exp["evaluate"]["seeds"] == [3, 4]
-    assert exp["pretrain"]["amp"] == "auto"  # from the built-in defaults
+    assert exp.pretrain.steps == 7
+    assert exp.evaluate.seeds == [3, 4]
+    assert exp.pretrain.amp == "auto"  # from the built-in defaults
     base = load_experiment(TINY)
     assert experiment_hash(exp) != experiment_hash(base)
     assert experiment_hash(base) == experiment_hash(load_experiment(TINY))
@@ -123,3 +123,15 @@ def test_job_keys_change_only_downstream_of_an_edit(tmp_path: Path) -> None:
         edited["evaluate/phantom-cls/baselines-resnet18"]
         == base["evaluate/phantom-cls/baselines-resnet18"]
     )
+
+
+def test_typed_experiment_round_trips_and_keeps_its_hash() -> None:
+    """The typed experiment saves the same mapping it was resolved from (hash included)."""
+    from benchmark.harness.experiment import Experiment
+
+    exp = load_experiment(TINY)
+    assert exp.pretrain is not None and exp.evaluate is not None
+    assert exp.evaluate.tasks[0].spec == "phantom-cls"
+    again = Experiment.from_dict(yaml.safe_load(yaml.safe_dump(exp.to_dict())))
+    assert again == exp
+    assert experiment_hash(again) == experiment_hash(exp)

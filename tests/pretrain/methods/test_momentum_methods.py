@@ -68,7 +68,7 @@ def test_moco_queue_fills_and_wraps() -> None:
     assert not torch.equal(bank.bank[:BATCH], initial[:BATCH])
     assert torch.equal(bank.bank[BATCH:], initial[BATCH:])
     assert torch.allclose(bank.bank[:BATCH].norm(dim=1), torch.ones(BATCH))  # normalised keys
-    assert out.embeddings.shape == (BATCH, method.config["output_dim"])
+    assert out.embeddings.shape == (BATCH, method.encoder.num_features)  # pooled features
     method.training_step(views(), 1, 10)
     assert int(bank.bank_ptr) == 0  # wrapped around
 

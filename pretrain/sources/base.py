@@ -1,7 +1,9 @@
 """Image sources for pretraining: real, synthetic and mixed batches.
 
 A source hands the training loop the float images of optimizer step ``step``
-(:meth:`Source.batch`). Three sources are registered in :data:`SOURCES`:
+(:meth:`Source.batch`). This module holds the contract (:class:`Source`, the
+in-memory :class:`Pool`, :data:`SOURCES`); each source is one module of this
+package, registered on import. Three are built in:
 
 * ``real``: the **train split** of a real sslbench HDF5 file. Validation and
   test images are never loaded, so they cannot leak into pretraining.
@@ -290,89 +292,6 @@ def _pool_split(kind: str, path: Path) -> str | None:
 SOURCES: Registry[type[Source]] = Registry(
     "sources", "pretraining image sources (real, synthetic, mixed at a fixed ratio)"
 )
-
-
-@SOURCES.register("real")
-class RealSource(Source):
-    """The train split of a real dataset file (``synthetic`` is ignored)."""
-
-    name = "real"
-    uses_real = True
-
-    def __init__(
-        self,
-        *,
-        real: str | Path | None = None,
-        batch_size: int,
-        seed: int,
-        device: str | torch.device = "cpu",
-        **_: Any,
-    ) -> None:
-        super().__init__(batch_size=batch_size, seed=seed, device=device)
-        self._add_pool("real", real, self.batch_size)
-
-
-@SOURCES.register("synthetic")
-class SyntheticSource(Source):
-    """A generated-image file: its train samples, or all if none is marked train."""
-
-    name = "synthetic"
-    uses_synthetic = True
-
-    def __init__(
-        self,
-        *,
-        synthetic: str | Path | None = None,
-        batch_size: int,
-        seed: int,
-        device: str | torch.device = "cpu",
-        **_: Any,
-    ) -> None:
-        super().__init__(batch_size=batch_size, seed=seed, device=device)
-        self.synthetic_ratio = 1.0
-        self._add_pool("synthetic", synthetic, self.batch_size)
-
-
-@SOURCES.register("mixed")
-class MixedSource(Source):
-    """Real and synthetic images with exactly ``round(ratio * B)`` synthetic per batch."""
-
-    name = "mixed"
-    uses_real = True
-    uses_synthetic = True
-    takes_ratio = True
-
-    def __init__(
-        self,
-        *,
-        real: str | Path | None = None,
-        synthetic: str | Path | None = None,
-        synthetic_ratio: float = 0.5,
-        batch_size: int,
-        seed: int,
-        device: str | torch.device = "cpu",
-        **_: Any,
-    ) -> None:
-        super().__init__(batch_size=batch_size, seed=seed, device=device)
-        if not 0.0 <= synthetic_ratio <= 1.0:
-            raise SourceError(
-                f"source 'mixed': synthetic_ratio must be in [0, 1], got {synthetic_ratio}"
-            )
-        self.synthetic_ratio = float(synthetic_ratio)
-        n_syn = mixed_counts(self.synthetic_ratio, self.batch_size)[1]
-        real_pool = self._add_pool("real", real, self.batch_size - n_syn)
-        syn_pool = self._add_pool("synthetic", synthetic, n_syn)
-        if syn_pool.image_shape != real_pool.image_shape:
-            raise DataError(
-                f"{syn_pool.path}: image shape {syn_pool.image_shape} differs from "
-                f"{real_pool.image_shape} of the real file {real_pool.path}"
-            )
-
-
-def mixed_counts(synthetic_ratio: float, batch_size: int) -> tuple[int, int]:
-    """(real, synthetic) images per batch: ``round(ratio * B)`` synthetic."""
-    n_syn = round(synthetic_ratio * batch_size)
-    return batch_size - n_syn, n_syn
 
 
 def create_source(

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
-from tasks.metrics import register_metric
+from tasks.metrics.base import register_metric
 
 #: Metric names reported for every cell (per-class variants are added).
 AGGREGATE_METRICS = ("dice", "dice_nonempty", "fp_rate_empty", "hd95")
