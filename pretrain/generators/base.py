@@ -141,9 +141,11 @@ GENERATOR_TRAINERS: Registry[type[GeneratorTrainer]] = Registry(
 class Generator(abc.ABC):
     """Base class of synthetic image sources.
 
-    Subclasses implement :meth:`sample_batch` and :meth:`describe`; trainable
-    generators also provide a ``train`` class method that returns a trained
-    instance (see :class:`pretrain.generators.ddpm.DDPMGenerator`).
+    Subclasses implement :meth:`sample_batch` and :meth:`describe`. A trainable
+    kind sets ``trainable``, registers its training in :data:`GENERATOR_TRAINERS`
+    and provides a ``load`` class method for a trained folder (see
+    :class:`pretrain.generators.ddpm.DDPMGenerator` and
+    :class:`pretrain.generators.ddpm_train.DDPMTraining`).
 
     Args:
         image_shape: Per-sample shape ``(C, H, W)`` or ``(C, D, H, W)``.
