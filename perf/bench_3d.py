@@ -46,11 +46,13 @@ def segmentation_rate(data: Path, encoder: str, size: int, batch: int) -> dict[s
     spec = dataclasses.replace(load_spec("hippocampus-seg"), dataset=str(data), image_size=size)
     cell = TaskData.load(spec).cell(1.0, 0)
     torch.manual_seed(0)
-    adapter = ADAPTERS.create("segmentation", epochs=1, patience=1, batch_size=batch)
+    adapter = ADAPTERS.create(
+        "segmentation", epochs=1, patience=1, batch_size=batch, min_steps=1, encoder_lr=[1e-4]
+    )
     result = adapter.run(create_encoder(encoder, img_size=size), cell, seed=0)
-    epochs = int(result.extra.get("epochs_trained", 1))
+    seen = int(result.extra["steps_trained"]) * min(batch, len(cell.train))
     return {
-        "train_volumes_per_s": len(cell.train) * epochs / result.train_time_s,
+        "train_volumes_per_s": seen / result.train_time_s,
         "n_train": len(cell.train),
     }
 

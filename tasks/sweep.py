@@ -48,7 +48,10 @@ from tasks.features import check_image_size
 from tasks.spec import TaskSpec
 from tasks.taskdata import EncoderSource, TaskData
 
-RECORD_SCHEMA = "sslbench-cell/1"
+#: Version 2: one recipe for every arm (learning rate chosen on validation from a declared
+#: grid), step budgets, per-case test outputs (``per_case``). Version 1 records are the
+#: legacy protocol: read and shown, never compared with version 2 ones.
+RECORD_SCHEMA = "sslbench-cell/2"
 BASELINES = ("scratch", "supervised")
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 #: Fields compared to decide whether an existing record belongs to the same cell.
@@ -155,6 +158,7 @@ def make_record(
         "metrics": result.metrics,
         "val_metrics": result.val_metrics,
         "extra": result.extra,
+        "per_case": result.per_case,
         "train_time_s": round(result.train_time_s, 4),
         "eval_time_s": round(result.eval_time_s, 4),
         "encoder": cell.source.describe(cell.seed),

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from benchmark.core.errors import DataError, SplitError
-from benchmark.data.h5format import read_split, read_strings
+from benchmark.data.h5format import read_split, read_split_units, read_strings
 from benchmark.data.splits import strata_for, subset
 from pretrain.checkpoint import load_encoder, read_checkpoint_meta
 from pretrain.encoders import Encoder, create_encoder
@@ -124,7 +124,12 @@ def _mask_emptiness(masks: h5py.Dataset, chunk: int = 256) -> tuple[np.ndarray, 
 
 @dataclass
 class TaskData:
-    """Per-file arrays a sweep needs to draw subsets, read once."""
+    """Per-file arrays a sweep needs to draw subsets, read once.
+
+    ``units`` are what a subset keeps whole: patient ids, joined with their
+    near-duplicate groups when the file groups duplicates
+    (:func:`benchmark.data.h5format.read_split_units`); None means patient ids.
+    """
 
     spec: TaskSpec
     path: Path
@@ -134,6 +139,7 @@ class TaskData:
     patient_ids: np.ndarray
     num_classes: int
     class_names: list[str]
+    units: np.ndarray | None = None
 
     @classmethod
     def load(cls, spec: TaskSpec, data_root: str | Path | None = None) -> TaskData:
@@ -147,6 +153,7 @@ class TaskData:
             }
             split = read_split(f)
             pids = read_strings(f, "patient_ids")
+            units = read_split_units(f)
             if spec.target == "labels":
                 labels = np.asarray(f["labels"][()]).astype(np.int64)
                 names = json.loads(attrs.get("class_names", "null") or "null")
@@ -163,7 +170,9 @@ class TaskData:
                 k = len(names) if names else max(2, top + 1)
                 strata = strata_for(masks_empty=empty)
         names = list(names) if names else [f"class{i}" for i in range(k)]
-        return cls(spec, path, str(attrs.get("content_hash", "")), split, strata, pids, k, names)
+        return cls(
+            spec, path, str(attrs.get("content_hash", "")), split, strata, pids, k, names, units
+        )
 
     def pool(self, name: str) -> np.ndarray:
         return np.flatnonzero(self.split == name)
@@ -174,13 +183,14 @@ class TaskData:
         if train_pool.size == 0 or test.size == 0:
             raise SplitError(f"{self.path}: the train and test splits must not be empty")
         need = self.num_classes if self.spec.target == "labels" else None
+        units = self.patient_ids if self.units is None else self.units
         try:
             tr = train_pool[
                 subset(
                     self.strata[train_pool],
                     fraction,
                     seed,
-                    groups=self.patient_ids[train_pool],
+                    groups=units[train_pool],
                     num_classes=need,
                 )
             ]
@@ -190,9 +200,7 @@ class TaskData:
         if val_pool.size:
             n_cls = np.unique(self.strata[val_pool]).size
             f_val = min(1.0, max(fraction, n_cls / val_pool.size))
-            va = val_pool[
-                subset(self.strata[val_pool], f_val, seed, groups=self.patient_ids[val_pool])
-            ]
+            va = val_pool[subset(self.strata[val_pool], f_val, seed, groups=units[val_pool])]
         return CellData(
             path=self.path,
             train=tr,

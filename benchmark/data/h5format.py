@@ -3,7 +3,9 @@
 The layout is documented in ``benchmark/data/FORMAT.md``. In short, one file per
 dataset holds ``images`` (N, C, *spatial), optional ``masks`` (N, *spatial),
 optional ``labels`` (N,) or (N, K), ``patient_ids`` (N,), ``split`` (N,) and
-``source_files`` (N,), plus provenance attributes and a content hash.
+``source_files`` (N,), optionally near-duplicate ``duplicate_groups`` (N,) and
+``dhash`` (N,) with their ``duplicates`` attribute, plus provenance attributes
+and a content hash.
 
 :class:`H5Writer` writes to a temporary sibling file and renames it into place
 only after every sample, the split and the content hash are written, so an
@@ -32,7 +34,16 @@ SPLITS = ("train", "val", "test")
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
 _STR = h5py.string_dtype("utf-8")
 #: Attributes stored as JSON strings (lists, dicts or None).
-JSON_ATTRS = ("spacing", "class_names", "mask_class_names", "extra", "provenance")
+JSON_ATTRS = (
+    "spacing",
+    "class_names",
+    "mask_class_names",
+    "extra",
+    "provenance",
+    "duplicates",
+)
+#: Duplicate policies under which ``duplicate_groups`` define the split unit.
+GROUPING_POLICIES = ("group",)
 
 
 @dataclass
@@ -79,11 +90,20 @@ def _sample_digest(
     return h.digest()
 
 
-def _combine_digests(header: str, digests: list[bytes], split: np.ndarray) -> str:
+def _combine_digests(
+    header: str,
+    digests: list[bytes],
+    split: np.ndarray,
+    duplicates: tuple[str, np.ndarray] | None = None,
+) -> str:
     h = hashlib.sha256(header.encode("utf-8"))
     for d in digests:
         h.update(d)
     h.update("|".join(str(s) for s in split).encode("ascii"))
+    if duplicates is not None:  # files without duplicate groups hash as before
+        policy, groups = duplicates
+        h.update(f"|duplicates:{policy}|".encode())
+        h.update(np.ascontiguousarray(groups, dtype="<i8").tobytes())
     return h.hexdigest()
 
 
@@ -170,6 +190,9 @@ class H5Writer:
         self._sources: list[str] = [""] * n
         self._split: np.ndarray = np.array([""] * n, dtype=object)
         self._digests: list[bytes | None] = [None] * n
+        self._dup_groups: np.ndarray | None = None
+        self._dhash: np.ndarray | None = None
+        self._dup_info: dict[str, Any] | None = None
 
     def write(
         self,
@@ -231,6 +254,29 @@ class H5Writer:
             raise DataError(f"{self.path}: invalid split names {sorted(bad)}")
         self._split = arr
 
+    def set_duplicates(
+        self, groups: np.ndarray, info: dict[str, Any], dhash: np.ndarray | None = None
+    ) -> None:
+        """Record near-duplicate groups (see FORMAT.md, "Near-duplicate groups").
+
+        Args:
+            groups: (N,) int group id per sample, -1 for a sample without duplicates.
+            info: The ``duplicates`` attribute; needs at least ``policy``.
+            dhash: (N,) uint64 perceptual hash per sample, if computed.
+        """
+        g = np.asarray(groups, dtype=np.int64)
+        if g.shape != (self.n,):
+            raise ValueError(f"duplicate groups must have shape ({self.n},), got {g.shape}")
+        if "policy" not in info:
+            raise ValueError("duplicate info needs a 'policy'")
+        if dhash is not None:
+            dh = np.asarray(dhash, dtype=np.uint64)
+            if dh.shape != (self.n,):
+                raise ValueError(f"dhash must have shape ({self.n},), got {dh.shape}")
+            self._dhash = dh
+        self._dup_groups = g
+        self._dup_info = dict(info)
+
     def _finalize(self) -> None:
         missing = [i for i, d in enumerate(self._digests) if d is None]
         if missing:
@@ -241,6 +287,12 @@ class H5Writer:
         f.create_dataset("patient_ids", data=np.array(self._pids, dtype=object), dtype=_STR)
         f.create_dataset("source_files", data=np.array(self._sources, dtype=object), dtype=_STR)
         f.create_dataset("split", data=np.array(self._split.tolist(), dtype="S5"))
+        dup: tuple[str, np.ndarray] | None = None
+        if self._dup_groups is not None and self._dup_info is not None:
+            f.create_dataset("duplicate_groups", data=self._dup_groups, dtype=np.int64)
+            if self._dhash is not None:
+                f.create_dataset("dhash", data=self._dhash, dtype=np.uint64)
+            dup = (str(self._dup_info["policy"]), self._dup_groups)
         header = _header(self.image_shape, self.dtype, self.has_masks, self.label_shape)
         digests = [d for d in self._digests if d is not None]
         attrs = asdict(self.meta)
@@ -248,9 +300,11 @@ class H5Writer:
             format_version=FORMAT_VERSION,
             sslbench_version=__version__,
             spatial_dims=len(self.image_shape) - 1,
-            content_hash=_combine_digests(header, digests, self._split),
+            content_hash=_combine_digests(header, digests, self._split, dup),
             provenance=provenance(),
         )
+        if self._dup_info is not None:
+            attrs["duplicates"] = self._dup_info
         for key, value in attrs.items():
             f.attrs[key] = json.dumps(value) if key in JSON_ATTRS else value
 
@@ -345,6 +399,34 @@ def read_strings(f: h5py.File, key: str) -> np.ndarray:
     )
 
 
+def read_duplicates(f: h5py.File) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """The ``duplicate_groups`` dataset and ``duplicates`` attribute, or (None, None).
+
+    Files written before near-duplicate detection have neither.
+    """
+    if "duplicate_groups" not in f:
+        return None, None
+    info = decode_attrs({"duplicates": f.attrs["duplicates"]}) if "duplicates" in f.attrs else {}
+    return np.asarray(f["duplicate_groups"][()], dtype=np.int64), info.get("duplicates") or {}
+
+
+def read_split_units(f: h5py.File) -> np.ndarray:
+    """Per sample, the unit that splits and label-fraction subsets keep together.
+
+    The patient id, except under the ``group`` duplicate policy, where a
+    near-duplicate group joined with its members' patients is one unit
+    (:func:`benchmark.data.splits.split_units`). Files without duplicate groups
+    give their patient ids, exactly as before.
+    """
+    from benchmark.data.splits import split_units
+
+    pids = read_strings(f, "patient_ids")
+    groups, info = read_duplicates(f)
+    if groups is None or (info or {}).get("policy") not in GROUPING_POLICIES:
+        return pids
+    return split_units(pids, groups)
+
+
 def compute_content_hash(path: str | Path) -> str:
     """Recompute a file's content hash from its arrays (to verify integrity)."""
     with open_h5(path) as f:
@@ -365,4 +447,6 @@ def compute_content_hash(path: str | Path) -> str:
         header = _header(
             tuple(f["images"].shape[1:]), f["images"].dtype, masks is not None, label_shape
         )
-        return _combine_digests(header, digests, read_split(f))
+        groups, info = read_duplicates(f)
+        dup = None if groups is None else (str((info or {}).get("policy", "")), groups)
+        return _combine_digests(header, digests, read_split(f), dup)

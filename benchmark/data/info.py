@@ -7,11 +7,19 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.data.h5format import SPLITS, decode_attrs, open_h5, read_split, read_strings
+from benchmark.data.duplicates import group_members
+from benchmark.data.h5format import (
+    SPLITS,
+    decode_attrs,
+    open_h5,
+    read_duplicates,
+    read_split,
+    read_strings,
+)
 
 
 def summarize_dataset(path: str | Path, max_mask_samples: int = 100_000) -> dict[str, Any]:
-    """Shapes, dtypes, per-split counts, class balance, mask coverage and provenance.
+    """Shapes, dtypes, per-split counts, class balance, mask coverage, duplicates, provenance.
 
     Args:
         path: Dataset file.
@@ -56,7 +64,49 @@ def summarize_dataset(path: str | Path, max_mask_samples: int = 100_000) -> dict
             if has_masks and idx.size:
                 entry["mask_coverage"] = _mask_coverage(f["masks"], idx[:max_mask_samples])
             out["splits"][s] = entry
+        groups, info = read_duplicates(f)
+        if groups is not None:
+            sources = read_strings(f, "source_files")
+            out["duplicates"] = _duplicates(groups, info or {}, split, labels, class_names, sources)
         out["attributes"] = attrs
+    return out
+
+
+def _duplicates(
+    groups: np.ndarray,
+    info: dict[str, Any],
+    split: np.ndarray,
+    labels: np.ndarray | None,
+    class_names: list[str] | None,
+    sources: np.ndarray,
+) -> dict[str, Any]:
+    """The recorded near-duplicate summary plus what the file itself holds."""
+    members = [m for m in group_members(groups) if m.size > 1]
+    names = class_names or []
+
+    def label_of(i: int) -> str | None:
+        if labels is None or labels.ndim != 1:
+            return None
+        v = int(labels[i])
+        return names[v] if 0 <= v < len(names) else str(v)
+
+    where = {str(sources[i]): i for i in range(len(sources))}
+    conflicting = []
+    for group in info.get("conflicting_groups") or []:
+        conflicting.append(
+            [
+                {"file": name, "label": label_of(where[name]) if name in where else None}
+                for name in group
+            ]
+        )
+    out = {k: v for k, v in info.items() if k != "conflicting_groups"}
+    out["conflicting_groups"] = conflicting
+    out["in_file"] = {
+        "groups": len(members),
+        "images_in_groups": int(sum(m.size for m in members)),
+        "groups_across_splits": sum(len(set(split[m].tolist())) > 1 for m in members),
+    }
+    out["groups_in_file"] = [[str(sources[i]) for i in m.tolist()] for m in members]
     return out
 
 
@@ -125,6 +175,8 @@ def format_dataset_summary(s: dict[str, Any]) -> str:
                 f"          masks non-empty {mc['nonempty_fraction']:.1%}, "
                 f"mean foreground {mc['mean_foreground_fraction']:.2%}"
             )
+    if "duplicates" in s:
+        lines += _format_duplicates(s["duplicates"])
     prov = a.get("provenance") or {}
     lines += [
         "  provenance",
@@ -139,3 +191,34 @@ def format_dataset_summary(s: dict[str, Any]) -> str:
     for key, value in (a.get("extra") or {}).items():
         lines.append(f"    {key:<11} {value}")
     return "\n".join(lines)
+
+
+def _format_duplicates(d: dict[str, Any]) -> list[str]:
+    """Text lines of the ``duplicates`` summary."""
+    inside = d.get("in_file") or {}
+    lines = [
+        f"  duplicates  policy {d.get('policy')}, rule {d.get('rule_text') or d.get('rule')}",
+        f"    found     {d.get('pairs')} pairs in {d.get('groups')} groups "
+        f"({d.get('images_in_groups')} images, largest {d.get('largest_group')})",
+        f"    in file   {inside.get('groups')} groups of {inside.get('images_in_groups')} images, "
+        f"{inside.get('groups_across_splits')} across train/val/test; split unit: "
+        f"{d.get('split_unit')}",
+    ]
+    if "groups_across_official_splits" in d:
+        lines.append(
+            f"    official  {d['groups_across_official_splits']} groups cross the official split"
+        )
+    if "dropped" in d:
+        lines.append(
+            f"    dropped   {d['dropped']} images ({d.get('drop_rule')}); --json lists them"
+        )
+    conflicting = d.get("conflicting_groups") or []
+    lines.append(f"    conflicting-label groups: {len(conflicting)}")
+    for group in conflicting:
+        lines.append(
+            "      "
+            + ", ".join(
+                f"{m['file']} [{m['label']}]" if m.get("label") else str(m["file"]) for m in group
+            )
+        )
+    return lines

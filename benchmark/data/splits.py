@@ -15,6 +15,10 @@ the shortest prefix of that order that holds at least ``ceil(fraction * n_c)``
 samples of the stratum (at least one patient per stratum). A patient whose
 samples carry several classes is put in the stratum of its globally rarest
 class, so every class is represented by at least one patient.
+
+Near-duplicate images (``benchmark.data.duplicates``) are kept together by
+:func:`split_units`: a near-duplicate group joined with every patient of its
+members is one unit, passed as ``groups`` to both functions.
 """
 
 from __future__ import annotations
@@ -53,6 +57,50 @@ def strata_for(
     raise SplitError("need labels or mask emptiness to stratify")
 
 
+def split_units(
+    patient_ids: np.ndarray | Sequence[str], duplicate_groups: np.ndarray | None = None
+) -> np.ndarray:
+    """The unit that splits and subsets keep together: a patient, or a duplicate group.
+
+    Args:
+        patient_ids: (N,) patient id per sample.
+        duplicate_groups: (N,) near-duplicate group id per sample (-1: none), or None.
+
+    Returns:
+        (N,) object array of str. Without duplicate groups (or when no sample is
+        in one) this is ``patient_ids`` unchanged, so files without groups split
+        exactly as before. Otherwise every connected set of patients linked by a
+        shared duplicate group is named after its smallest patient id; all other
+        samples keep their patient id.
+    """
+    pids = np.asarray(patient_ids).astype(str).astype(object)
+    if duplicate_groups is None:
+        return pids
+    dup = np.asarray(duplicate_groups, dtype=np.int64)
+    if dup.shape != pids.shape:
+        raise SplitError(f"duplicate groups must have shape {pids.shape}, got {dup.shape}")
+    if not (dup >= 0).any():
+        return pids
+    uniq, pinv = np.unique(pids, return_inverse=True)
+    parent = np.arange(uniq.size)
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = int(parent[x])
+        return x
+
+    first: dict[int, int] = {}
+    for i in np.flatnonzero(dup >= 0).tolist():
+        p = int(pinv[i])
+        q = first.setdefault(int(dup[i]), p)
+        rp, rq = find(p), find(q)
+        if rp != rq:  # uniq is sorted: the smaller index names the smaller patient id
+            parent[max(rp, rq)] = min(rp, rq)
+    roots = np.array([find(int(k)) for k in range(uniq.size)])
+    return uniq[roots][pinv].astype(object)
+
+
 def _group_strata(strata: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unique groups and, per group, the stratum of its rarest class."""
     classes, counts = np.unique(strata, return_counts=True)
@@ -80,7 +128,8 @@ def subset(
             must never be subsampled.
         fraction: Fraction of samples in (0, 1].
         seed: Subset seed; same seed gives nested subsets across fractions.
-        groups: (N,) patient ids; all samples of a patient are in or out together.
+        groups: (N,) patient ids (or :func:`split_units`); all samples of a group are in or
+            out together.
         num_classes: If given, every class 0..num_classes-1 must be present.
 
     Returns:
@@ -154,7 +203,8 @@ def make_split(
 
     Args:
         strata: (N,) class (or mask-emptiness) per sample.
-        groups: (N,) patient ids; a patient never appears in two splits.
+        groups: (N,) patient ids (or :func:`split_units`); a group never appears in two
+            splits.
         seed: Random seed of the split.
         val_fraction: Approximate fraction of samples for validation.
         test_fraction: Approximate fraction of samples for testing.

@@ -11,6 +11,12 @@
   curve (the mean metric over the log-fraction range).
 * :func:`fraction_to_match`: the smallest label fraction at which a learning
   curve reaches a target (log-linear interpolation between measured fractions).
+* :func:`holm` and :func:`bh`: p-values adjusted for multiplicity (Holm's
+  family-wise step-down; Benjamini-Hochberg false discovery rate), ``None``-safe.
+
+Intervals that also carry the test set's uncertainty (a two-level bootstrap
+over seeds and test cases, from per-case outputs) are in
+:mod:`benchmark.harness.casestats`.
 
 With fewer than two seeds no interval or test can be computed; those fields
 are ``None`` (never invented).
@@ -25,9 +31,15 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from benchmark.core.errors import SSLBenchError
+
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
 RANDOM_STATE = 0
+
+
+class StatsInputError(SSLBenchError, ValueError):
+    """A statistic was asked for with inputs it cannot honour (the message names the key)."""
 
 
 def _finite(values: Sequence[float | None]) -> np.ndarray:
@@ -165,3 +177,62 @@ def fraction_to_match(
             return float(10 ** (math.log10(f0) + t * (math.log10(f) - math.log10(f0))))
         prev = (float(f), gap)
     return None
+
+
+def _finite_pvalues(pvalues: Sequence[float | None]) -> tuple[np.ndarray, list[int]]:
+    """The finite p-values (checked to lie in [0, 1]) and their positions."""
+    keep = [k for k, p in enumerate(pvalues) if p is not None and math.isfinite(p)]
+    arr = np.asarray([pvalues[k] for k in keep], dtype=np.float64)
+    bad = arr[(arr < 0) | (arr > 1)]
+    if bad.size:
+        raise StatsInputError(f"pvalues must lie in [0, 1], got {bad.tolist()}")
+    return arr, keep
+
+
+def _put_back(
+    pvalues: Sequence[float | None], adj: np.ndarray, keep: list[int]
+) -> list[float | None]:
+    out: list[float | None] = list(pvalues)
+    for k, v in zip(keep, adj, strict=True):
+        out[k] = float(v)
+    return out
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (controls the family-wise error rate).
+
+    ``None`` (and ``nan``) entries stay as they are; the other ``m`` form one
+    family. The ``i``-th smallest becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``.
+
+    Args:
+        pvalues: Raw p-values in [0, 1], ``None`` where no test was run.
+
+    Returns:
+        The adjusted p-values, in the input order.
+    """
+    p, keep = _finite_pvalues(pvalues)
+    if p.size == 0:
+        return list(pvalues)
+    order = np.argsort(p, kind="stable")
+    steps = np.minimum(1.0, (p.size - np.arange(p.size)) * p[order])
+    adj = np.empty(p.size)
+    adj[order] = np.maximum.accumulate(steps)
+    return _put_back(pvalues, adj, keep)
+
+
+def bh(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Benjamini-Hochberg adjusted p-values (controls the false discovery rate).
+
+    Computed by :func:`scipy.stats.false_discovery_control` (``method="bh"``);
+    ``None`` (and ``nan``) entries stay as they are, the others form one family.
+
+    Args:
+        pvalues: Raw p-values in [0, 1], ``None`` where no test was run.
+
+    Returns:
+        The adjusted p-values, in the input order.
+    """
+    p, keep = _finite_pvalues(pvalues)
+    if p.size == 0:
+        return list(pvalues)
+    return _put_back(pvalues, stats.false_discovery_control(p, method="bh"), keep)

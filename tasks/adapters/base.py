@@ -68,15 +68,54 @@ class CellResult:
         val_metrics: Validation metrics of the selected model.
         extra: Anything else worth recording (confusion matrix, per-class scores,
             chosen hyper-parameters, epochs trained, learning curve, cache hits).
-        train_time_s: Wall time of training (incl. feature extraction).
+        per_case: Test outputs per test case, keyed by test sample ids, so that
+            statistics can resample test cases: classification ``{"ids", "labels",
+            "probs"}``, segmentation ``{"ids", "dice", "hd95"}`` (see
+            :func:`classification_cases` and :func:`segmentation_cases`).
+        train_time_s: Wall time of training (incl. feature extraction and every
+            trial of a learning-rate grid).
         eval_time_s: Wall time of test evaluation.
     """
 
     metrics: dict[str, float]
     val_metrics: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    per_case: dict[str, Any] = field(default_factory=dict)
     train_time_s: float = 0.0
     eval_time_s: float = 0.0
+
+
+#: Decimals kept for per-case probabilities and scores (records stay a few MB).
+CASE_DECIMALS = 5
+
+
+def _ids(test: np.ndarray) -> list[str]:
+    """Test sample ids: the samples' indices in the dataset file (whose content hash the
+    record holds), identical for every record of one task and dataset."""
+    return [str(int(i)) for i in np.asarray(test).ravel()]
+
+
+def classification_cases(test: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """Per-case classification outputs: ids, true labels and class probabilities."""
+    return {
+        "ids": _ids(test),
+        "labels": [int(v) for v in np.asarray(labels).ravel()],
+        "probs": np.round(np.asarray(probs, dtype=np.float64), CASE_DECIMALS).tolist(),
+    }
+
+
+def segmentation_cases(test: np.ndarray, dice: np.ndarray, hd95: np.ndarray) -> dict[str, Any]:
+    """Per-case segmentation outputs: ids, and per case the foreground-class mean of
+    Dice and of HD95 (``None`` where undefined, e.g. HD95 on an empty reference)."""
+
+    def mean_rows(a: np.ndarray) -> list[float | None]:
+        out: list[float | None] = []
+        for row in np.asarray(a, dtype=np.float64).reshape(len(_ids(test)), -1):
+            ok = row[np.isfinite(row)]
+            out.append(round(float(ok.mean()), CASE_DECIMALS) if ok.size else None)
+        return out
+
+    return {"ids": _ids(test), "dice": mean_rows(dice), "hd95": mean_rows(hd95)}
 
 
 class Adapter:

@@ -1,19 +1,23 @@
 """End-to-end fine-tuning: the encoder plus a linear head, trained on the label subset.
 
-Recipe (defaults; every value is an adapter option a task spec or ``--set``
-can change):
+Recipe (defaults; every value is an adapter option a task spec or ``--set`` can
+change). It is the same for every arm (pretrained, scratch, supervised): nothing
+looks at where the encoder came from (:mod:`tasks.adapters.protocol`).
 
 * Model: a copy of the encoder (the caller's encoder is never modified) and a
   linear head on its pooled features, initialised with ``torch.manual_seed(seed)``.
-* Optimiser: AdamW with two learning rates, ``lr_head`` = 1e-3 for the new
-  head and ``lr_encoder`` = 1e-4 for the pretrained encoder, weight decay
-  ``weight_decay`` = 1e-4 (not on biases and normalisation parameters). A
-  randomly initialised encoder (the ``scratch`` and ``supervised`` baselines,
-  marked by the sweep with a ``scratch_id``) has nothing to preserve and would
-  be under-trained at the fine-tuning rate, so it gets ``lr_encoder_scratch``
-  = 1e-3 instead (set it equal to ``lr_encoder`` for an identical recipe).
-* Schedule: optional linear warm-up (``warmup_epochs``, default 0) then cosine
-  decay to zero over ``epochs`` x steps per epoch.
+* Optimiser: AdamW, ``lr_head`` = 1e-3 for the new head, weight decay
+  ``weight_decay`` = 1e-4 (not on biases and normalisation parameters). The
+  encoder's learning rate ``lr_encoder`` is a declared grid (default 1e-4,
+  3e-4, 1e-3): the cell trains once per value and keeps the one with the best
+  validation criterion, so a randomly initialised encoder and a pretrained one
+  each get their best rate by the same rule (recorded in ``extra.lr_selection``;
+  every trial's time counts in the cell's compute). A one-value grid is a fixed
+  rate.
+* Budget: ``max(min_steps, epochs x steps per epoch)`` optimizer steps
+  (defaults 100 and 30), linear warm-up over ``warmup_epochs`` (default 0)
+  then cosine decay to zero; evaluation on the validation subset every
+  ``eval_every`` steps (0: about 20 evaluations).
 * Data: mini-batches of ``batch_size`` = 32 from a seeded permutation per
   epoch (a trailing batch of one sample is merged into the previous batch, as
   batch normalisation cannot train on a single sample); light augmentation
@@ -25,13 +29,17 @@ can change):
 * Loss: cross-entropy, optionally class-balanced (``class_weight:
   balanced``: weights ``n / (C * n_c)`` from the training subset) and with
   ``label_smoothing``.
-* Early stopping: after every epoch the model is evaluated on the validation
-  subset with the task's primary metric (balanced accuracy when it is
-  undefined); training stops when it has not improved for ``patience`` epochs
-  and the best epoch's weights are restored before testing. Without
-  validation data the last epoch is kept.
+* Early stopping: the criterion is the task's primary metric on the
+  validation subset (AUC; balanced accuracy where it is undefined), which a
+  constant prediction cannot win; no stop before ``stop_after`` (half) of the
+  budget, then after ``patience`` evaluations without improvement; the best
+  evaluation's weights are restored. Without validation data the last step is
+  kept.
+* Outputs: test metrics, and per test sample its class probabilities
+  (``per_case``), so that intervals can resample test cases.
 * Determinism: the head, the permutations and the augmentations draw from
-  ``seed``, so a cell is reproducible on the same device and thread count.
+  ``seed`` (the same for every grid value), so a cell is reproducible on the
+  same device and thread count.
 """
 
 from __future__ import annotations
@@ -50,7 +58,16 @@ from torch import nn
 from benchmark.core.errors import SSLBenchError
 from pretrain.augment import ViewRecipe, augment_batch
 from pretrain.encoders import Encoder
-from tasks.adapters.base import ADAPTERS, Adapter, CellData, CellResult
+from tasks.adapters.base import ADAPTERS, Adapter, CellData, CellResult, classification_cases
+from tasks.adapters.protocol import (
+    PROTOCOL_DEFAULTS,
+    BestTracker,
+    StepPlan,
+    lr_grid,
+    plan_steps,
+    select_on_validation,
+    selection_record,
+)
 from tasks.features import check_classification, check_image_size, load_images, read_labels
 from tasks.metrics import classification_report, selection_score
 
@@ -146,14 +163,13 @@ class FinetuneAdapter(Adapter):
     target: ClassVar[str] = "labels"
     trains_encoder: ClassVar[bool] = True
     default_config: ClassVar[dict[str, Any]] = {
-        "epochs": 50,
+        "epochs": 30,
         "batch_size": 32,
         "lr_head": 1e-3,
-        "lr_encoder": 1e-4,
-        "lr_encoder_scratch": 1e-3,
+        "lr_encoder": [1e-4, 3e-4, 1e-3],
         "weight_decay": 1e-4,
         "warmup_epochs": 0,
-        "patience": 10,
+        **PROTOCOL_DEFAULTS,
         "class_weight": None,
         "label_smoothing": 0.0,
         "augment": True,
@@ -166,6 +182,7 @@ class FinetuneAdapter(Adapter):
         cfg = self.config
         if int(cfg["epochs"]) < 1 or int(cfg["batch_size"]) < 1 or int(cfg["patience"]) < 1:
             raise SSLBenchError(f"finetune: epochs, batch_size and patience must be >= 1: {cfg}")
+        lr_grid(cfg["lr_encoder"], "finetune", "lr_encoder")
         if cfg["class_weight"] not in (None, "balanced"):
             raise SSLBenchError(
                 f"finetune: class_weight must be null or 'balanced', got {cfg['class_weight']!r}"
@@ -188,66 +205,24 @@ class FinetuneAdapter(Adapter):
         # the training subset lives on the device; batches are cut and augmented there
         tr_x, va_x = images[data.train].to(device), images[data.val]
         tr_y, va_y = labels[data.train].astype(np.int64), labels[data.val].astype(np.int64)
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        model = Classifier(copy.deepcopy(encoder), data.num_classes).to(device)
-        scratch = getattr(encoder, "scratch_id", None) is not None
-        lr_encoder = float(cfg["lr_encoder_scratch"] if scratch else cfg["lr_encoder"])
-        opt = torch.optim.AdamW(_param_groups(model, lr_encoder, cfg))
-        base_lrs = [g["lr"] for g in opt.param_groups]
         bs = min(int(cfg["batch_size"]), len(tr_y))
-        steps_per_epoch = len(batches(len(tr_y), bs, torch.Generator().manual_seed(0)))
-        total = int(cfg["epochs"]) * steps_per_epoch
-        warmup = int(cfg["warmup_epochs"]) * steps_per_epoch
-        weight = balanced_weights(tr_y, data.num_classes) if cfg["class_weight"] else None
-        loss_fn = nn.CrossEntropyLoss(
-            weight=weight.to(device) if weight is not None else None,
-            label_smoothing=float(cfg["label_smoothing"]),
+        plan = plan_steps(
+            len(batches(len(tr_y), bs, torch.Generator().manual_seed(0))), cfg, self.name
         )
-        recipe = replace(FINETUNE_VIEW, size=int(data.image_size))
-        y_all = torch.from_numpy(tr_y).to(device)
         primary = data.primary_metric or "auc"
+        criterion = [primary]
+
+        def train(lr_encoder: float) -> tuple[float, tuple[Classifier, BestTracker]]:
+            model, tracker, used = self._train(
+                encoder, data, seed, device, lr_encoder, plan, tr_x, tr_y, va_x, va_y, primary
+            )
+            criterion[0] = used
+            return tracker.best_score, (model, tracker)
+
+        grid = lr_grid(cfg["lr_encoder"], self.name, "lr_encoder")
+        chosen, trials = select_on_validation(grid, train)
+        model, tracker = chosen.outcome
         eval_bs = int(cfg["eval_batch_size"])
-        best_score, best_epoch, best_state, bad_epochs = -math.inf, -1, None, 0
-        history: list[dict[str, Any]] = []
-        step, selection_metric = 0, primary
-        for epoch in range(int(cfg["epochs"])):
-            model.train()
-            losses = []
-            for idx in batches(len(tr_y), bs, gen):
-                for g, lr in zip(opt.param_groups, base_lrs, strict=True):
-                    g["lr"] = lr * lr_factor(step, total, warmup)
-                idx = idx.to(device)
-                x = tr_x[idx]
-                if cfg["augment"]:
-                    x = augment_batch(x, recipe, gen)
-                loss = loss_fn(model(x), y_all[idx])
-                if not torch.isfinite(loss):
-                    raise SSLBenchError(
-                        f"finetune: loss became {loss.item()} at epoch {epoch}; try a lower lr"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-                step += 1
-            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
-            if len(va_y):
-                probs = predict_proba(model, va_x, eval_bs, device)
-                score, selection_metric = selection_score(primary, va_y, probs, data.num_classes)
-                record["val_score"] = score
-            else:
-                score = float(epoch)  # no validation data: keep the last epoch
-            history.append(record)
-            if score > best_score:
-                best_score, best_epoch, bad_epochs = score, epoch + 1, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad_epochs += 1
-                if bad_epochs >= int(cfg["patience"]):
-                    break
-        if best_state is not None:
-            model.load_state_dict(best_state)
         val_metrics: dict[str, float] = {}
         if len(va_y):
             val_metrics, _ = classification_report(
@@ -259,20 +234,109 @@ class FinetuneAdapter(Adapter):
         metrics, cm = classification_report(
             data.metrics, labels[data.test], probs, data.num_classes
         )
+        has_val = bool(len(va_y))
+        selection = criterion[0] if has_val else "none (last step)"
         return CellResult(
             metrics=metrics,
             val_metrics=val_metrics,
             extra={
                 "confusion_matrix": cm,
-                "epochs_trained": len(history),
-                "best_epoch": best_epoch,
-                "stopped_early": len(history) < int(cfg["epochs"]),
-                "selection_metric": selection_metric if len(va_y) else "none (last epoch)",
-                "steps": step,
-                "lr_encoder_used": lr_encoder,
-                "history": history,
-                "augment_recipe": {k: v for k, v in vars(recipe).items() if k != "extra"},
+                "steps_trained": int(tracker.history[-1]["step"]) if tracker.history else 0,
+                "best_step": tracker.best_step,
+                "selection_criterion": selection,
+                "step_plan": plan.to_dict(),
+                "lr_encoder_used": chosen.lr,
+                "lr_selection": selection_record("lr_encoder", chosen, trials, selection),
+                "history": tracker.history,
+                "augment_recipe": {
+                    k: v
+                    for k, v in vars(replace(FINETUNE_VIEW, size=int(data.image_size))).items()
+                    if k != "extra"
+                },
             },
+            per_case=classification_cases(data.test, labels[data.test], probs),
             train_time_s=train_time,
             eval_time_s=time.perf_counter() - start,
         )
+
+    def _train(
+        self,
+        encoder: Encoder,
+        data: CellData,
+        seed: int,
+        device: str,
+        lr_encoder: float,
+        plan: StepPlan,
+        tr_x: torch.Tensor,
+        tr_y: np.ndarray,
+        va_x: torch.Tensor,
+        va_y: np.ndarray,
+        primary: str,
+    ) -> tuple[Classifier, BestTracker, str]:
+        """One training run at ``lr_encoder``: the model (best weights restored) and its tracker."""
+        cfg = self.config
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        model = Classifier(copy.deepcopy(encoder), data.num_classes).to(device)
+        opt = torch.optim.AdamW(_param_groups(model, lr_encoder, cfg))
+        base_lrs = [g["lr"] for g in opt.param_groups]
+        bs = min(int(cfg["batch_size"]), len(tr_y))
+        warmup = int(cfg["warmup_epochs"]) * plan.per_epoch
+        weight = balanced_weights(tr_y, data.num_classes) if cfg["class_weight"] else None
+        loss_fn = nn.CrossEntropyLoss(
+            weight=weight.to(device) if weight is not None else None,
+            label_smoothing=float(cfg["label_smoothing"]),
+        )
+        recipe = replace(FINETUNE_VIEW, size=int(data.image_size))
+        y_all = torch.from_numpy(tr_y).to(device)
+        eval_bs = int(cfg["eval_batch_size"])
+        tracker = BestTracker(plan)
+        step, losses, selection_metric = 0, [], primary
+        while step < plan.total:
+            model.train()
+            for idx in batches(len(tr_y), bs, gen):
+                for g, lr in zip(opt.param_groups, base_lrs, strict=True):
+                    g["lr"] = lr * lr_factor(step, plan.total, warmup)
+                idx = idx.to(device)
+                x = tr_x[idx]
+                if cfg["augment"]:
+                    x = augment_batch(x, recipe, gen)
+                loss = loss_fn(model(x), y_all[idx])
+                if not torch.isfinite(loss):
+                    raise SSLBenchError(
+                        f"finetune: loss became {loss.item()} at step {step} "
+                        f"(lr_encoder {lr_encoder:g}); try a lower lr"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                step += 1
+                if plan.evaluate_now(step):
+                    tiebreak = 0.0
+                    if len(va_y):
+                        probs = predict_proba(model, va_x, eval_bs, device)
+                        score, selection_metric = selection_score(
+                            primary, va_y, probs, data.num_classes
+                        )
+                        picked = probs[np.arange(len(va_y)), va_y]
+                        tiebreak = float(np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
+                    else:
+                        score = float(step)  # no validation data: keep the last step
+                    stop = tracker.observe(
+                        step,
+                        score,
+                        model,
+                        tiebreak=tiebreak,
+                        train_loss=float(np.mean(losses)),
+                        val_loss=-tiebreak,
+                    )
+                    losses = []
+                    model.train()
+                    if stop:
+                        tracker.restore(model)
+                        return model, tracker, selection_metric
+                if step >= plan.total:
+                    break
+        tracker.restore(model)
+        return model, tracker, selection_metric

@@ -36,7 +36,7 @@ from threadpoolctl import threadpool_limits
 
 from benchmark.core.errors import SSLBenchError
 from pretrain.encoders import Encoder
-from tasks.adapters.base import ADAPTERS, Adapter, CellData, CellResult
+from tasks.adapters.base import ADAPTERS, Adapter, CellData, CellResult, classification_cases
 from tasks.features import check_classification, check_image_size, get_features, read_labels
 from tasks.metrics import classification_report, selection_score
 
@@ -177,6 +177,7 @@ class LinearAdapter(Adapter):
                 "feature_time_s": round(fs.time_s, 4),
                 "feature_dim": int(fs.features.shape[1]),
             },
+            per_case=classification_cases(data.test, te_y, probs),
             train_time_s=train_time,
             eval_time_s=time.perf_counter() - start,
         )

@@ -6,18 +6,24 @@ Protocol (``default_config``; every value can be overridden):
   (U-Net, Ronneberger et al. 2015; MONAI residual blocks, batch norm, widths
   ``(128, 64, 32, 16)``).
 * Modes: ``frozen`` trains the decoder only (encoder in eval mode, no
-  autograd, batch-norm statistics untouched); ``finetune`` trains all weights,
-  the encoder with a 10x lower learning rate. The caller's encoder is never
+  autograd, batch-norm statistics untouched); ``finetune`` trains all weights. The caller's encoder is never
   modified: the adapter trains a deep copy (kept in :attr:`SegmentationAdapter.model`).
 * Loss: MONAI ``DiceCELoss`` (softmax, one-hot targets). The Dice term skips
   the background and is a *batch* Dice (nnU-Net style: all images of a batch
   pooled), so empty-mask images do not give an undefined or constant per-image
   Dice term; cross-entropy covers every class and every pixel.
-* Optimisation: AdamW (decoder lr 1e-3, encoder lr 1e-4, weight decay 1e-4),
-  linear warm-up over 2 epochs then cosine decay to 0 over ``epochs``, batch
-  size 16, at most 100 epochs, early stopping on validation mean Dice with
-  patience 15 epochs, best weights restored. Without a validation set the
-  last epoch is kept.
+* Optimisation (one recipe for every arm, :mod:`tasks.adapters.protocol`):
+  AdamW (decoder lr 1e-3, weight decay 1e-4); the encoder's rate ``encoder_lr``
+  is a declared grid (default 1e-4, 3e-4, 1e-3) chosen per cell on the
+  validation criterion (recorded; every trial's time counts); a budget of
+  ``max(min_steps, epochs x steps per epoch)`` steps (defaults 100 and 100),
+  linear warm-up over 2 epochs then cosine decay to 0, batch size 16.
+* Early stopping: the criterion is the validation Dice over images whose mask
+  is not empty (an all-empty prediction scores 0 there; plain Dice would reward
+  it with the share of empty masks), falling back to the mean Dice when no
+  validation mask is non-empty; no stop before half the budget, then after
+  ``patience`` evaluations without improvement; best weights restored. Without
+  a validation set the last step is kept.
 * Augmentation (training only): joint random horizontal flip (p 0.5) and, with
   probability 0.5, a small affine (rotation +-10 deg, scale 0.9-1.1,
   translation +-5 %), applied with one sampling grid to the image (bilinear)
@@ -30,7 +36,8 @@ Protocol (``default_config``; every value can be overridden):
   encoders.
 * Metrics: :func:`tasks.metrics.segmentation.segmentation_metrics` (Dice, Dice on
   non-empty masks, false-positive rate on empty masks, HD95; explicit
-  empty-mask policy documented there).
+  empty-mask policy documented there), and per test case its Dice and HD95
+  (``per_case``), so that intervals can resample test cases.
 * Determinism: weights, shuffling and augmentation draw from generators
   seeded by ``seed`` (the global RNG state is restored afterwards), so a cell
   is reproducible on the CPU.
@@ -52,7 +59,16 @@ from monai.losses import DiceCELoss
 from benchmark.core.errors import DataError, SSLBenchError
 from benchmark.data.dataset import H5Dataset
 from pretrain.encoders import Encoder
-from tasks.adapters.base import ADAPTERS, Adapter, CellData, CellResult
+from tasks.adapters.base import ADAPTERS, Adapter, CellData, CellResult, segmentation_cases
+from tasks.adapters.protocol import (
+    PROTOCOL_DEFAULTS,
+    BestTracker,
+    StepPlan,
+    lr_grid,
+    plan_steps,
+    select_on_validation,
+    selection_record,
+)
 from tasks.decoders import DEFAULT_DECODER_CHANNELS, SegmentationModel
 from tasks.metrics.segmentation import per_image_scores, segmentation_metrics
 
@@ -136,11 +152,11 @@ class SegmentationAdapter(Adapter):
     default_config: ClassVar[dict[str, Any]] = {
         "mode": "finetune",
         "epochs": 100,
-        "patience": 15,
+        **PROTOCOL_DEFAULTS,
         "batch_size": 16,
         "eval_batch_size": 32,
         "lr": 1e-3,
-        "encoder_lr": 1e-4,
+        "encoder_lr": [1e-4, 3e-4, 1e-3],
         "weight_decay": 1e-4,
         "warmup_epochs": 2,
         "decoder_channels": DEFAULT_DECODER_CHANNELS,
@@ -166,6 +182,7 @@ class SegmentationAdapter(Adapter):
                 raise SSLBenchError(
                     f"segmentation option {key} must be a positive integer, got {cfg[key]!r}"
                 )
+        lr_grid(cfg["encoder_lr"], "segmentation", "encoder_lr")
         self.model: SegmentationModel | None = None
 
     @property
@@ -224,21 +241,22 @@ class SegmentationAdapter(Adapter):
             model.encoder.eval()
 
     def _optimizer(
-        self, model: SegmentationModel, steps: int
+        self, model: SegmentationModel, plan: StepPlan, encoder_lr: float
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         cfg = self.config
+        steps = plan.total
         groups: list[dict[str, Any]] = [
             {"params": list(model.decoder.parameters()), "lr": cfg["lr"]}
         ]
         if not model.freeze_encoder:
-            groups.append({"params": list(model.encoder.parameters()), "lr": cfg["encoder_lr"]})
+            groups.append({"params": list(model.encoder.parameters()), "lr": encoder_lr})
         try:  # the fused kernel is ~10x faster than foreach on a CPU (torch >= 2.4)
             opt: torch.optim.Optimizer = torch.optim.AdamW(
                 groups, weight_decay=cfg["weight_decay"], fused=True
             )
         except (RuntimeError, TypeError, ValueError):
             opt = torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
-        warm = min(steps, round(cfg["warmup_epochs"] * steps / max(1, cfg["epochs"])))
+        warm = min(steps, round(cfg["warmup_epochs"] * plan.per_epoch))
 
         def factor(step: int) -> float:
             if step < warm:
@@ -291,8 +309,78 @@ class SegmentationAdapter(Adapter):
                 sets[name] = (images.expand(-1, encoder.in_chans, *images.shape[2:]), masks)
         x_tr, y_tr = sets["train"]
         x_va, y_va = sets["val"]
-        model = self._build(encoder, k, seed).to(device)
+        bs = min(int(cfg["batch_size"]), x_tr.shape[0])
+        plan = plan_steps(max(1, x_tr.shape[0] // bs), cfg, self.name)
+        nonempty_val = bool(x_va.shape[0]) and bool((y_va.flatten(1) > 0).any(1).any())
+        criterion = "dice_nonempty" if nonempty_val else "dice"
+
+        def train(encoder_lr: float) -> tuple[float, tuple[SegmentationModel, BestTracker]]:
+            model, tracker = self._train(
+                encoder, k, seed, device, encoder_lr, plan, x_tr, y_tr, x_va, y_va, criterion
+            )
+            return tracker.best_score, (model, tracker)
+
+        grid = lr_grid(cfg["encoder_lr"], self.name, "encoder_lr")
+        if cfg["mode"] == "frozen":
+            grid = grid[:1]  # the encoder does not train: its rate is unused
+        chosen, trials = select_on_validation(grid, train)
+        model, tracker = chosen.outcome
         self.model = model
+        val_metrics: dict[str, float] = {}
+        if x_va.shape[0]:
+            val_metrics, _ = segmentation_metrics(
+                self.predict(model, x_va, device), y_va, k, data.class_names
+            )
+        train_time = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        x_te, y_te = sets["test"]
+        pred_te = self.predict(model, x_te, device)
+        metrics, details = segmentation_metrics(pred_te, y_te, k, data.class_names)
+        scores = per_image_scores(pred_te, y_te, k)
+        selection = criterion if x_va.shape[0] else "none (last step)"
+        return CellResult(
+            metrics=metrics,
+            val_metrics=val_metrics,
+            extra={
+                "mode": cfg["mode"],
+                "config": {key: list(v) if isinstance(v, tuple) else v for key, v in cfg.items()},
+                "steps_trained": int(tracker.history[-1]["step"]) if tracker.history else 0,
+                "best_step": tracker.best_step,
+                "selection_criterion": selection,
+                "step_plan": plan.to_dict(),
+                "encoder_lr_used": chosen.lr if cfg["mode"] == "finetune" else None,
+                "lr_selection": selection_record("encoder_lr", chosen, trials, selection),
+                "learning_curve": tracker.history,
+                "test_details": details,
+                "n_train": int(x_tr.shape[0]),
+                "n_val": int(x_va.shape[0]),
+                "n_test": int(x_te.shape[0]),
+                "image_size": int(data.image_size),
+                "decoder_params": sum(p.numel() for p in model.decoder.parameters()),
+                "seed": int(seed),
+            },
+            per_case=segmentation_cases(data.test, scores["dice"], scores["hd95"]),
+            train_time_s=train_time,
+            eval_time_s=time.perf_counter() - t1,
+        )
+
+    def _train(
+        self,
+        encoder: Encoder,
+        k: int,
+        seed: int,
+        device: str,
+        encoder_lr: float,
+        plan: StepPlan,
+        x_tr: torch.Tensor,
+        y_tr: torch.Tensor,
+        x_va: torch.Tensor,
+        y_va: torch.Tensor,
+        criterion: str,
+    ) -> tuple[SegmentationModel, BestTracker]:
+        """One training run at ``encoder_lr``: the model (best weights restored) and its tracker."""
+        cfg = self.config
+        model = self._build(encoder, k, seed).to(device)
         loss_fn = DiceCELoss(
             include_background=False,
             to_onehot_y=True,
@@ -302,16 +390,14 @@ class SegmentationAdapter(Adapter):
             lambda_ce=cfg["lambda_ce"],
         )
         bs = min(int(cfg["batch_size"]), x_tr.shape[0])
-        per_epoch = max(1, x_tr.shape[0] // bs)  # drop the last partial batch (batch norm)
-        opt, sched = self._optimizer(model, per_epoch * int(cfg["epochs"]))
+        opt, sched = self._optimizer(model, plan, encoder_lr)
         gen = torch.Generator().manual_seed(seed)
-        best_dice, best_epoch, best_state, since_best = -math.inf, -1, None, 0
-        curve: list[dict[str, float]] = []
-        for epoch in range(int(cfg["epochs"])):
+        tracker = BestTracker(plan)
+        step, total = 0, 0.0
+        while step < plan.total:
             self._set_train(model)
             order = torch.randperm(x_tr.shape[0], generator=gen)
-            total = 0.0
-            for i in range(per_epoch):
+            for i in range(plan.per_epoch):
                 idx = order[i * bs : (i + 1) * bs]
                 xb, yb = x_tr[idx], y_tr[idx]
                 if cfg["augment"]:
@@ -323,49 +409,61 @@ class SegmentationAdapter(Adapter):
                 opt.step()
                 sched.step()
                 total += float(loss.detach())
-            point = {"epoch": float(epoch), "train_loss": total / per_epoch}
-            if x_va.shape[0]:
-                pred = self.predict(model, x_va, device)
-                val_dice = float(np.nanmean(per_image_scores(pred, y_va, k, hd95=False)["dice"]))
-                point["val_dice"] = val_dice
-                if val_dice > best_dice:
-                    best_dice, best_epoch, since_best = val_dice, epoch, 0
-                    best_state = copy.deepcopy(model.state_dict())
-                else:
-                    since_best += 1
-            curve.append(point)
-            if since_best >= int(cfg["patience"]):
-                break
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        val_metrics: dict[str, float] = {}
-        if x_va.shape[0]:
-            val_metrics, _ = segmentation_metrics(
-                self.predict(model, x_va, device), y_va, k, data.class_names
-            )
-        train_time = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        x_te, y_te = sets["test"]
-        metrics, details = segmentation_metrics(
-            self.predict(model, x_te, device), y_te, k, data.class_names
-        )
-        return CellResult(
-            metrics=metrics,
-            val_metrics=val_metrics,
-            extra={
-                "mode": cfg["mode"],
-                "config": {key: list(v) if isinstance(v, tuple) else v for key, v in cfg.items()},
-                "epochs_trained": len(curve),
-                "best_epoch": best_epoch if best_state is not None else len(curve) - 1,
-                "learning_curve": curve,
-                "test_details": details,
-                "n_train": int(x_tr.shape[0]),
-                "n_val": int(x_va.shape[0]),
-                "n_test": int(x_te.shape[0]),
-                "image_size": int(data.image_size),
-                "decoder_params": sum(p.numel() for p in model.decoder.parameters()),
-                "seed": int(seed),
-            },
-            train_time_s=train_time,
-            eval_time_s=time.perf_counter() - t1,
-        )
+                step += 1
+                if plan.evaluate_now(step):
+                    score, val_loss = self._criterion(
+                        model, x_va, y_va, k, device, criterion, step, loss_fn
+                    )
+                    n = step - int(tracker.history[-1]["step"]) if tracker.history else step
+                    stop = tracker.observe(
+                        step,
+                        score,
+                        model,
+                        tiebreak=-val_loss,
+                        train_loss=total / max(1, n),
+                        val_loss=val_loss,
+                    )
+                    total = 0.0
+                    self._set_train(model)
+                    if stop:
+                        tracker.restore(model)
+                        return model, tracker
+                if step >= plan.total:
+                    break
+        tracker.restore(model)
+        return model, tracker
+
+    def _criterion(
+        self,
+        model: SegmentationModel,
+        x_va: torch.Tensor,
+        y_va: torch.Tensor,
+        k: int,
+        device: str,
+        criterion: str,
+        step: int,
+        loss_fn: torch.nn.Module,
+    ) -> tuple[float, float]:
+        """The validation criterion (higher is better) and the validation loss (the
+        tie-break); the step itself (and loss 0) without validation data."""
+        if not x_va.shape[0]:
+            return float(step), 0.0
+        model.eval()
+        bs = int(self.config["eval_batch_size"])
+        preds: list[torch.Tensor] = []
+        loss_sum = 0.0
+        with torch.no_grad():
+            for i in range(0, x_va.shape[0], bs):
+                logits = model(x_va[i : i + bs].to(device))
+                yb = y_va[i : i + bs].to(device)[:, None]
+                loss_sum += float(loss_fn(logits, yb)) * logits.shape[0]
+                preds.append(logits.argmax(1).cpu())
+        val_loss = loss_sum / x_va.shape[0]
+        s = per_image_scores(torch.cat(preds), y_va, k, hd95=False)
+        dice, gt = s["dice"], s["gt_present"]
+        if criterion == "dice_nonempty":
+            per_class = [
+                float(dice[gt[:, c], c].mean()) for c in range(dice.shape[1]) if gt[:, c].any()
+            ]
+            return float(np.mean(per_class)), val_loss
+        return float(np.nanmean(dice)), val_loss

@@ -71,7 +71,11 @@ def test_knn_votes_by_hand() -> None:
 
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("knn", {"k": 5}), ("linear", {}), ("finetune", {"epochs": 1, "batch_size": 8})],
+    [
+        ("knn", {"k": 5}),
+        ("linear", {}),
+        ("finetune", {"epochs": 1, "batch_size": 8, "min_steps": 1, "lr_encoder": [1e-3]}),
+    ],
 )
 def test_adapter_reports_metrics(
     name: str,
@@ -99,11 +103,18 @@ def test_adapter_reports_metrics(
 def test_finetune_is_deterministic_per_seed(cell: CellData) -> None:
     torch.manual_seed(0)
     encoder = create_encoder("resnet18", img_size=32)
-    adapter = ADAPTERS.create("finetune", epochs=2, batch_size=8, patience=1)
+    adapter = ADAPTERS.create(
+        "finetune", epochs=2, batch_size=8, patience=1, min_steps=1, lr_encoder=[1e-4, 1e-3]
+    )
     a = adapter.run(encoder, cell, seed=3)
     b = adapter.run(encoder, cell, seed=3)
     assert a.metrics == b.metrics and a.extra["history"] == b.extra["history"]
-    assert 1 <= a.extra["epochs_trained"] <= 2 and a.extra["lr_encoder_used"] == 1e-4
+    assert a.per_case == b.per_case
+    plan = a.extra["step_plan"]
+    assert 1 <= a.extra["steps_trained"] <= plan["total_steps"]
+    sel = a.extra["lr_selection"]
+    assert sel["grid"] == [1e-4, 1e-3] and a.extra["lr_encoder_used"] == sel["chosen"]
+    assert len(sel["val_scores"]) == 2 and len(sel["trial_seconds"]) == 2
 
 
 def test_feature_cache_hit_and_miss(

@@ -35,7 +35,12 @@ def test_busi_finetune_from_scratch_beats_chance(shared_data: Path, tmp_path: Pa
             output=str(tmp_path / "out"),
             baselines=[],
             data_root=str(tmp_path),
-            overrides={"finetune.epochs": 5, "finetune.lr_encoder": 1e-3, "patience": 3},
+            overrides={
+                "finetune.epochs": 5,
+                "finetune.lr_encoder": [1e-3],
+                "finetune.min_steps": 1,
+                "patience": 3,
+            },
             progress=False,
         )
     )

@@ -72,14 +72,20 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def test_adapter_modes(cell: CellData, mode: str) -> None:
     encoder = create_encoder("resnet18", img_size=SIZE)
     before = _state(encoder)
-    adapter = ADAPTERS.create("seg", mode=mode, epochs=2, batch_size=8)
+    adapter = ADAPTERS.create(
+        "seg", mode=mode, epochs=2, batch_size=8, min_steps=1, encoder_lr=[1e-4], stop_after=1.0
+    )
     result = adapter.run(encoder, cell, seed=0)
     assert set(result.metrics) == EXPECTED_KEYS
     assert set(result.val_metrics) == EXPECTED_KEYS
     # the phantom test split has empty and non-empty masks, so everything is defined
     assert all(np.isfinite(v) for v in result.metrics.values()), result.metrics
     assert 0.0 <= result.metrics["dice"] <= 1.0
-    assert result.extra["epochs_trained"] == 2 and result.extra["mode"] == mode
+    plan = result.extra["step_plan"]
+    assert result.extra["steps_trained"] == plan["total_steps"] == 2 * plan["steps_per_epoch"]
+    assert result.extra["mode"] == mode
+    assert result.per_case["ids"] == [str(i) for i in cell.test]
+    assert len(result.per_case["dice"]) == len(cell.test)
     assert _same(before, _state(encoder)), "the caller's encoder must never change"
     trained = adapter.model
     assert trained is not None
@@ -90,7 +96,9 @@ def test_adapter_modes(cell: CellData, mode: str) -> None:
 def test_adapter_is_deterministic_per_seed(cell: CellData) -> None:
     encoder = create_encoder("resnet18", img_size=SIZE)
     runs = [
-        SegmentationAdapter(mode="frozen", epochs=1, batch_size=8).run(encoder, cell, seed=s)
+        SegmentationAdapter(mode="frozen", epochs=1, batch_size=8, min_steps=1).run(
+            encoder, cell, seed=s
+        )
         for s in (3, 3, 4)
     ]
     curves = [r.extra["learning_curve"] for r in runs]
@@ -136,7 +144,7 @@ class PooledOnlyEncoder(Encoder):
 
 
 def test_clear_errors(cell: CellData) -> None:
-    adapter = SegmentationAdapter(mode="frozen", epochs=1)
+    adapter = SegmentationAdapter(mode="frozen", epochs=1, min_steps=1)
     with pytest.raises(SSLBenchError, match="cannot produce multi-scale features"):
         adapter.run(PooledOnlyEncoder(), cell, seed=0)
     bad_size = CellData(**{**cell.__dict__, "image_size": 48})

@@ -41,7 +41,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "target": "labels",
         "image_size": 32,
         "adapters": ["linear", "knn"],
-        "protocol": {"linear": {"C_grid": [0.01, 1.0]}, "finetune": {"epochs": 1}},
+        "protocol": {
+            "linear": {"C_grid": [0.01, 1.0]},
+            "finetune": {"epochs": 1, "min_steps": 1, "lr_encoder": [1e-4, 1e-3]},
+        },
         "metrics": ["auc", "balanced_accuracy", "macro_f1", "accuracy"],
         "primary_metric": "auc",
     }
@@ -167,8 +170,10 @@ def test_supervised_baseline_reuses_identical_scratch_cell(root: Path, tmp_path:
     sup = result.records[-1]
     assert sup["baseline"] == "supervised" and sup["reused_from"].endswith("frac1_seed0.json")
     assert sup["encoder"]["id"].startswith("supervised-resnet18")
-    assert sup["extra"]["lr_encoder_used"] == 1e-3  # random init: the scratch encoder rate
-    assert result.records[0]["extra"]["lr_encoder_used"] == 1e-4
+    # one recipe for every arm: the same declared grid, the rate chosen on validation
+    grids = [r["extra"]["lr_selection"]["grid"] for r in result.records]
+    assert grids[0] == grids[1] == grids[2]
+    assert all(r["extra"]["lr_encoder_used"] in grids[0] for r in result.records)
     only = run_sweep(config(root, tmp_path / "b", adapters=["knn"], fractions=[0.5], seeds=[2],
                             baselines=["supervised"]))  # fmt: skip
     assert [r["baseline"] for r in only.records] == [None, "supervised"]

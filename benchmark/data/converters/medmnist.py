@@ -13,6 +13,16 @@ A MedMNIST file holds ``train_images``, ``train_labels``, ``val_images``,
 * Patient ids: MedMNIST publishes none, so each sample is its own patient id
   (``"<split>-<index>"``, e.g. ``"train-00012"``); the official split itself may
   still keep patients apart, but the file cannot show it.
+* Near-duplicates (``--duplicates group|drop|keep``, see
+  :mod:`benchmark.data.duplicates`): signatures of the stored images (2D:
+  grey, RGB by luma; 3D: the volume), default rule as for folders in 2D
+  (dHash Hamming <= 6 and 32x32 correlation >= 0.85) and correlation >= 0.99 of
+  16^3 thumbnails in 3D. The official split is kept whatever the policy:
+  ``group`` keeps groups together in label-fraction subsets and counts the
+  groups that cross the official split (BreastMNIST: many, since it is BUSI);
+  ``drop`` keeps one exemplar per group (preferring test, then val, so the
+  official test set loses as little as possible) and drops conflicting-label
+  groups entirely, which shrinks the official splits (recorded).
 * The dataset is named after the file stem; class names come from
   ``--classes`` or a built-in table (BreastMNIST: ``malignant``,
   ``normal+benign``), else ``class_0``, ``class_1``, ...
@@ -30,6 +40,7 @@ from tqdm import tqdm
 
 from benchmark.core.errors import DataError
 from benchmark.core.io import check_output_path
+from benchmark.data import duplicates as dup
 from benchmark.data.converters.base import CONVERTERS, Converter, parse_names
 from benchmark.data.h5format import SPLITS, DatasetMeta, H5Writer
 
@@ -110,10 +121,14 @@ class MedMNISTConverter(Converter):
         classes: Class names in label order (comma-separated or a list).
         dataset_name: Dataset name (default: the file stem).
         modality: Imaging modality (default: looked up from the file name).
+        duplicates: Near-duplicate policy ``group`` (default), ``drop`` or ``keep``.
+        dup_rule: Pair rule (default ``dhash+corr`` in 2D, ``corr`` in 3D).
+        dup_hamming: Largest dHash Hamming distance of a pair (0-64, default 6).
+        dup_corr: Smallest thumbnail correlation (in (0, 1]; default 0.85 2D, 0.99 3D).
     """
 
     description: ClassVar[str] = "MedMNIST .npz file (2D/3D, official split kept)"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: near-duplicate groups (policy, subsets)
 
     def __init__(
         self,
@@ -121,9 +136,15 @@ class MedMNISTConverter(Converter):
         classes: str | list[str] | None = None,
         dataset_name: str | None = None,
         modality: str | None = None,
+        duplicates: str | None = None,
+        dup_rule: str | None = None,
+        dup_hamming: int | None = None,
+        dup_corr: float | None = None,
         **options: Any,
     ) -> None:
         super().__init__(**options)
+        self._dup_args = (duplicates, dup_rule, dup_hamming, dup_corr)
+        self.dup = dup.parse_options(*self._dup_args, dup.DEFAULTS_2D)  # validated early
         self.classes = parse_names(classes)
         self.dataset_name = dataset_name
         self.modality = modality
@@ -136,6 +157,7 @@ class MedMNISTConverter(Converter):
             "--dataset-name", default=None, help="dataset name (default: file stem)"
         )
         parser.add_argument("--modality", default=None)
+        dup.add_arguments(parser, dup.DEFAULTS_2D)
 
     def convert(self, src: Path, out: Path, *, overwrite: bool = False) -> Path:
         """Convert the ``.npz`` file ``src`` into ``out``; see the module docstring."""
@@ -169,6 +191,19 @@ class MedMNISTConverter(Converter):
         names = self.classes or _lookup(CLASS_NAMES, stem) or [f"class_{i}" for i in range(k)]
         if (len(names) != k) if label_shape else (len(names) < k):
             raise DataError(f"{src}: labels need {k} class names, got {len(names)}: {names}")
+        dims = len(image_shape) - 1
+        options = dup.parse_options(
+            *self._dup_args, dup.DEFAULTS_2D if dims == 2 else dup.DEFAULTS_3D
+        )
+        all_images = np.concatenate([images[s] for s in SPLITS])
+        splits = np.concatenate([[s] * len(images[s]) for s in SPLITS]).astype(object)
+        pids = np.concatenate([[f"{s}-{j:05d}" for j in range(len(images[s]))] for s in SPLITS])
+        files = [f"{src.name}:{s}_images[{j}]" for s in SPLITS for j in range(len(images[s]))]
+        sigs = dup.Signatures(dims)
+        for img in tqdm(all_images, desc=f"hash {src.name}", disable=None):
+            sigs.add(img)
+        report = dup.analyse(sigs, options, all_labels, splits)
+        keep = report.keep
         meta = DatasetMeta(
             name=self.dataset_name or stem,
             modality=self.modality or _lookup(MODALITIES, stem) or "unknown",
@@ -183,13 +218,14 @@ class MedMNISTConverter(Converter):
                 "patient_id_policy": "no patient ids published: one id per sample, <split>-<index>",
                 "image_policy": "uint8 as published; RGB kept as 3 channels, channels-first",
                 "label_type": "multi-label" if label_shape else "class",
-                "split_counts": {s: len(images[s]) for s in SPLITS},
+                "split_counts": {s: int(np.sum(splits[keep] == s)) for s in SPLITS},
             },
         )
-        n = sum(len(images[s]) for s in SPLITS)
+        if keep.size < len(all_images):
+            meta.extra["official_split_counts"] = {s: len(images[s]) for s in SPLITS}
         with H5Writer(
             out,
-            n=n,
+            n=int(keep.size),
             image_shape=image_shape,
             meta=meta,
             image_dtype=np.uint8,
@@ -197,18 +233,19 @@ class MedMNISTConverter(Converter):
             label_shape=label_shape,
             overwrite=overwrite,
         ) as writer:
-            i = 0
-            with tqdm(total=n, desc=f"convert {src.name}", disable=None) as bar:
-                for s in SPLITS:
-                    for j in range(len(images[s])):
-                        writer.write(
-                            i,
-                            images[s][j],
-                            label=labels[s][j],
-                            patient_id=f"{s}-{j:05d}",
-                            split=s,
-                            source_file=f"{src.name}:{s}_images[{j}]",
-                        )
-                        i += 1
-                    bar.update(len(images[s]))
+            for i, j in enumerate(tqdm(keep.tolist(), desc=f"convert {src.name}", disable=None)):
+                writer.write(
+                    i,
+                    all_images[j],
+                    label=all_labels[j],
+                    patient_id=str(pids[j]),
+                    split=str(splits[j]),
+                    source_file=files[j],
+                )
+            signature = dup.SIGNATURE_2D if dims == 2 else dup.SIGNATURE_3D
+            writer.set_duplicates(
+                report.kept_groups,
+                report.record(files, signature.replace("before any resize", "as stored"), splits),
+                sigs.subset(keep).hashes,
+            )
         return out

@@ -27,6 +27,15 @@ archives are skipped. Policies (recorded in ``meta.extra``):
 * Masks: integer classes as uint8 ``(D, H, W)``; no ``labels`` are written, so
   the split is stratified by mask emptiness (:func:`strata_for`).
 * Patient ids: the case id (file name without ``.nii.gz``).
+* Near-duplicates (``--duplicates group|drop|keep``, see
+  :mod:`benchmark.data.duplicates`): the signature is the stored volume (first
+  channel, after crop/pad and intensity scaling) area-averaged to 16^3 (and a
+  4x4x5 dHash); the default rule is thumbnail correlation >= 0.99. A coarse
+  dHash does not separate cropped, zero-padded volumes of one anatomy (on MSD
+  hippocampus thousands of unrelated pairs are within Hamming 3), and the
+  largest correlation between two different hippocampus cases is 0.97, so
+  0.99 only joins near-identical volumes (none on MSD hippocampus). ``drop``
+  hashes in a first pass (volumes are read twice).
 """
 
 from __future__ import annotations
@@ -42,9 +51,10 @@ from tqdm import tqdm
 
 from benchmark.core.errors import DataError
 from benchmark.core.io import check_output_path
+from benchmark.data import duplicates as dup
 from benchmark.data.converters.base import CONVERTERS, Converter, natural_key
 from benchmark.data.h5format import DatasetMeta, H5Writer
-from benchmark.data.splits import make_split, strata_for
+from benchmark.data.splits import make_split, split_units, strata_for
 
 DEFAULT_SHAPE = (48, 64, 48)
 PERCENTILES = (0.5, 99.5)
@@ -169,10 +179,14 @@ class MSDConverter(Converter):
         test_fraction: Approximate test fraction.
         dataset_name: Dataset name (default: ``dataset.json`` name, else the folder name).
         modality: Imaging modality (default: from ``dataset.json``, else ``MRI``).
+        duplicates: Near-duplicate policy ``group`` (default), ``drop`` or ``keep``.
+        dup_rule: Pair rule ``corr`` (default), ``dhash+corr`` or ``dhash``.
+        dup_hamming: Largest dHash Hamming distance of a pair (0-64; dHash rules only).
+        dup_corr: Smallest thumbnail correlation of a pair (in (0, 1], default 0.99).
     """
 
     description: ClassVar[str] = "Medical Segmentation Decathlon imagesTr/labelsTr NIfTI volumes"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: near-duplicate groups (policy, split units)
     dims: ClassVar[int] = 3
 
     @classmethod
@@ -188,9 +202,14 @@ class MSDConverter(Converter):
         test_fraction: float = 0.2,
         dataset_name: str | None = None,
         modality: str | None = None,
+        duplicates: str | None = None,
+        dup_rule: str | None = None,
+        dup_hamming: int | None = None,
+        dup_corr: float | None = None,
         **options: Any,
     ) -> None:
         super().__init__(**options)
+        self.dup = dup.parse_options(duplicates, dup_rule, dup_hamming, dup_corr, dup.DEFAULTS_3D)
         self.shape = parse_shape(shape)
         self.seed = int(seed)
         self.val_fraction = float(val_fraction)
@@ -208,6 +227,24 @@ class MSDConverter(Converter):
         parser.add_argument("--test-fraction", type=float, default=0.2)
         parser.add_argument("--dataset-name", default=None, help="dataset name")
         parser.add_argument("--modality", default=None)
+        dup.add_arguments(parser, dup.DEFAULTS_3D)
+
+    def _process(
+        self, ipath: Path, lpath: Path, channels: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float]]:
+        """Stored image and mask of one case, its uncropped mask and its spacing."""
+        data, spacing, raw = load_volume(ipath)
+        ldata, _, lraw = load_volume(lpath)
+        if lraw[:3] != raw[:3] or ldata.shape[0] != 1:
+            raise DataError(f"{lpath}: label shape {lraw} differs from image shape {raw[:3]}")
+        label = ldata[0]
+        if (label < 0).any() or (label > 255).any() or (np.mod(label, 1) != 0).any():
+            raise DataError(f"{lpath}: labels must be integers in 0..255")
+        if data.shape[0] != channels:
+            raise DataError(f"{ipath}: {data.shape[0]} channels, expected {channels}")
+        mask = label.astype(np.uint8)
+        img, out_mask = crop_or_pad(normalise(data), mask, self.shape)
+        return img, out_mask, mask, spacing
 
     def convert(self, src: Path, out: Path, *, overwrite: bool = False) -> Path:
         """Convert the folder ``src`` into ``out``; see the module docstring."""
@@ -238,6 +275,15 @@ class MSDConverter(Converter):
             converter=type(self).__name__,
             converter_version=self.version,
         )
+        names = [ipath.relative_to(src).as_posix() for _, ipath, _ in cases]
+        report: dup.DuplicateReport | None = None
+        sigs = dup.Signatures(3)
+        if self.dup.policy == "drop":  # a hashing pass first: the file holds the kept only
+            for _, ipath, lpath in tqdm(cases, desc="hash", disable=None):
+                sigs.add(self._process(ipath, lpath, channels)[0])
+            report = dup.analyse(sigs, self.dup)
+            cases = [cases[i] for i in report.keep.tolist()]
+        hash_while_writing = report is None
         n = len(cases)
         empty = np.zeros(n, dtype=bool)
         spacings: list[tuple[float, float, float]] = []
@@ -254,19 +300,9 @@ class MSDConverter(Converter):
             overwrite=overwrite,
         ) as writer:
             for i, (case, ipath, lpath) in enumerate(tqdm(cases, desc="convert", disable=None)):
-                data, spacing, raw = load_volume(ipath)
-                ldata, _, lraw = load_volume(lpath)
-                if lraw[:3] != raw[:3] or ldata.shape[0] != 1:
-                    raise DataError(
-                        f"{lpath}: label shape {lraw} differs from image shape {raw[:3]}"
-                    )
-                label = ldata[0]
-                if (label < 0).any() or (label > 255).any() or (np.mod(label, 1) != 0).any():
-                    raise DataError(f"{lpath}: labels must be integers in 0..255")
-                if data.shape[0] != channels:
-                    raise DataError(f"{ipath}: {data.shape[0]} channels, expected {channels}")
-                mask = label.astype(np.uint8)
-                img, out_mask = crop_or_pad(normalise(data), mask, self.shape)
+                img, out_mask, mask, spacing = self._process(ipath, lpath, channels)
+                if hash_while_writing:
+                    sigs.add(img)
                 before, after = int((mask > 0).sum()), int((out_mask > 0).sum())
                 fg_total += before
                 fg_lost += before - after
@@ -284,8 +320,15 @@ class MSDConverter(Converter):
                 )
             pids = np.array([c for c, _, _ in cases], dtype=object)
             strata = strata_for(masks_empty=empty)
+            if report is None:  # group / keep: hashed while writing
+                report = dup.analyse(sigs, self.dup)
+            groups = report.kept_groups
+            units = split_units(pids, groups) if self.dup.policy == "group" else pids
             writer.set_split(
-                make_split(strata, pids, self.seed, self.val_fraction, self.test_fraction)
+                make_split(strata, units, self.seed, self.val_fraction, self.test_fraction)
+            )
+            writer.set_duplicates(
+                groups, report.record(names, dup.SIGNATURE_3D), sigs.subset(report.keep).hashes
             )
             sp = np.array(spacings)
             meta.spacing = np.median(sp, axis=0).tolist()
@@ -308,7 +351,8 @@ class MSDConverter(Converter):
                 "empty_masks": int(empty.sum()),
                 "patient_id_policy": "case id (file name without .nii.gz)",
                 "split_policy": {
-                    "method": "make_split: stratified by mask emptiness, grouped by case id",
+                    "method": "make_split: stratified by mask emptiness, grouped by case id"
+                    + (" and near-duplicate group" if self.dup.policy == "group" else ""),
                     "seed": self.seed,
                     "val_fraction": self.val_fraction,
                     "test_fraction": self.test_fraction,

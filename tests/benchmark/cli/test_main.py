@@ -106,3 +106,62 @@ def test_convert_real_breastmnist_via_cli(tmp_path: Path, shared_data: Path) -> 
     assert proc.returncode == 0, proc.stderr
     assert "train n=546" in proc.stdout and "val   n=78" in proc.stdout
     assert "test  n=156" in proc.stdout
+
+
+def planted_folder(root: Path) -> Path:
+    """Two classes of noise images; ``b/b5.png`` is a copy of ``a/a1.png``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(1, 6):
+            pixels = rng.integers(0, 256, (24, 24), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{cls}{i}.png")
+    (root / "b" / "b5.png").write_bytes((root / "a" / "a1.png").read_bytes())
+    return root
+
+
+def test_convert_and_info_show_duplicates(tmp_path: Path) -> None:
+    src, out = planted_folder(tmp_path / "src"), tmp_path / "f.h5"
+    proc = sslbench("data", "convert", "folder", str(src), "-o", str(out), "--size", "16", "-q")
+    assert proc.returncode == 0, proc.stderr
+    info = sslbench("data", "info", str(out))
+    assert info.returncode == 0, info.stderr
+    assert "duplicates  policy group, rule dhash+corr" in info.stdout
+    assert "1 pairs in 1 groups (2 images, largest 2)" in info.stdout
+    assert "conflicting-label groups: 1" in info.stdout
+    assert "a/a1.png [a], b/b5.png [b]" in info.stdout
+    js = json.loads(sslbench("data", "info", str(out), "--json").stdout)["duplicates"]
+    assert (
+        js["policy"] == "group"
+        and js["groups"] == 1
+        and js["groups_in_file"] == [["a/a1.png", "b/b5.png"]]
+    )
+    assert js["conflicting_groups"] == [
+        [{"file": "a/a1.png", "label": "a"}, {"file": "b/b5.png", "label": "b"}]
+    ]
+    from benchmark.data.converters import CONVERTERS
+    from benchmark.data.info import summarize_dataset
+
+    drop = CONVERTERS.create("folder", size=16, duplicates="drop").convert(src, tmp_path / "d.h5")
+    js = summarize_dataset(drop)  # what --json prints
+    assert js["n"] == 8 and js["duplicates"]["dropped_files"] == ["a/a1.png", "b/b5.png"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--duplicates", "grop"], "--duplicates: unknown policy 'grop'"),
+        (["--dup-hamming", "65"], "--dup-hamming: must be an integer from 0 to 64"),
+        (["--dup-rule", "corr", "--dup-corr", "1.5"], "--dup-corr: must be a number in (0, 1]"),
+    ],
+)
+def test_bad_duplicate_options_one_line_error(tmp_path: Path, args: list[str], needle: str) -> None:
+    src, out = planted_folder(tmp_path / "src"), tmp_path / "o.h5"
+    out.write_bytes(b"precious")
+    proc = sslbench("data", "convert", "folder", str(src), "-o", str(out), "--overwrite", *args)
+    assert proc.returncode == 2
+    assert needle in one_line_error(proc) and "Traceback" not in proc.stderr
+    assert out.read_bytes() == b"precious" and not list(tmp_path.glob(".*partial*"))

@@ -79,8 +79,8 @@ def test_convert_busi_counts_and_masks(busi64: Path) -> None:
     assert "Data in Brief" in meta["citation"] and meta["mask_class_names"][1] == "lesion"
     assert "bilinear" in meta["extra"]["resize_policy"]
     assert "patient id" in meta["extra"]["patient_id_policy"]
-    assert meta["extra"]["split_policy"] == {
-        "method": "make_split: stratified by class, grouped by patient id",
+    assert meta["extra"]["split_policy"] == {  # v2: near-duplicates share a split unit
+        "method": "make_split: stratified by class, grouped by patient id and near-duplicate group",
         "seed": 0,
         "val_fraction": 0.15,
         "test_fraction": 0.2,
@@ -174,6 +174,8 @@ def test_convert_cli_arguments(kind: str) -> None:
     args = vars(parser.parse_args([]))
     conv = CONVERTERS.create(kind, **args)
     assert CONVERTERS.get(kind).description
+    assert conv.dup.policy == "group"  # near-duplicate defaults: 2D dhash+corr, 3D corr
+    assert conv.dup.rule.rule == ("corr" if kind in ("msd", "nifti") else "dhash+corr")
     if kind in ("busi", "folder"):
         assert (conv.size, conv.seed, conv.val_fraction, conv.test_fraction) == (256, 0, 0.15, 0.2)
     if kind == "busi":
@@ -246,6 +248,8 @@ def test_convert_msd_hippocampus(msd: Path, shared_data: Path) -> None:
     assert extra["foreground_voxels_lost"] == 0 and extra["foreground_fraction_lost"] == 0.0
     assert extra["axis_order"].endswith("(D, H, W) = (Z, Y, X)")
     assert a["patient_ids"][0] == "hippocampus_001" and len(set(a["patient_ids"])) == 260
+    dup = meta["duplicates"]  # 3D rule: 16^3 thumbnail correlation >= 0.99; no case is a copy
+    assert (dup["rule"], dup["min_corr"], dup["groups"], dup["pairs"]) == ("corr", 0.99, 0, 0)
     check_split(a, (a["masks"].reshape(260, -1).max(1) > 0).astype(int))
     assert compute_content_hash(msd) == meta["content_hash"]
     # Axis mapping: stored (D, H, W) = label (X, Y, Z) transposed, centred by zero padding.

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from benchmark.core.errors import SSLBenchError
 from benchmark.harness.stats import (
     aulc,
+    bh,
     bootstrap_ci,
     fraction_to_match,
+    holm,
     paired_comparison,
     rank_biserial,
     summarize,
@@ -90,3 +93,27 @@ def test_fraction_to_match() -> None:
     got = fraction_to_match([0.1, 1.0], [20.0, 5.0], 10.0, higher_is_better=False)
     assert got is not None and 0.1 < got < 1.0
     assert math.isclose(math.log10(got), -1 + 10 / 15)
+
+
+def test_holm_hand_computed() -> None:
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.02]) == pytest.approx([0.02])
+    # None (and nan) stay; the three others are one family of m = 3
+    got = holm([None, 0.01, float("nan"), 0.04, 0.03])
+    assert got[0] is None and math.isnan(got[2])
+    assert got[1:2] + got[3:] == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([]) == [] and holm([None]) == [None]
+
+
+def test_bh_hand_computed() -> None:
+    # sorted 0.005, 0.01, 0.03, 0.04 -> p m / rank = 0.02, 0.02, 0.04, 0.04 -> running min from top
+    assert bh([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    assert bh([0.01, 0.02, 0.03, 0.5]) == pytest.approx([0.04, 0.04, 0.04, 0.5])
+    got = bh([0.04, None, 0.01])
+    assert got[1] is None and got[0] == pytest.approx(0.04) and got[2] == pytest.approx(0.02)
+    with pytest.raises(SSLBenchError, match="pvalues"):
+        bh([0.5, 1.5])
+    with pytest.raises(SSLBenchError, match="pvalues"):
+        holm([-0.1])

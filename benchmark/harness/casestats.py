@@ -1,0 +1,904 @@
+"""Two-level statistics of per-case test outputs: seeds, then test cases.
+
+PLACEHOLDER DOCSTRING
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from benchmark.core.errors import did_you_mean
+from benchmark.harness.stats import StatsInputError
+
+CONFIDENCE = 0.95
+N_RESAMPLES = 2000
+MIN_RESAMPLES = 200
+RANDOM_STATE = 0
+MIN_WILCOXON_SEEDS = 6
+SEED_LEVELS = ("welch", "resample")
+
+
+# -- metrics on resamples ---------------------------------------------------------------------
+
+
+def resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """How often each case occurs in each resample.
+
+    Args:
+        idx: ``(B, m)`` integer case indices in ``[0, n)``, one row per resample.
+        n: The number of cases.
+
+    Returns:
+        ``(B, n)`` float64 counts; row ``b`` sums to ``m``.
+    """
+    arr = np.asarray(idx)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise StatsInputError(f"idx must be a (B, m) integer array, got {arr.dtype} {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise StatsInputError(f"idx holds case indices outside [0, {n})")
+    b = arr.shape[0]
+    flat = (arr + n * np.arange(b)[:, None]).ravel()
+    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+def _weights(idx: np.ndarray | None, n: int) -> np.ndarray:
+    """Case weights in the kernels' layout, ``(n, B)`` (one column per resample)."""
+    if idx is None:
+        return np.ones((n, 1))
+    return np.ascontiguousarray(resample_counts(idx, n).T)
+
+
+#: Above this many (positive, negative) pairs per case, the AUC sorts and cumulates (O(B n))
+#: instead of multiplying by the pair-comparison matrix (O(B n1 n0), but in BLAS).
+_PAIRWISE_LIMIT = 256
+
+
+def _ovr_auc(labels: np.ndarray, scores: np.ndarray, positive: int, wt: np.ndarray) -> np.ndarray:
+    """AUC of class ``positive`` against the rest, per seed and weighted resample.
+
+    The Mann-Whitney U with ties counted one half (average ranks), written with
+    the case weights ``w`` of the resamples: ``U = sum_ij w_i w_j ([s_i > s_j] +
+    [s_i = s_j] / 2)`` over positive cases ``i`` and negative ``j``, normalised by
+    ``n1 n0`` (weighted counts). Exact (integer weights), and no resample is sorted.
+
+    Args:
+        labels: ``(n,)`` classes.
+        scores: ``(S, n)`` scores of the positive class, one row per seed.
+        positive: The positive class.
+        wt: ``(n, B)`` case weights, one column per resample.
+
+    Returns:
+        ``(S, B)`` AUCs; ``nan`` where a resample lacks the positive or the negative class.
+    """
+    pos = labels == positive
+    n_seeds, n = scores.shape
+    n_pos = int(pos.sum())
+    wp, wn = wt[pos], wt[~pos]
+    n1, n0 = wp.sum(axis=0), wn.sum(axis=0)
+    if n_pos * (n - n_pos) <= _PAIRWISE_LIMIT * n:
+        # float32 is exact here: weights, comparisons (0, 1/2, 1) and their sums are
+        # multiples of 1/2 below 2**22 while the resample size m has m**2 / 4 < 2**22
+        dtype = np.float32 if float(wt.sum(axis=0).max()) < 4096 else np.float64
+        sp, sn = scores[:, pos], scores[:, ~pos]
+        cmp = (sn[:, :, None] < sp[:, None, :]) + 0.5 * (sn[:, :, None] == sp[:, None, :])
+        # (S * n0, n1) @ (n1, B): per seed and negative case, the weighted positives above it
+        above = cmp.astype(dtype).reshape(-1, n_pos) @ wp.astype(dtype)
+        u = np.einsum("sjb,jb->sb", above.reshape(n_seeds, n - n_pos, -1), wn.astype(dtype))
+        u = u.astype(np.float64)
+    else:
+        u = np.empty((n_seeds, wt.shape[1]))
+        posf = pos.astype(np.float64)[:, None]
+        for k, sc in enumerate(scores):
+            order = np.argsort(sc, kind="stable")
+            srt = sc[order]
+            wo = wt[order]
+            a = wo * posf[order]
+            b = wo - a
+            if srt.size > 1 and np.any(srt[1:] == srt[:-1]):  # ties: pool a distinct score
+                starts = np.flatnonzero(np.r_[True, srt[1:] != srt[:-1]])
+                a = np.add.reduceat(a, starts, axis=0)
+                b = np.add.reduceat(b, starts, axis=0)
+            below = np.empty_like(b)  # negatives strictly below + half the tied ones
+            run = np.zeros(b.shape[1])
+            for g in range(b.shape[0]):  # a row loop: faster than np.cumsum(axis=0)
+                np.add(run, 0.5 * b[g], out=below[g])
+                run += b[g]
+            u[k] = np.einsum("gb,gb->b", a, below)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = u / (n1 * n0)[None]
+    out[:, (n1 == 0) | (n0 == 0)] = np.nan
+    return np.asarray(out, dtype=np.float64)
+
+
+def _auc_w(labels: np.ndarray, probs: np.ndarray, wt: np.ndarray) -> np.ndarray:
+    """``(S, B)`` AUCs of ``probs`` ``(S, n, C)``: binary, or one-vs-rest macro."""
+    if probs.shape[2] == 2:
+        return _ovr_auc(labels, probs[:, :, 1], 1, wt)
+    total = np.zeros((probs.shape[0], wt.shape[1]))
+    count = np.zeros_like(total)
+    for c in range(probs.shape[2]):
+        a = _ovr_auc(labels, probs[:, :, c], c, wt)
+        ok = np.isfinite(a)
+        total += np.where(ok, a, 0.0)
+        count += ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def _correct(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    return (probs.argmax(axis=2) == labels[None]).astype(np.float64)
+
+
+def _accuracy_w(labels: np.ndarray, probs: np.ndarray, wt: np.ndarray) -> np.ndarray:
+    """``(S, B)`` accuracies of the argmax of ``probs`` ``(S, n, C)``."""
+    return np.asarray(_correct(labels, probs) @ wt / wt.sum(axis=0)[None])
+
+
+def _balanced_accuracy_w(labels: np.ndarray, probs: np.ndarray, wt: np.ndarray) -> np.ndarray:
+    """``(S, B)`` mean recall over the classes present in each resample."""
+    n_seeds, n, n_cls = probs.shape
+    onehot = (labels[None] == np.arange(n_cls)[:, None]).astype(np.float64)  # (C, n)
+    den = onehot @ wt  # (C, B)
+    hits = _correct(labels, probs)[:, None, :] * onehot[None]  # (S, C, n)
+    num = (hits.reshape(-1, n) @ wt).reshape(n_seeds, n_cls, -1)
+    present = den > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(present[None], num / np.where(present, den, 1.0)[None], 0.0)
+        return np.asarray(recall.sum(axis=1) / present.sum(axis=0)[None])
+
+
+def _nanmean_w(values: np.ndarray, wt: np.ndarray) -> np.ndarray:
+    """``(S, B)`` means of the finite per-case ``values`` ``(S, n)``."""
+    ok = np.isfinite(values)
+    num = np.where(ok, values, 0.0) @ wt
+    den = ok.astype(np.float64) @ wt
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(np.where(den > 0, num / den, np.nan))
+
+
+def _check_cls(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim == 1:  # binary P(class 1)
+        p = np.stack([1.0 - p, p], axis=1)
+    if y.ndim != 1 or p.ndim != 2 or p.shape[0] != y.shape[0] or p.shape[1] < 2:
+        raise StatsInputError(
+            f"labels must be (n,) and probs (n, C>=2) or (n,), got {y.shape} and {p.shape}"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.mod(y, 1) == 0):
+            raise StatsInputError("labels must be integer class indices")
+        y = y.astype(np.int64)
+    return y, p
+
+
+def auc(labels: Any, probs: Any, idx: np.ndarray | None = None) -> np.ndarray:
+    """ROC AUC on each resample of the cases.
+
+    Binary (``C == 2`` or 1-D ``probs``): the AUC of ``probs[:, 1]``. Multiclass:
+    the one-vs-rest AUC averaged over the classes present in the resample (as
+    ``sklearn.metrics.roc_auc_score(multi_class="ovr", average="macro")`` when
+    every class is present). Ties count one half (average ranks).
+
+    Args:
+        labels: ``(n,)`` integer class of each case.
+        probs: ``(n, C)`` class probabilities (or ``(n,)`` P(class 1)).
+        idx: ``(B, m)`` case indices, one resample a row; ``None``: the cases as given.
+
+    Returns:
+        ``(B,)`` AUCs (``(1,)`` for ``idx=None``); ``nan`` where a resample holds one class.
+    """
+    y, p = _check_cls(labels, probs)
+    return _auc_w(y, p[None], _weights(idx, y.size))[0]
+
+
+def accuracy(labels: Any, probs: Any, idx: np.ndarray | None = None) -> np.ndarray:
+    """Accuracy of the argmax prediction on each resample (arguments as :func:`auc`)."""
+    y, p = _check_cls(labels, probs)
+    return _accuracy_w(y, p[None], _weights(idx, y.size))[0]
+
+
+def balanced_accuracy(labels: Any, probs: Any, idx: np.ndarray | None = None) -> np.ndarray:
+    """Mean per-class recall over the classes present in each resample (arguments as :func:`auc`)."""
+    y, p = _check_cls(labels, probs)
+    return _balanced_accuracy_w(y, p[None], _weights(idx, y.size))[0]
+
+
+def _check_values(values: Any) -> np.ndarray:
+    v = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
+    if v.ndim != 1:
+        raise StatsInputError(f"per-case values must be (n,), got {v.shape}")
+    return v
+
+
+def dice(values: Any, idx: np.ndarray | None = None) -> np.ndarray:
+    """Mean per-case Dice over the defined (finite, not ``None``) cases of each resample.
+
+    Args:
+        values: ``(n,)`` per-case Dice, ``None``/``nan`` where undefined.
+        idx: ``(B, m)`` case indices, one resample a row; ``None``: the cases as given.
+
+    Returns:
+        ``(B,)`` means; ``nan`` where a resample holds no defined case.
+    """
+    v = _check_values(values)
+    return _nanmean_w(v[None], _weights(idx, v.size))[0]
+
+
+def hd95(values: Any, idx: np.ndarray | None = None) -> np.ndarray:
+    """Mean per-case HD95 (lower is better) on each resample (arguments as :func:`dice`)."""
+    v = _check_values(values)
+    return _nanmean_w(v[None], _weights(idx, v.size))[0]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How a per-case metric is computed on weighted resamples.
+
+    Attributes:
+        name: The metric's name in records (``primary_metric``).
+        kind: ``"classification"`` (labels and probabilities) or ``"segmentation"``
+            (one value per case).
+        higher_is_better: The metric's direction.
+        weighted: ``f(labels (n,), probs (S, n, C), wt)`` or ``f(values (S, n), wt)``
+            -> ``(S, B)``, the metric of every seed for the case weights ``wt`` ``(n, B)``.
+    """
+
+    name: str
+    kind: str
+    higher_is_better: bool
+    weighted: Callable[..., np.ndarray]
+
+
+METRICS: dict[str, MetricSpec] = {
+    "auc": MetricSpec("auc", "classification", True, _auc_w),
+    "accuracy": MetricSpec("accuracy", "classification", True, _accuracy_w),
+    "balanced_accuracy": MetricSpec(
+        "balanced_accuracy", "classification", True, _balanced_accuracy_w
+    ),
+    "dice": MetricSpec("dice", "segmentation", True, _nanmean_w),
+    "hd95": MetricSpec("hd95", "segmentation", False, _nanmean_w),
+}
+
+
+def _metric_spec(name: str) -> MetricSpec:
+    if name not in METRICS:
+        raise StatsInputError(
+            f"metric {name!r} has no per-case form; known: {', '.join(METRICS)}"
+            + did_you_mean(name, METRICS)
+        )
+    return METRICS[name]
+
+
+# -- the per-case outputs of one cell ---------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class CaseOutputs:
+    """The per-case test outputs of one cell, every seed on the same test cases.
+
+    Build it with :meth:`classification`, :meth:`segmentation` or :meth:`from_records`.
+
+    Attributes:
+        metric: The metric name (a key of :data:`METRICS`).
+        seeds: The evaluation seeds, one per row of ``probs``/``values``.
+        ids: The test case ids, one per case (column).
+        labels: ``(n,)`` integer classes (classification), else ``None``.
+        probs: ``(S, n, C)`` probabilities (classification), else ``None``.
+        values: ``(S, n)`` per-case metric values, ``nan`` where undefined
+            (segmentation), else ``None``.
+        subset_hashes: Per seed, a hash of the labelled subset the seed trained on
+            (or ``None`` where unknown); checked by paired comparisons.
+    """
+
+    metric: str
+    seeds: tuple[Any, ...]
+    ids: tuple[str, ...]
+    labels: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    values: np.ndarray | None = None
+    subset_hashes: tuple[str | None, ...] | None = None
+
+    def __post_init__(self) -> None:
+        spec = _metric_spec(self.metric)
+        data = self.probs if spec.kind == "classification" else self.values
+        if data is None or (spec.kind == "classification" and self.labels is None):
+            need = "labels and probs" if spec.kind == "classification" else "values"
+            raise StatsInputError(f"metric {self.metric!r} needs per-case {need}")
+        s, n = data.shape[:2]
+        if len(self.seeds) != s or len(set(self.seeds)) != s:
+            raise StatsInputError(f"seeds {list(self.seeds)} must be {s} distinct seeds")
+        if len(self.ids) != n or len(set(self.ids)) != n:
+            raise StatsInputError(f"ids must be {n} distinct test case ids")
+        if self.labels is not None and self.labels.shape != (n,):
+            raise StatsInputError(f"labels must be ({n},), got {self.labels.shape}")
+        if self.probs is not None and self.labels is not None:
+            n_cls = self.probs.shape[2]
+            if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= n_cls):
+                raise StatsInputError(
+                    f"labels must be classes in [0, {n_cls}) (probs have {n_cls})"
+                )
+            if not np.all(np.isfinite(self.probs)):
+                raise StatsInputError("probs must be finite")
+        if self.subset_hashes is not None and len(self.subset_hashes) != s:
+            raise StatsInputError(f"subset_hashes must hold one entry per seed ({s})")
+
+    @classmethod
+    def classification(
+        cls,
+        labels: Any,
+        probs: Any,
+        metric: str = "auc",
+        seeds: Sequence[Any] | None = None,
+        ids: Sequence[str] | None = None,
+        subset_hashes: Sequence[str | None] | None = None,
+    ) -> CaseOutputs:
+        """Classification outputs: ``labels`` ``(n,)``, ``probs`` ``(S, n, C)`` (or ``(S, n)`` binary)."""
+        p = np.asarray(probs, dtype=np.float64)
+        if p.ndim == 2:
+            p = np.stack([1.0 - p, p], axis=2)
+        if p.ndim != 3:
+            raise StatsInputError(f"probs must be (S, n, C), got shape {p.shape}")
+        y, _ = _check_cls(labels, p[0])
+        return cls(
+            metric,
+            tuple(range(p.shape[0]) if seeds is None else seeds),
+            tuple(str(i) for i in (range(p.shape[1]) if ids is None else ids)),
+            labels=y,
+            probs=p,
+            subset_hashes=None if subset_hashes is None else tuple(subset_hashes),
+        )
+
+    @classmethod
+    def segmentation(
+        cls,
+        values: Any,
+        metric: str = "dice",
+        seeds: Sequence[Any] | None = None,
+        ids: Sequence[str] | None = None,
+        subset_hashes: Sequence[str | None] | None = None,
+    ) -> CaseOutputs:
+        """Segmentation outputs: per-case ``values`` ``(S, n)``, ``None``/``nan`` where undefined."""
+        v = np.asarray(
+            [[np.nan if x is None else x for x in row] for row in values], dtype=np.float64
+        )
+        if v.ndim != 2:
+            raise StatsInputError(f"values must be (S, n), got shape {v.shape}")
+        return cls(
+            metric,
+            tuple(range(v.shape[0]) if seeds is None else seeds),
+            tuple(str(i) for i in (range(v.shape[1]) if ids is None else ids)),
+            values=v,
+            subset_hashes=None if subset_hashes is None else tuple(subset_hashes),
+        )
+
+    @classmethod
+    def from_records(
+        cls, records: Sequence[Mapping[str, Any]], metric: str | None = None
+    ) -> CaseOutputs:
+        """The outputs of one cell from its evaluation records (one record per seed).
+
+        Args:
+            records: Records holding ``seed``, ``per_case`` (``ids`` and ``labels``/
+                ``probs`` or per-case ``dice``/``hd95``) and optionally
+                ``subset.train_sha256``.
+            metric: The metric; default: the records' ``primary_metric``.
+
+        Raises:
+            StatsInputError: A record lacks a key, two records share a seed, or the
+                seeds were evaluated on different test cases (ids or labels).
+        """
+        if not records:
+            raise StatsInputError("no records: a cell needs at least one seed")
+        name = metric if metric is not None else records[0].get("primary_metric")
+        if name is None:
+            raise StatsInputError("records lack 'primary_metric'; pass metric=")
+        spec = _metric_spec(str(name))
+        rows = []
+        for rec in records:
+            for key in ("seed", "per_case"):
+                if key not in rec:
+                    raise StatsInputError(f"a record lacks {key!r} (seed {rec.get('seed')})")
+            pc = rec["per_case"]
+            need = ("ids", "labels", "probs") if spec.kind == "classification" else ("ids", name)
+            for key in need:
+                if key not in pc:
+                    raise StatsInputError(f"record of seed {rec['seed']} lacks 'per_case.{key}'")
+            rows.append((rec["seed"], pc, (rec.get("subset") or {}).get("train_sha256")))
+        rows.sort(key=lambda r: (0, r[0], "") if isinstance(r[0], int) else (1, 0, str(r[0])))
+        seeds = [r[0] for r in rows]
+        dup = sorted({str(s) for s in seeds if seeds.count(s) > 1})
+        if dup:
+            raise StatsInputError(f"several records for seed(s) {', '.join(dup)} of one cell")
+        ids = [str(i) for i in rows[0][1]["ids"]]
+        position = {i: k for k, i in enumerate(ids)}
+        aligned = []
+        for seed, pc, _ in rows:
+            these = [str(i) for i in pc["ids"]]
+            if sorted(these) != sorted(ids):
+                raise StatsInputError(
+                    f"seed {seed} was tested on other cases than seed {seeds[0]}: "
+                    + _id_diff(ids, these)
+                )
+            order = np.argsort([position[i] for i in these])
+            aligned.append((pc, order))
+        hashes = tuple(r[2] for r in rows)
+        if spec.kind == "segmentation":
+            vals = [
+                np.asarray([np.nan if x is None else x for x in pc[name]], dtype=np.float64)[order]
+                for pc, order in aligned
+            ]
+            return cls.segmentation(vals, str(name), seeds, ids, hashes)
+        labels0 = np.asarray(aligned[0][0]["labels"])[aligned[0][1]]
+        for (pc, order), seed in zip(aligned, seeds, strict=True):
+            if not np.array_equal(np.asarray(pc["labels"])[order], labels0):
+                raise StatsInputError(f"seed {seed} has other per_case.labels than seed {seeds[0]}")
+        probs = [np.asarray(pc["probs"], dtype=np.float64)[order] for pc, order in aligned]
+        return cls.classification(labels0, probs, str(name), seeds, ids, hashes)
+
+    @property
+    def spec(self) -> MetricSpec:
+        """The metric's :class:`MetricSpec`."""
+        return METRICS[self.metric]
+
+    @property
+    def n_seeds(self) -> int:
+        """The number of seeds."""
+        return len(self.seeds)
+
+    @property
+    def n_cases(self) -> int:
+        """The number of test cases."""
+        return len(self.ids)
+
+    def on_weights(self, wt: np.ndarray) -> np.ndarray:
+        """The metric of every seed on every resample: ``(S, B)``.
+
+        Args:
+            wt: ``(n, B)`` case weights (counts), column ``b`` for resample ``b``.
+        """
+        f = self.spec.weighted
+        if self.probs is not None and self.labels is not None:
+            return f(self.labels, self.probs, wt)
+        return f(self.values, wt)
+
+    def per_seed(self) -> np.ndarray:
+        """The metric of every seed on all test cases: ``(S,)``."""
+        return self.on_weights(np.ones((self.n_cases, 1)))[:, 0]
+
+    def select(
+        self, seeds: Sequence[Any] | None = None, ids: Sequence[str] | None = None
+    ) -> CaseOutputs:
+        """These outputs restricted/reordered to ``seeds`` and test case ``ids``."""
+        si = [self.seeds.index(s) for s in (self.seeds if seeds is None else seeds)]
+        pos = {i: k for k, i in enumerate(self.ids)}
+        ci = [pos[i] for i in (self.ids if ids is None else ids)]
+        return replace(
+            self,
+            seeds=tuple(self.seeds[k] for k in si),
+            ids=tuple(self.ids[k] for k in ci),
+            labels=None if self.labels is None else self.labels[ci],
+            probs=None if self.probs is None else self.probs[np.ix_(si, ci)],
+            values=None if self.values is None else self.values[np.ix_(si, ci)],
+            subset_hashes=None
+            if self.subset_hashes is None
+            else tuple(self.subset_hashes[k] for k in si),
+        )
+
+
+def _id_diff(a: Sequence[str], b: Sequence[str]) -> str:
+    only_a = sorted(set(a) - set(b))
+    only_b = sorted(set(b) - set(a))
+
+    def _show(xs: list[str]) -> str:
+        return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
+
+    parts = []
+    if only_a:
+        parts.append(f"{len(only_a)} id(s) only in the first: {_show(only_a)}")
+    if only_b:
+        parts.append(f"{len(only_b)} id(s) only in the second: {_show(only_b)}")
+    return "; ".join(parts) or "same ids"
+
+
+# -- the two-level bootstrap ------------------------------------------------------------------
+
+
+def _check_params(confidence: float, n_resamples: int, seed_level: str) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise StatsInputError(f"confidence must lie in (0, 1), got {confidence}")
+    if n_resamples < MIN_RESAMPLES:
+        raise StatsInputError(f"n_resamples must be >= {MIN_RESAMPLES}, got {n_resamples}")
+    if seed_level not in SEED_LEVELS:
+        raise StatsInputError(f"seed_level must be one of {SEED_LEVELS}, got {seed_level!r}")
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The random draws of one bootstrap (see :func:`draws`).
+
+    Attributes:
+        weights: ``(n, 1 + B)`` case weights: column 0 is every case once (the point
+            estimate), column ``1 + b`` the counts of the resample of the test cases of
+            replicate ``b``, shared by every seed (and by both arms of a paired comparison).
+        seeds: ``(B, S)`` resampled seed positions (``seed_level="resample"``).
+        z: ``(B,)`` standard normal draws of the seed level (``seed_level="welch"``),
+            stratified: the quantiles at ``(k + 1/2) / B`` in a random order.
+    """
+
+    weights: np.ndarray
+    seeds: np.ndarray
+    z: np.ndarray
+
+    @property
+    def counts(self) -> np.ndarray:
+        """``(n, B)`` case counts of the resamples."""
+        return self.weights[:, 1:]
+
+
+_DRAWS_CACHE: dict[tuple[int, int, int, int], Draws] = {}
+_DRAWS_CACHE_BYTES = 64 * 2**20
+
+
+def draws(n_seeds: int, n_cases: int, n_resamples: int, random_state: int) -> Draws:
+    """The draws of a bootstrap, reproducible from ``random_state``.
+
+    The cases are drawn first, so the case resamples depend on ``n_cases``,
+    ``n_resamples`` and ``random_state`` only: every cell of a task shares them
+    (and the last few draws are cached, read-only). The normal draws of the
+    seed level are stratified, so its tails carry no Monte Carlo error.
+
+    Args:
+        n_seeds: Seeds per arm.
+        n_cases: Test cases.
+        n_resamples: Replicates ``B``.
+        random_state: Seed of :func:`numpy.random.default_rng`.
+    """
+    key = (n_seeds, n_cases, n_resamples, random_state)
+    if key in _DRAWS_CACHE:
+        return _DRAWS_CACHE[key]
+    rng = np.random.default_rng(random_state)
+    cases = rng.integers(0, n_cases, size=(n_resamples, n_cases))
+    seeds = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
+    z = stats.norm.ppf((rng.permutation(n_resamples) + 0.5) / n_resamples)
+    weights = np.ones((n_cases, 1 + n_resamples))
+    weights[:, 1:] = resample_counts(cases, n_cases).T
+    out = Draws(weights, seeds, z)
+    for arr in (out.weights, out.seeds, out.z):
+        arr.flags.writeable = False
+    if out.weights.nbytes <= _DRAWS_CACHE_BYTES:
+        while len(_DRAWS_CACHE) >= 4:
+            _DRAWS_CACHE.pop(next(iter(_DRAWS_CACHE)))
+        _DRAWS_CACHE[key] = out
+    return out
+
+
+def _replicates(
+    x: np.ndarray, point: np.ndarray, d: Draws, seed_level: str | None, confidence: float
+) -> tuple[np.ndarray, float]:
+    """Bootstrap replicates of the seed mean of a metric (or of a paired difference).
+
+    Args:
+        x: ``(S, B)`` the metric of each seed on each case resample.
+        point: ``(S,)`` the metric of each seed on all cases.
+        d: The draws (``d.counts`` gave the columns of ``x``).
+        seed_level: ``"welch"``, ``"resample"``, or ``None`` for the case level only.
+        confidence: The confidence level (sets the Welch-t widening).
+
+    Returns:
+        ``(B,)`` replicates (``nan`` where the metric is undefined on the case
+        resample) and the seed-level standard error (0 for the case level only,
+        ``nan`` for ``"resample"``).
+    """
+    n_seeds = x.shape[0]
+    case_mean = x.mean(axis=0)
+    if seed_level is None or n_seeds < 2:
+        return case_mean, 0.0
+    if seed_level == "resample":
+        return np.take_along_axis(x, d.seeds.T, axis=0).mean(axis=0), float("nan")
+    ok = np.isfinite(case_mean)
+    v_case = float(case_mean[ok].var())
+    # the seed x case interaction is in both levels: E[var_b x_s] - var_b(mean_s x_s) is
+    # (1 - 1/S) of its per-seed share, which the seed variance of ``point`` also holds
+    inter = n_seeds / (n_seeds - 1) * max(float(x[:, ok].var(axis=1).mean()) - v_case, 0.0)
+    v_seed = max(float(point.var(ddof=1)) - inter, 0.0) / n_seeds
+    se = math.sqrt(v_seed)
+    if v_seed == 0.0:
+        return case_mean, 0.0
+    df = (n_seeds - 1) * ((v_seed + v_case) / v_seed) ** 2  # Welch-Satterthwaite, case df -> inf
+    q = 0.5 + confidence / 2
+    widen = float(stats.t.ppf(q, df) / stats.norm.ppf(q))
+    center = float(case_mean[ok].mean())
+    return center + widen * (case_mean - center + se * d.z), se
+
+
+def _evaluate(outputs: CaseOutputs, d: Draws) -> tuple[np.ndarray, np.ndarray]:
+    """The metric of every seed on all cases ``(S,)`` and on each case resample ``(S, B)``."""
+    both = outputs.on_weights(d.weights)
+    return both[:, 0], both[:, 1:]
+
+
+def _interval(r: np.ndarray, confidence: float) -> tuple[float | None, float | None, int]:
+    ok = r[np.isfinite(r)]
+    if ok.size < max(MIN_RESAMPLES, r.size // 2):
+        return None, None, int(ok.size)
+    alpha = 1.0 - confidence
+    # Hazen's plotting position (k + 1/2) / B: exact on the stratified seed-level draws
+    lo, hi = np.quantile(ok, [alpha / 2, 1 - alpha / 2], method="hazen")
+    return float(lo), float(hi), int(ok.size)
+
+
+def method_name(
+    n_resamples: int = N_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed_level: str | None = "welch",
+) -> str:
+    """The method of an interval, for table captions.
+
+    Args:
+        n_resamples: Bootstrap replicates.
+        confidence: Confidence level.
+        seed_level: ``"welch"``, ``"resample"``, or ``None`` (deterministic: test cases only).
+    """
+    tail = f"{n_resamples} resamples, percentile {100 * confidence:g} %"
+    if seed_level is None:
+        return f"bootstrap of the test cases (deterministic: identical across seeds), {tail}"
+    if seed_level == "resample":
+        return f"two-level bootstrap (seeds, then test cases), {tail}"
+    return f"two-level bootstrap (seeds: Welch-t level; test cases: resampled), {tail}"
+
+
+def cell_interval(
+    outputs: CaseOutputs,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    random_state: int = RANDOM_STATE,
+    seed_level: str = "welch",
+) -> dict[str, Any]:
+    """The point estimate and two-level bootstrap interval of one cell.
+
+    Args:
+        outputs: The cell's per-case outputs (every seed).
+        confidence: Confidence level in (0, 1).
+        n_resamples: Bootstrap replicates (>= :data:`MIN_RESAMPLES`).
+        random_state: Seed of the draws (:func:`draws`).
+        seed_level: ``"welch"`` (default, see the module docstring) or ``"resample"``
+            (the plain percentile two-level bootstrap, which under-covers with 5 seeds).
+
+    Returns:
+        ``metric``, ``higher_is_better``, ``estimate`` (the mean over seeds of the
+        metric on all cases), ``low``/``high`` (``None`` with a ``reason`` when not
+        computable), ``confidence``, ``n_seeds``, ``n_cases``, ``n_resamples``,
+        ``n_valid`` (replicates where the metric is defined), ``deterministic``
+        (identical across seeds: interval from the cases only), ``per_seed``,
+        ``seed_se`` and ``method`` (a caption string).
+
+    Raises:
+        StatsInputError: ``confidence``, ``n_resamples`` or ``seed_level`` is invalid.
+    """
+    _check_params(confidence, n_resamples, seed_level)
+    if outputs.n_seeds > 1:
+        d = draws(outputs.n_seeds, outputs.n_cases, n_resamples, random_state)
+        point, x = _evaluate(outputs, d)
+    else:
+        point, x = outputs.per_seed(), None
+    deterministic = outputs.n_seeds > 1 and bool(np.all(point == point[0]))
+    level = None if deterministic else seed_level
+    out: dict[str, Any] = {
+        "metric": outputs.metric,
+        "higher_is_better": outputs.spec.higher_is_better,
+        "estimate": float(point.mean()) if np.all(np.isfinite(point)) else None,
+        "low": None,
+        "high": None,
+        "confidence": confidence,
+        "n_seeds": outputs.n_seeds,
+        "n_cases": outputs.n_cases,
+        "n_resamples": n_resamples,
+        "n_valid": 0,
+        "deterministic": deterministic,
+        "per_seed": [float(v) for v in point],
+        "seed_se": None,
+        "method": method_name(n_resamples, confidence, level),
+        "reason": None,
+    }
+    if out["estimate"] is None:
+        out["reason"] = f"{outputs.metric} is undefined on the full test set of some seed"
+        return out
+    if outputs.n_seeds < 2:
+        out["reason"] = "one seed: the seed-to-seed variation cannot be estimated"
+        return out
+    assert x is not None
+    r, se = _replicates(x, point, d, level, confidence)
+    out["low"], out["high"], out["n_valid"] = _interval(r, confidence)
+    out["seed_se"] = None if math.isnan(se) else se
+    if out["low"] is None:
+        out["reason"] = f"{outputs.metric} is undefined on most case resamples"
+    return out
+
+
+def _align(a: CaseOutputs, b: CaseOutputs) -> tuple[CaseOutputs, str]:
+    """``b`` reordered to ``a``'s seeds and cases, after checking that they match."""
+    if a.metric != b.metric:
+        raise StatsInputError(f"the arms use different metrics: {a.metric!r} vs {b.metric!r}")
+    if set(a.seeds) != set(b.seeds):
+        only_a = sorted(map(str, set(a.seeds) - set(b.seeds)))
+        only_b = sorted(map(str, set(b.seeds) - set(a.seeds)))
+        raise StatsInputError(
+            "the arms do not share their seeds: "
+            f"only in arm A: [{', '.join(only_a)}]; only in arm B: [{', '.join(only_b)}]"
+        )
+    if len(a.seeds) < 2:
+        raise StatsInputError(
+            f"a paired comparison needs >= 2 seeds, got {len(a.seeds)} (seeds {list(a.seeds)})"
+        )
+    if set(a.ids) != set(b.ids):
+        raise StatsInputError(
+            f"the arms were tested on different test case ids (every seed): {_id_diff(a.ids, b.ids)}"
+        )
+    b = b.select(a.seeds, a.ids)
+    if a.labels is not None and b.labels is not None and not np.array_equal(a.labels, b.labels):
+        bad = [a.ids[k] for k in np.flatnonzero(a.labels != b.labels)[:5]]
+        raise StatsInputError(f"the arms disagree on the labels of test cases {bad}")
+    checked = 0
+    for seed, ha, hb in zip(
+        a.seeds,
+        a.subset_hashes or [None] * a.n_seeds,
+        b.subset_hashes or [None] * b.n_seeds,
+        strict=True,
+    ):
+        if ha is not None and hb is not None:
+            if ha != hb:
+                raise StatsInputError(
+                    f"seed {seed}: the arms trained on different subsets "
+                    f"(subset_hash {ha!r} vs {hb!r})"
+                )
+            checked += 1
+    note = "matched" if checked == a.n_seeds else f"checked for {checked}/{a.n_seeds} seeds"
+    return b, note
+
+
+def paired_interval(
+    a: CaseOutputs,
+    b: CaseOutputs,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    random_state: int = RANDOM_STATE,
+    seed_level: str = "welch",
+) -> dict[str, Any]:
+    """Arm ``a`` against arm ``b`` on the same seeds and test cases: ``a - b``.
+
+    The two-level bootstrap of the mean difference with the same draws for both
+    arms (the same case resample, and at the seed level the paired per-seed
+    differences), a bootstrap p-value, and the Wilcoxon signed-rank test over
+    seeds when there are >= :data:`MIN_WILCOXON_SEEDS` of them.
+
+    Args:
+        a: Arm A (e.g. a pretraining strategy).
+        b: Arm B (e.g. the reference), the same seeds and test case ids.
+        confidence: Confidence level in (0, 1).
+        n_resamples: Bootstrap replicates (>= :data:`MIN_RESAMPLES`).
+        random_state: Seed of the draws.
+        seed_level: As in :func:`cell_interval`.
+
+    Returns:
+        ``metric``, ``higher_is_better``, ``seeds``, ``n_seeds``, ``n_cases``,
+        ``mean_diff``, ``low``/``high``, ``confidence``, ``p_value`` (two-sided
+        bootstrap: ``2 min(P(d <= 0), P(d >= 0))`` with the +1 correction, capped
+        at 1), ``wilcoxon_statistic``/``wilcoxon_p`` (``None`` with
+        ``wilcoxon_reason`` when not run), ``per_seed_diff``, ``deterministic``
+        (the difference is identical across seeds: cases only), ``subset_check``,
+        ``n_resamples``, ``n_valid``, ``seed_se``, ``method`` and ``reason``.
+
+    Raises:
+        StatsInputError: Fewer than 2 seeds; the arms differ in metric, seeds,
+            test case ids, labels or (per seed) ``subset_hashes``; or a parameter
+            is invalid.
+    """
+    _check_params(confidence, n_resamples, seed_level)
+    b, subset_check = _align(a, b)
+    d = draws(a.n_seeds, a.n_cases, n_resamples, random_state)
+    (pa, xa), (pb, xb) = _evaluate(a, d), _evaluate(b, d)
+    diff = pa - pb
+    det_a = bool(np.all(pa == pa[0]))
+    det_b = bool(np.all(pb == pb[0]))
+    deterministic = bool(np.all(diff == diff[0]))
+    level = None if deterministic else seed_level
+    out: dict[str, Any] = {
+        "metric": a.metric,
+        "higher_is_better": a.spec.higher_is_better,
+        "seeds": list(a.seeds),
+        "n_seeds": a.n_seeds,
+        "n_cases": a.n_cases,
+        "mean_diff": float(diff.mean()) if np.all(np.isfinite(diff)) else None,
+        "low": None,
+        "high": None,
+        "confidence": confidence,
+        "p_value": None,
+        "wilcoxon_statistic": None,
+        "wilcoxon_p": None,
+        "wilcoxon_reason": None,
+        "per_seed_diff": [float(v) for v in diff],
+        "deterministic": deterministic,
+        "subset_check": subset_check,
+        "n_resamples": n_resamples,
+        "n_valid": 0,
+        "seed_se": None,
+        "method": method_name(n_resamples, confidence, level),
+        "reason": None,
+    }
+    if out["mean_diff"] is None:
+        out["reason"] = f"{a.metric} is undefined on the full test set of some seed"
+        return out
+    r, se = _replicates(xa - xb, diff, d, level, confidence)
+    out["low"], out["high"], out["n_valid"] = _interval(r, confidence)
+    out["seed_se"] = None if math.isnan(se) else se
+    if out["low"] is None:
+        out["reason"] = f"{a.metric} is undefined on most case resamples"
+    else:
+        ok = r[np.isfinite(r)]
+        below = (1 + np.count_nonzero(ok <= 0)) / (ok.size + 1)
+        above = (1 + np.count_nonzero(ok >= 0)) / (ok.size + 1)
+        out["p_value"] = float(min(1.0, 2 * min(below, above)))
+    out.update(_wilcoxon(diff, det_a, det_b, deterministic))
+    return out
+
+
+def _wilcoxon(diff: np.ndarray, det_a: bool, det_b: bool, deterministic: bool) -> dict[str, Any]:
+    """The Wilcoxon signed-rank test over seeds, or why it was not run."""
+    n = diff.size
+    if det_a or det_b or deterministic:
+        which = "both arms" if det_a and det_b else "arm A" if det_a else "arm B" if det_b else ""
+        why = (
+            f"{which} identical across seeds"
+            if which
+            else "the difference is identical across seeds"
+        )
+        return {"wilcoxon_reason": f"deterministic ({why}): no seed-level test"}
+    if n < MIN_WILCOXON_SEEDS:
+        return {
+            "wilcoxon_reason": (
+                f"{n} paired seeds < {MIN_WILCOXON_SEEDS}: the smallest two-sided exact "
+                f"p-value would be 2/2^{n} = {2 / 2**n:.3g}"
+            )
+        }
+    if not np.any(diff != 0):
+        return {"wilcoxon_statistic": 0.0, "wilcoxon_p": 1.0}
+    res = stats.wilcoxon(diff, zero_method="wilcox", alternative="two-sided")
+    return {"wilcoxon_statistic": float(res.statistic), "wilcoxon_p": float(res.pvalue)}
+
+
+# -- from records -----------------------------------------------------------------------------
+
+
+def cell_interval_from_records(
+    records: Sequence[Mapping[str, Any]], metric: str | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    """:func:`cell_interval` of one cell's records (one per seed); ``kwargs`` pass through."""
+    return cell_interval(CaseOutputs.from_records(records, metric), **kwargs)
+
+
+def paired_from_records(
+    records_a: Sequence[Mapping[str, Any]],
+    records_b: Sequence[Mapping[str, Any]],
+    metric: str | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`paired_interval` of two cells' records; ``kwargs`` pass through."""
+    name = (
+        metric
+        if metric is not None
+        else (records_a[0].get("primary_metric") if records_a else None)
+    )
+    return paired_interval(
+        CaseOutputs.from_records(records_a, name),
+        CaseOutputs.from_records(records_b, name),
+        **kwargs,
+    )

@@ -1,0 +1,105 @@
+"""Findings generated from a leaderboard: the pre-declared contrasts and their verdicts.
+
+The primary contrasts are declared before any result is seen: every pretrained
+strategy against the scratch baseline of its encoder, and every synthetic or
+mixed strategy against the real-only strategy of the same method and encoder,
+per task, adapter and label fraction. Each finding quotes the difference, its
+interval and the multiplicity-adjusted p-value from ``leaderboard.json`` and
+gives one verdict:
+
+* ``better`` / ``worse``: the interval excludes 0 on that side *and* the
+  adjusted p-value is below ``ALPHA``;
+* ``not resolved``: anything else (the data cannot tell at this budget);
+* ``legacy protocol: not assessed``: records of the legacy protocol (no per-case
+  outputs, arms trained differently), whose intervals cannot carry a verdict.
+
+Nothing here is written by hand: REPORT files may interpret these lines, and a
+test checks that every number a REPORT quotes appears in its ``leaderboard.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ALPHA = 0.05
+VERDICTS = ("better", "worse", "not resolved", "legacy protocol: not assessed")
+
+
+def verdict(comparison: dict[str, Any], higher_is_better: bool) -> str:
+    """The verdict of one comparison (see the module docstring)."""
+    if comparison.get("protocol") == "legacy":
+        return VERDICTS[3]
+    lo, hi = comparison.get("diff_ci_low"), comparison.get("diff_ci_high")
+    p = comparison.get("p_adjusted")
+    if lo is None or hi is None or p is None or p >= ALPHA:
+        return VERDICTS[2]
+    sign = 1.0 if higher_is_better else -1.0
+    if sign * lo > 0 and sign * hi > 0:
+        return VERDICTS[0]
+    if sign * lo < 0 and sign * hi < 0:
+        return VERDICTS[1]
+    return VERDICTS[2]
+
+
+def findings(board: dict[str, Any]) -> list[dict[str, Any]]:
+    """One finding per pre-declared contrast of ``board`` (a leaderboard dict)."""
+    out = []
+    for c in board.get("comparisons", []):
+        hib = bool(board["tasks"][c["task"]]["higher_is_better"])
+        out.append(
+            {
+                "task": c["task"],
+                "adapter": c["adapter"],
+                "fraction": c["fraction"],
+                "strategy": c["strategy"],
+                "reference": c["reference"],
+                "contrast": f"{c['strategy']} vs {c['reference']}",
+                "diff": c.get("mean_diff"),
+                "ci": [c.get("diff_ci_low"), c.get("diff_ci_high")],
+                "p_adjusted": c.get("p_adjusted"),
+                "verdict": verdict(c, hib),
+            }
+        )
+    return out
+
+
+def _num(x: Any, nd: int = 3) -> str:
+    return "–" if x is None else f"{x:+.{nd}f}" if nd == 3 else f"{x:.{nd}g}"
+
+
+def finding_line(f: dict[str, Any]) -> str:
+    """``- busi-cls finetune@0.1: real / simclr / resnet18 vs scratch / resnet18: +0.051 [...]``."""
+    lo, hi = f["ci"]
+    ci = f" [{_num(lo)}, {_num(hi)}]" if lo is not None and hi is not None else ""
+    p = f", adjusted p {f['p_adjusted']:.3g}" if f.get("p_adjusted") is not None else ""
+    return (
+        f"- {f['task']} {f['adapter']}@{f['fraction']:g}: {f['contrast']}: "
+        f"{_num(f['diff'])}{ci}{p} -> {f['verdict']}"
+    )
+
+
+def summary_counts(items: list[dict[str, Any]]) -> dict[str, int]:
+    """How many findings carry each verdict."""
+    return {v: sum(f["verdict"] == v for f in items) for v in VERDICTS if any(
+        f["verdict"] == v for f in items
+    )}
+
+
+def render_findings(board: dict[str, Any]) -> list[str]:
+    """The Markdown findings section of a leaderboard."""
+    items = findings(board)
+    if not items:
+        return []
+    counts = summary_counts(items)
+    lines = [
+        "## Findings (generated)",
+        "",
+        "Pre-declared contrasts: each pretrained strategy vs scratch, synthetic and mixed vs "
+        f"real-only; verdict 'better'/'worse' needs the interval to exclude 0 and the "
+        f"{board.get('multiplicity', 'adjusted')} p-value < {ALPHA}.",
+        "",
+        "Verdicts: " + ", ".join(f"{v} {n}" for v, n in counts.items()) + ".",
+        "",
+    ]
+    lines += [finding_line(f) for f in items]
+    return [*lines, ""]
