@@ -80,9 +80,11 @@ def finding_line(f: dict[str, Any]) -> str:
 
 def summary_counts(items: list[dict[str, Any]]) -> dict[str, int]:
     """How many findings carry each verdict."""
-    return {v: sum(f["verdict"] == v for f in items) for v in VERDICTS if any(
-        f["verdict"] == v for f in items
-    )}
+    return {
+        v: sum(f["verdict"] == v for f in items)
+        for v in VERDICTS
+        if any(f["verdict"] == v for f in items)
+    }
 
 
 def render_findings(board: dict[str, Any]) -> list[str]:
@@ -91,12 +93,20 @@ def render_findings(board: dict[str, Any]) -> list[str]:
     if not items:
         return []
     counts = summary_counts(items)
-    lines = [
-        "## Findings (generated)",
-        "",
+    lines = ["## Findings (generated)", ""]
+    if set(counts) == {VERDICTS[3]}:
+        return [
+            *lines,
+            f"{len(items)} pre-declared contrasts (each pretrained strategy vs scratch, synthetic "
+            "and mixed vs real-only), none assessed: the records follow the legacy protocol, "
+            "whose differences (in the comparison tables above) cannot carry a verdict. "
+            "Rerun under the current protocol to answer the question.",
+            "",
+        ]
+    lines += [
         "Pre-declared contrasts: each pretrained strategy vs scratch, synthetic and mixed vs "
-        f"real-only; verdict 'better'/'worse' needs the interval to exclude 0 and the "
-        f"{board.get('multiplicity', 'adjusted')} p-value < {ALPHA}.",
+        "real-only; 'better'/'worse' needs the interval to exclude 0 and the "
+        f"{board.get('multiplicity', 'adjusted')}-adjusted p-value to be below {ALPHA}.",
         "",
         "Verdicts: " + ", ".join(f"{v} {n}" for v, n in counts.items()) + ".",
         "",

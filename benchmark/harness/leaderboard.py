@@ -3,7 +3,19 @@
 Rows are strategies (source x method x encoder, pooled over pretraining
 seeds; plus the ``scratch`` and ``supervised`` baselines), columns are
 task x adapter x label fraction, cells are the mean of the task's primary
-metric over evaluation seeds with a 95 % bootstrap CI (:mod:`benchmark.harness.stats`).
+metric over evaluation seeds with a 95 % interval.
+
+Two protocols. Records of the current protocol (``sslbench-cell/2``: one recipe
+for every arm, per-case test outputs) get two-level intervals that resample
+seeds and test cases (:mod:`benchmark.harness.casestats`), paired two-level
+comparisons on the same seeds, subsets and test cases, Holm-adjusted p-values
+over the leaderboard's family of comparisons, and generated findings
+(:mod:`benchmark.harness.findings`). Records of the legacy protocol
+(``sslbench-cell/1``, no per-case outputs) are still read and shown, with the
+old percentile bootstrap over seeds (with 3 seeds: their min and max) and a
+"legacy protocol" note; they are never compared with current records and
+their comparisons carry no verdict. A cell whose restored weights are those of
+its first evaluation (legacy) or of step 0 (current) is flagged.
 Written to ``LEADERBOARD.md``, ``leaderboard.csv`` (long format, every metric),
 ``leaderboard.json`` (everything, including paired tests) and one
 learning-curve PNG per task.
@@ -24,9 +36,26 @@ from typing import Any
 
 from benchmark.core.errors import DataError
 from benchmark.core.io import atomic_path, atomic_write_json, atomic_write_text
-from benchmark.harness.stats import aulc, fraction_to_match, paired_comparison, summarize
+from benchmark.harness import casestats
+from benchmark.harness.findings import findings, render_findings
+from benchmark.harness.stats import (
+    StatsInputError,
+    aulc,
+    fraction_to_match,
+    holm,
+    paired_comparison,
+    summarize,
+)
 
-SCHEMA = "sslbench-leaderboard/1"
+SCHEMA = "sslbench-leaderboard/2"
+CURRENT_SCHEMA = "sslbench-cell/2"
+LEGACY_NOTE = (
+    "Legacy protocol: these records predate the evaluation protocol of one recipe for every "
+    "arm (scratch fine-tuning got a 10x encoder learning rate; small fractions trained for a "
+    "few epochs with early stopping on tiny validation sets) and keep no per-case outputs. "
+    "Their intervals are percentile bootstraps over evaluation seeds only (with 3 seeds: the "
+    "min and max) and their comparisons carry no verdict."
+)
 SOURCE_ORDER = {"real": 0, "synthetic": 1, "mixed": 2}
 KIND_ORDER = {"pretrained": 0, "scratch": 1, "supervised": 2}
 
@@ -54,6 +83,25 @@ def load_records(results: str | Path) -> list[dict[str, Any]]:
             f"{root}: no cell records found (run `sslbench run` or `sslbench evaluate`)"
         )
     return records
+
+
+def protocol_of(record: dict[str, Any]) -> str:
+    """``current`` for records with per-case outputs under the current protocol, else ``legacy``."""
+    if record.get("schema") == CURRENT_SCHEMA and record.get("per_case"):
+        return "current"
+    return "legacy"
+
+
+def first_weights_kept(record: dict[str, Any]) -> bool:
+    """Whether a cell restored the weights of step 0 (current) or of its first evaluation
+    (legacy records: segmentation ``best_epoch`` 0, fine-tuning ``best_epoch`` 1)."""
+    extra = record.get("extra") or {}
+    if "best_step" in extra:
+        return int(extra["best_step"]) == 0
+    if "best_epoch" in extra:
+        first = 1 if record["adapter"]["name"] == "finetune" else 0
+        return int(extra["best_epoch"]) <= first
+    return False
 
 
 def strategy_of(record: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +152,11 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     all_metrics: dict[tuple[str, str, str, float], dict[str, list[float]]] = defaultdict(
         lambda: defaultdict(list)
     )
+    protocols = sorted({protocol_of(r) for r in records})
+    protocol = protocols[0] if len(protocols) == 1 else "mixed"
+    if protocol == "mixed":  # never mix protocols in one table or comparison
+        records = [r for r in records if protocol_of(r) == "current"]
+    by_cell: dict[tuple[str, str, str, float], list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
         task, adapter, frac = rec["task"]["name"], rec["adapter"]["name"], float(rec["fraction"])
         primary = rec["primary_metric"]
@@ -124,6 +177,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         rows.setdefault(info["strategy"], info)
         value = rec["metrics"].get(primary)
         key = (info["strategy"], task, adapter, frac)
+        by_cell[key].append(rec)
         values[key][int(rec["seed"])].append(float("nan") if value is None else float(value))
         for m, v in rec["metrics"].items():
             if isinstance(v, int | float):
@@ -135,24 +189,55 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     per_seed = {k: {s: sum(v) / len(v) for s, v in d.items()} for k, d in values.items()}
     cells: dict[str, dict[str, Any]] = defaultdict(dict)
     for (strategy, task, adapter, frac), seeds in sorted(per_seed.items()):
+        key = (strategy, task, adapter, frac)
         stats = summarize(list(seeds.values()))
-        cells[strategy][f"{task}/{adapter}@{frac:g}"] = {
+        cell = {
             **{k: _r(v) for k, v in stats.items()},
             "seeds": sorted(seeds),
             "values": [_r(seeds[s]) for s in sorted(seeds)],
-            "metrics": {
-                m: _r(sum(v) / len(v))
-                for m, v in sorted(all_metrics[(strategy, task, adapter, frac)].items())
-            },
+            "metrics": {m: _r(sum(v) / len(v)) for m, v in sorted(all_metrics[key].items())},
+            "first_weights_kept": sum(first_weights_kept(r) for r in by_cell[key]),
         }
+        if protocol != "legacy":
+            cell.update(_case_interval(by_cell[key]))
+        cells[strategy][f"{task}/{adapter}@{frac:g}"] = cell
     out_rows = [{**row, "cells": cells[row["strategy"]]} for row in ordered]
-    return {
+    comparisons = _comparisons(tasks, out_rows, per_seed, by_cell, protocol)
+    board = {
         "schema": SCHEMA,
+        "protocol": protocol,
+        "interval_method": (
+            "percentile bootstrap of the mean over evaluation seeds (legacy protocol)"
+            if protocol == "legacy"
+            else casestats.method_name()
+        ),
+        "multiplicity": "Holm" if protocol != "legacy" else "none (legacy protocol)",
         "tasks": tasks,
         "rows": out_rows,
         "ranking": _ranking(tasks, out_rows),
-        "comparisons": _comparisons(tasks, out_rows, per_seed),
+        "comparisons": comparisons,
     }
+    board["findings"] = findings(board)
+    return board
+
+
+def _case_interval(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A current-protocol cell's two-level interval (replaces the seed-only one)."""
+    if len({r["seed"] for r in records}) != len(records):
+        return {"interval_note": "several pretraining seeds per evaluation seed: seed-level only"}
+    try:
+        ci = casestats.cell_interval_from_records(records)
+    except StatsInputError as exc:
+        return {"interval_note": str(exc)}
+    out = {
+        "ci_low": _r(ci["low"]),
+        "ci_high": _r(ci["high"]),
+        "deterministic": bool(ci["deterministic"]),
+        "n_cases": ci["n_cases"],
+    }
+    if ci.get("reason"):
+        out["interval_note"] = ci["reason"]
+    return out
 
 
 def _curve(row: dict[str, Any], task: str, adapter: str, fractions: list[float]) -> list[Any]:
@@ -203,8 +288,12 @@ def _comparisons(
     tasks: dict[str, Any],
     rows: list[dict[str, Any]],
     per_seed: dict[tuple[str, str, str, float], dict[int, float]],
+    by_cell: dict[tuple[str, str, str, float], list[dict[str, Any]]],
+    protocol: str,
 ) -> list[dict[str, Any]]:
-    """Paired tests of each pretrained strategy vs scratch and vs real-only (same method, encoder)."""
+    """Paired comparisons of each pretrained strategy vs scratch and vs real-only (same
+    method, encoder): the pre-declared contrasts. Current protocol: two-level paired
+    bootstrap and Holm-adjusted p-values over all of them; legacy: the old seed-level test."""
     by_name = {r["strategy"]: r for r in rows}
     out = []
     for r in rows:
@@ -224,9 +313,18 @@ def _comparisons(
                         if ref not in by_name or not theirs:
                             continue
                         seeds = sorted(set(mine) & set(theirs))
-                        test = paired_comparison(
-                            [mine[s] for s in seeds], [theirs[s] for s in seeds]
-                        )
+                        if protocol == "legacy":
+                            test = {
+                                **paired_comparison(
+                                    [mine[s] for s in seeds], [theirs[s] for s in seeds]
+                                ),
+                                "protocol": "legacy",
+                            }
+                        else:
+                            test = _case_paired(
+                                by_cell[(r["strategy"], task, adapter, frac)],
+                                by_cell[(ref, task, adapter, frac)],
+                            )
                         if not t["higher_is_better"] and test["mean_diff"] is not None:
                             test["note"] = (
                                 "lower is better: a negative difference favours the strategy"
@@ -243,7 +341,29 @@ def _comparisons(
                                 **{k: _r(v) for k, v in test.items()},
                             }
                         )
+    if protocol != "legacy":
+        adjusted = holm([c.get("p_value") for c in out])
+        for c, p in zip(out, adjusted, strict=True):
+            c["p_adjusted"] = _r(p)
     return out
+
+
+def _case_paired(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
+    """Two-level paired comparison of two current-protocol cells (same seeds, subsets, cases)."""
+    try:
+        t = casestats.paired_from_records(a, b)
+    except StatsInputError as exc:
+        return {"protocol": "current", "n": 0, "mean_diff": None, "reason": str(exc)}
+    return {
+        "protocol": "current",
+        "n": t.get("n_seeds"),
+        "mean_diff": t.get("mean_diff"),
+        "diff_ci_low": t.get("low"),
+        "diff_ci_high": t.get("high"),
+        "p_value": t.get("p_value"),
+        "wilcoxon_p": t.get("wilcoxon_p"),
+        "note": t.get("wilcoxon_reason") or t.get("reason"),
+    }
 
 
 def _fmt(x: Any, nd: int = 3) -> str:
@@ -254,11 +374,27 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
     """The Markdown leaderboard."""
     lines = [f"# Leaderboard: {title}", ""]
     lines += _provenance_lines(provenance)
+    protocol = board.get("protocol", "legacy")
+    if protocol == "legacy":
+        lines += ["", f"> {LEGACY_NOTE}"]
+    elif protocol == "mixed":
+        lines += [
+            "",
+            "> Legacy-protocol records were left out: they are never mixed with current ones.",
+        ]
+    flagged = any(c.get("first_weights_kept") for r in board["rows"] for c in r["cells"].values())
     for task, t in board["tasks"].items():
         direction = "higher is better" if t["higher_is_better"] else "lower is better"
         lines += ["", f"## {task}: {t['primary_metric']} ({direction})", ""]
         lines.append(
-            "Mean over evaluation seeds with 95 % bootstrap CI; best mean per column in bold."
+            f"Mean over evaluation seeds with 95 % interval ({board.get('interval_method')}); "
+            "best mean per column in bold."
+            + (
+                " ⚑k: k seeds of the cell kept the weights of their first evaluation "
+                "(legacy) or of step 0 (current), i.e. barely trained."
+                if flagged
+                else ""
+            )
         )
         lines.append("")
         cols = [f"{a}@{f:g}" for a in t["adapters"] for f in t["fractions"]]
@@ -290,11 +426,13 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
                     if c["ci_low"] is not None
                     else ""
                 )
-                cells.append(f"{m}{ci}")
+                flag = f" ⚑{c['first_weights_kept']}" if c.get("first_weights_kept") else ""
+                cells.append(f"{m}{ci}{flag}")
             lines.append(f"| {r['strategy']} | " + " | ".join(cells) + " |")
         lines += ["", f"![learning curves of {task}](curves_{task}.png)", ""]
         lines += _ranking_lines(board, task)
         lines += _comparison_lines(board, task)
+    lines += ["", *render_findings(board)]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -338,6 +476,8 @@ def _comparison_lines(board: dict[str, Any], task: str) -> list[str]:
     rows = [c for c in board["comparisons"] if c["task"] == task]
     if not rows:
         return []
+    if board.get("protocol", "legacy") != "legacy":
+        return _current_comparison_lines(board, rows)
     n_max = max(c["n"] for c in rows)
     out = [
         "Paired comparisons (same evaluation seeds and subsets): difference of means with paired "
@@ -362,6 +502,30 @@ def _comparison_lines(board: dict[str, Any], task: str) -> list[str]:
         out.append(
             f"| {c['strategy']} | {c['reference_kind']} | {c['adapter']} | {c['fraction']:g} | "
             f"{_fmt(c['mean_diff'])}{ci} | {_fmt(c['p_value'])} | {_fmt(c['rank_biserial'], 2)} | {c['n']} |"
+        )
+    return [*out, ""]
+
+
+def _current_comparison_lines(board: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "Paired comparisons (same evaluation seeds, subsets and test cases, checked): difference "
+        f"of means with a 95 % interval ({board.get('interval_method')}), bootstrap p-value "
+        f"adjusted by {board.get('multiplicity')} over all comparisons of this leaderboard "
+        "(p adj.); the Wilcoxon signed-rank test over seeds only with >= 6 seeds.",
+        "",
+        "| strategy | vs | adapter | fraction | Δ [95% CI] | p adj. | Wilcoxon p | n |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in rows:
+        ci = (
+            f" [{_fmt(c.get('diff_ci_low'))}, {_fmt(c.get('diff_ci_high'))}]"
+            if c.get("diff_ci_low") is not None
+            else ""
+        )
+        out.append(
+            f"| {c['strategy']} | {c['reference_kind']} | {c['adapter']} | {c['fraction']:g} | "
+            f"{_fmt(c.get('mean_diff'))}{ci} | {_fmt(c.get('p_adjusted'))} | "
+            f"{_fmt(c.get('wilcoxon_p'))} | {c.get('n')} |"
         )
     return [*out, ""]
 

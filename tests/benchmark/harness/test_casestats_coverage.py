@@ -46,11 +46,11 @@ def _one_blas_thread() -> Iterator[None]:
 
 
 def _seed_effects(rng: np.random.Generator, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-seed effects of the two arms, correlated ``RHO`` (sd ``tau``)."""
     shared = rng.normal(size=(N_BOARDS, S, 1))
-    return tuple(  # type: ignore[return-value]
-        tau * (RHO * shared + math.sqrt(1 - RHO**2) * rng.normal(size=(N_BOARDS, S, 1)))
-        for _ in range(2)
-    )
+    own = rng.normal(size=(2, N_BOARDS, S, 1))
+    effects = tau * (RHO * shared[None] + math.sqrt(1 - RHO**2) * own)
+    return effects[0], effects[1]
 
 
 # -- per-case Dice: dice = expit(mu_arm + seed + case + arm x case + seed x case) -----------------
@@ -129,12 +129,12 @@ def _coverage(
     return hits / len(boards), rejections / len(boards), float(np.mean(errors))
 
 
-@pytest.mark.parametrize(("mu_a", "lo", "hi"), [(1.0, 0.93, 0.97), (1.2, 0.93, 0.97)])
-def test_paired_dice_interval_covers_the_truth(mu_a: float, lo: float, hi: float) -> None:
+@pytest.mark.parametrize("mu_a", [1.0, 1.2])
+def test_paired_dice_interval_covers_the_truth(mu_a: float) -> None:
     boards, truth = _dice_boards(1, mu_a, 1.0, DICE["tau"])
     assert (truth == 0.0) == (mu_a == 1.0)
     coverage, rejections, bias = _coverage(boards, truth)
-    assert lo <= coverage <= hi, f"coverage {coverage:.3f} of truth {truth:.4f}"
+    assert 0.93 <= coverage <= 0.97, f"coverage {coverage:.3f} of truth {truth:.4f}"
     assert abs(bias) < 0.002
     if truth == 0.0:
         assert rejections == pytest.approx(1 - coverage, abs=0.01)  # p-value matches the CI
@@ -163,8 +163,6 @@ def test_cell_interval_covers_the_expected_dice() -> None:
     var = DICE["tau"] ** 2 + DICE["case"] ** 2 + DICE["arm_case"] ** 2 + DICE["inter"] ** 2
     truth = _expected_dice(1.0, var)
     with _one_blas_thread():
-        hits = [
-            (r := cell_interval(a))["low"] <= truth <= r["high"]  # type: ignore[operator]
-            for a, _ in boards
-        ]
-    assert 0.93 <= np.mean(hits) <= 0.97, np.mean(hits)
+        intervals = [cell_interval(a) for a, _ in boards]
+    coverage = np.mean([r["low"] <= truth <= r["high"] for r in intervals])
+    assert 0.93 <= coverage <= 0.97, coverage

@@ -5,6 +5,7 @@ images that agrees with the committed numbers."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,49 @@ def test_committed_leaderboard_is_what_the_records_give(name: str, tmp_path: Pat
     assert len(load_records(ref)) == len(index["records"]) > 0
     for doc in ("README.md", "REPORT.md", "experiment.yaml"):
         assert (ref / doc).stat().st_size > 0, (name, doc)
+
+
+def json_numbers(node: object) -> list[float]:
+    """Every number of a JSON document."""
+    if isinstance(node, dict):
+        return [x for v in node.values() for x in json_numbers(v)]
+    if isinstance(node, list):
+        return [x for v in node for x in json_numbers(v)]
+    if isinstance(node, int | float) and not isinstance(node, bool):
+        return [float(node)]
+    return []
+
+
+def quoted_numbers(text: str) -> list[str]:
+    """The decimal numbers a report quotes (``0.91``, ``-0.030``, ``+0.05``)."""
+    return re.findall(r"(?<![\w.])[-+]?\d+\.\d+(?![\w.])", text)
+
+
+def unsupported(report: str, board: dict) -> list[str]:
+    """Numbers of ``report`` that no value of ``board`` gives at the quoted precision."""
+    values = json_numbers(board)
+    bad = []
+    for q in quoted_numbers(report):
+        digits = len(q.split(".")[1])
+        x = float(q)
+        if not any(
+            round(v, digits) == round(x, digits) or round(abs(v), digits) == abs(x) for v in values
+        ):
+            bad.append(q)
+    return bad
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+def test_reports_quote_only_generated_numbers(name: str) -> None:
+    ref = REPO / "results" / name
+    board = json.loads((ref / "leaderboard.json").read_text())
+    assert unsupported((ref / "REPORT.md").read_text(), board) == [], name
+
+
+def test_the_number_check_catches_a_hand_written_number() -> None:
+    board = {"rows": [{"mean": 0.8271234}], "comparisons": [{"mean_diff": -0.0301}]}
+    assert unsupported("AUC 0.827 and a difference of -0.030 (0.03)", board) == []
+    assert unsupported("Dice 0.91 -> 0.95", board) == ["0.91", "0.95"]
 
 
 def test_no_weights_or_data_are_committed() -> None:

@@ -1,0 +1,94 @@
+"""The leaderboard under the current protocol: case-level intervals, Holm, findings, legacy."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from benchmark.harness.findings import findings, render_findings, verdict
+from benchmark.harness.leaderboard import aggregate, protocol_of, render_markdown
+from tests.benchmark.harness.test_leaderboard import record
+
+N_CASES = 120
+LABELS = np.random.default_rng(0).integers(0, 2, N_CASES)
+
+
+def current(strategy: str, fraction: float, seed: int, shift: float, best_step: int = 40) -> dict:
+    """A current-protocol record whose test probabilities separate the classes by ``shift``."""
+    rng = np.random.default_rng([seed, int(fraction * 100), int(shift * 1000)])
+    score = np.clip(0.5 + (LABELS - 0.5) * shift + rng.normal(0, 0.25, N_CASES), 0.001, 0.999)
+    probs = np.stack([1 - score, score], axis=1)
+    rec = record(strategy, fraction, seed, float(roc_auc_score(LABELS, score)))
+    rec.update(
+        schema="sslbench-cell/2",
+        per_case={
+            "ids": [str(i) for i in range(N_CASES)],
+            "labels": LABELS.tolist(),
+            "probs": probs.tolist(),
+        },
+        subset={"train_sha256": f"{fraction}-{seed}"},
+        extra={"best_step": best_step},
+    )
+    rec["metrics"]["auc"] = float(roc_auc_score(LABELS, score))
+    return rec
+
+
+def board_of(strong: float = 0.6, weak: float = 0.1, seeds: int = 5) -> dict:
+    recs = []
+    for frac in (0.1, 1.0):
+        for s in range(seeds):
+            recs.append(current("real-simclr", frac, s, strong))
+            recs.append(current("scratch", frac, s, weak, best_step=0 if frac == 0.1 else 40))
+    return aggregate(recs)
+
+
+def test_current_records_get_case_level_intervals_holm_and_findings() -> None:
+    board = board_of()
+    assert board["protocol"] == "current" and board["multiplicity"] == "Holm"
+    assert "test cases" in board["interval_method"]
+    cell = next(r for r in board["rows"] if r["kind"] == "pretrained")["cells"]["t/linear@0.1"]
+    assert cell["n_cases"] == N_CASES and cell["ci_low"] < cell["mean"] < cell["ci_high"]
+    comps = board["comparisons"]
+    assert comps and all(c["protocol"] == "current" for c in comps)
+    raw = [c["p_value"] for c in comps]
+    assert all(a >= r for a, r in zip([c["p_adjusted"] for c in comps], raw, strict=True))
+    verdicts = {f["fraction"]: f["verdict"] for f in board["findings"]}
+    assert verdicts == {0.1: "better", 1.0: "better"}
+    scratch = next(r for r in board["rows"] if r["kind"] == "scratch")["cells"]
+    assert scratch["t/linear@0.1"]["first_weights_kept"] == 5  # best step 0: flagged
+    text = render_markdown(board, "demo", {"records": 20})
+    assert "## Findings (generated)" in text and "⚑5" in text and "p adj." in text
+
+
+def test_equal_arms_are_not_resolved() -> None:
+    board = board_of(strong=0.3, weak=0.3)
+    assert {f["verdict"] for f in findings(board)} <= {"not resolved", "better", "worse"}
+    assert any(f["verdict"] == "not resolved" for f in findings(board))
+
+
+def test_legacy_records_are_marked_and_never_assessed() -> None:
+    legacy = [record("real-simclr", 0.1, s, 0.6 + s / 100) for s in range(3)]
+    legacy += [record("scratch", 0.1, s, 0.5 + s / 100) for s in range(3)]
+    assert {protocol_of(r) for r in legacy} == {"legacy"}
+    board = aggregate(legacy)
+    assert board["protocol"] == "legacy"
+    assert {f["verdict"] for f in board["findings"]} == {"legacy protocol: not assessed"}
+    text = render_markdown(board, "old", {"records": 6})
+    assert "Legacy protocol" in text and "none assessed" in "\n".join(render_findings(board))
+
+
+def test_mixed_protocols_are_never_compared() -> None:
+    recs = [current("real-simclr", 0.1, s, 0.6) for s in range(3)]
+    recs += [record("scratch", 0.1, s, 0.5) for s in range(3)]  # legacy scratch only
+    board = aggregate(recs)
+    assert board["protocol"] == "mixed"
+    assert [r["kind"] for r in board["rows"]] == ["pretrained"]  # legacy rows left out
+    assert board["comparisons"] == []
+
+
+def test_verdict_rules() -> None:
+    c = {"diff_ci_low": 0.01, "diff_ci_high": 0.05, "p_adjusted": 0.01}
+    assert verdict(c, True) == "better" and verdict(c, False) == "worse"
+    assert verdict({**c, "p_adjusted": 0.2}, True) == "not resolved"
+    assert verdict({**c, "diff_ci_low": -0.01}, True) == "not resolved"
+    assert verdict({**c, "protocol": "legacy"}, True) == "legacy protocol: not assessed"
