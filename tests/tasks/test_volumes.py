@@ -73,6 +73,7 @@ def test_medmnist3d_classification_and_3d_segmentation(tmp_path: Path) -> None:
         "evaluate", "--encoder", str(ckpt), "--task", "phantom3d-seg", "--fractions", "1",
         "--seeds", "0", "--baselines", "none", "--data-root", str(data),
         "-o", str(tmp_path / "out"), "--set", "epochs=1", "--set", "batch_size=4", "--no-progress",
+        "--set", "min_steps=1", "--set", "encoder_lr=[0.0001]",
     )  # fmt: skip
     assert seg.returncode == 0, seg.stdout + seg.stderr
     rec = json.loads(
@@ -101,7 +102,7 @@ def test_short_real_3d_run_on_hippocampus(tmp_path: Path, shared_data: Path) -> 
         "evaluate", "--encoder", str(tmp_path / "pre" / "encoder"), "--task", "hippocampus-seg",
         "--fractions", "0.1", "--seeds", "0", "--baselines", "none", "--data-root", str(data),
         "-o", str(tmp_path / "out"), "--set", "epochs=1", "--set", "batch_size=4",
-        "--no-progress",
+        "--set", "min_steps=1", "--set", "encoder_lr=[0.0001]", "--no-progress",
     )  # fmt: skip
     assert ev.returncode == 0, ev.stdout + ev.stderr
     rec = json.loads(next((tmp_path / "out" / "records").rglob("*.json")).read_text())

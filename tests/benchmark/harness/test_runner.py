@@ -169,7 +169,11 @@ def small_experiment(tmp_path: Path, **evaluate: object) -> Path:
             "fractions": [1.0],
             "seeds": [0],
             "baselines": [],
-            "overrides": {"segmentation.epochs": 1},
+            "overrides": {
+                "segmentation.epochs": 1,
+                "segmentation.min_steps": 1,
+                "segmentation.encoder_lr": [1e-3],
+            },
             **evaluate,
         },
     }
