@@ -39,9 +39,10 @@ Layout (every section but ``name`` and ``datasets`` is optional; see
         - {spec: busi-cls, dataset: busi, adapters: [linear, finetune]}
         - {spec: busi-seg, dataset: busi}
       fractions: [0.05, 0.1, 0.25, 0.5, 1.0]
-      seeds: [0, 1, 2]
+      seeds: [0, 1, 2, 3, 4]
       baselines: [scratch, supervised]
       overrides: {finetune.epochs: 30}
+      statistics: {resamples: 2000, confidence: 0.95}   # leaderboard intervals and tests
     wandb: {mode: offline, project: sslbench, entity: null, log_checkpoints: false}
 
 The resolved experiment (a typed :class:`Experiment`) is ``profile defaults < file < CLI
@@ -143,10 +144,12 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
 EVALUATE_DEFAULTS: dict[str, Any] = {
     "tasks": [],
     "fractions": [0.05, 0.1, 0.25, 0.5, 1.0],
-    "seeds": [0, 1, 2],
+    "seeds": [0, 1, 2, 3, 4],
     "baselines": ["scratch", "supervised"],
     "overrides": {},
+    "statistics": {"resamples": 2000, "confidence": 0.95},
 }
+STATISTICS_KEYS = ("resamples", "confidence")
 TASK_KEYS = ("spec", "dataset", "adapters", "image_size")
 DATASET_KINDS = ("phantom", "convert", "path")
 PHANTOM_KEYS = ("n", "size", "dims", "seed", "images_per_patient", "depth")
@@ -472,6 +475,34 @@ def _check_evaluate(exp: dict[str, Any], where: str) -> None:
             check_name("adapter option", str(key), every, f"{w}.overrides")
     if exp["pretrain"] is None and not ev["baselines"]:
         raise ExperimentError(f"{w}: nothing to evaluate without 'pretrain' or baselines")
+    _check_statistics(exp, ev, w)
+
+
+def _check_statistics(exp: dict[str, Any], ev: dict[str, Any], w: str) -> None:
+    """The leaderboard's statistics: enough resamples, a confidence in (0, 1), and >= 2
+    evaluation seeds whenever the grid holds paired comparisons (pretrained vs baselines or
+    vs real-only)."""
+    stats = ev["statistics"]
+    check_keys(stats, STATISTICS_KEYS, f"{w}.statistics")
+    stats = ev["statistics"] = {**EVALUATE_DEFAULTS["statistics"], **stats}
+    if not isinstance(stats["resamples"], int) or stats["resamples"] < 200:
+        raise ExperimentError(
+            f"{w}.statistics.resamples: a bootstrap needs >= 200 resamples, got "
+            f"{stats['resamples']!r}"
+        )
+    if not isinstance(stats["confidence"], int | float) or not 0 < stats["confidence"] < 1:
+        raise ExperimentError(
+            f"{w}.statistics.confidence: must lie in (0, 1), got {stats['confidence']!r}"
+        )
+    pre = exp["pretrain"]
+    compared = pre is not None and (
+        bool(ev["baselines"]) or any(s != "real" for s in pre["sources"])
+    )
+    if compared and len(ev["seeds"]) < 2:
+        raise ExperimentError(
+            f"{w}.seeds: the leaderboard's paired comparisons need >= 2 evaluation seeds, got "
+            f"{ev['seeds']} (5 recommended)"
+        )
 
 
 def experiment_hash(exp: Experiment) -> str:
@@ -534,6 +565,7 @@ class EvaluateSection:
     seeds: list[int]
     baselines: list[str]
     overrides: dict[str, Any]
+    statistics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -141,8 +141,15 @@ def _r(x: Any, nd: int = 6) -> Any:
     return round(x, nd) if isinstance(x, float) else x
 
 
-def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The leaderboard as a JSON-able dict (see the module docstring)."""
+def aggregate(
+    records: list[dict[str, Any]], resamples: int = 2000, confidence: float = 0.95
+) -> dict[str, Any]:
+    """The leaderboard as a JSON-able dict (see the module docstring).
+
+    ``resamples`` and ``confidence`` set the current protocol's intervals and tests
+    (an experiment's ``evaluate.statistics``); legacy records keep their old statistics.
+    """
+    stats_kw = {"n_resamples": int(resamples), "confidence": float(confidence)}
     tasks: dict[str, dict[str, Any]] = {}
     rows: dict[str, dict[str, Any]] = {}
     # values[(strategy, task, adapter, fraction)][eval seed] -> list over pretraining seeds
@@ -199,17 +206,17 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
             "first_weights_kept": sum(first_weights_kept(r) for r in by_cell[key]),
         }
         if protocol != "legacy":
-            cell.update(_case_interval(by_cell[key]))
+            cell.update(_case_interval(by_cell[key], stats_kw))
         cells[strategy][f"{task}/{adapter}@{frac:g}"] = cell
     out_rows = [{**row, "cells": cells[row["strategy"]]} for row in ordered]
-    comparisons = _comparisons(tasks, out_rows, per_seed, by_cell, protocol)
+    comparisons = _comparisons(tasks, out_rows, per_seed, by_cell, protocol, stats_kw)
     board = {
         "schema": SCHEMA,
         "protocol": protocol,
         "interval_method": (
             "percentile bootstrap of the mean over evaluation seeds (legacy protocol)"
             if protocol == "legacy"
-            else casestats.method_name()
+            else casestats.method_name(int(resamples), float(confidence))
         ),
         "multiplicity": "Holm" if protocol != "legacy" else "none (legacy protocol)",
         "tasks": tasks,
@@ -221,12 +228,12 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     return board
 
 
-def _case_interval(records: list[dict[str, Any]]) -> dict[str, Any]:
+def _case_interval(records: list[dict[str, Any]], stats_kw: dict[str, Any]) -> dict[str, Any]:
     """A current-protocol cell's two-level interval (replaces the seed-only one)."""
     if len({r["seed"] for r in records}) != len(records):
         return {"interval_note": "several pretraining seeds per evaluation seed: seed-level only"}
     try:
-        ci = casestats.cell_interval_from_records(records)
+        ci = casestats.cell_interval_from_records(records, **stats_kw)
     except StatsInputError as exc:
         return {"interval_note": str(exc)}
     out = {
@@ -290,6 +297,7 @@ def _comparisons(
     per_seed: dict[tuple[str, str, str, float], dict[int, float]],
     by_cell: dict[tuple[str, str, str, float], list[dict[str, Any]]],
     protocol: str,
+    stats_kw: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Paired comparisons of each pretrained strategy vs scratch and vs real-only (same
     method, encoder): the pre-declared contrasts. Current protocol: two-level paired
@@ -324,6 +332,7 @@ def _comparisons(
                             test = _case_paired(
                                 by_cell[(r["strategy"], task, adapter, frac)],
                                 by_cell[(ref, task, adapter, frac)],
+                                stats_kw,
                             )
                         if not t["higher_is_better"] and test["mean_diff"] is not None:
                             test["note"] = (
@@ -348,10 +357,12 @@ def _comparisons(
     return out
 
 
-def _case_paired(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
+def _case_paired(
+    a: list[dict[str, Any]], b: list[dict[str, Any]], stats_kw: dict[str, Any]
+) -> dict[str, Any]:
     """Two-level paired comparison of two current-protocol cells (same seeds, subsets, cases)."""
     try:
-        t = casestats.paired_from_records(a, b)
+        t = casestats.paired_from_records(a, b, **stats_kw)
     except StatsInputError as exc:
         return {"protocol": "current", "n": 0, "mean_diff": None, "reason": str(exc)}
     return {
@@ -383,6 +394,7 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
             "> Legacy-protocol records were left out: they are never mixed with current ones.",
         ]
     flagged = any(c.get("first_weights_kept") for r in board["rows"] for c in r["cells"].values())
+    same = any(c.get("deterministic") for r in board["rows"] for c in r["cells"].values())
     for task, t in board["tasks"].items():
         direction = "higher is better" if t["higher_is_better"] else "lower is better"
         lines += ["", f"## {task}: {t['primary_metric']} ({direction})", ""]
@@ -393,6 +405,12 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
                 " ⚑k: k seeds of the cell kept the weights of their first evaluation "
                 "(legacy) or of step 0 (current), i.e. barely trained."
                 if flagged
+                else ""
+            )
+            + (
+                " ≡: identical across seeds (deterministic): one value, its interval from the "
+                "test cases only, and no seed-level test."
+                if same
                 else ""
             )
         )
@@ -427,6 +445,7 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
                     else ""
                 )
                 flag = f" ⚑{c['first_weights_kept']}" if c.get("first_weights_kept") else ""
+                flag += " ≡" if c.get("deterministic") else ""
                 cells.append(f"{m}{ci}{flag}")
             lines.append(f"| {r['strategy']} | " + " | ".join(cells) + " |")
         lines += ["", f"![learning curves of {task}](curves_{task}.png)", ""]
@@ -661,6 +680,19 @@ def _provenance(results: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _statistics(root: Path) -> dict[str, Any]:
+    """The experiment's ``evaluate.statistics`` (resamples, confidence), if it has any."""
+    import yaml
+
+    path = root / "experiment.yaml"
+    try:
+        exp = yaml.safe_load(path.read_text()) if path.exists() else {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"{path}: unreadable experiment ({exc})") from None
+    stats = ((exp or {}).get("evaluate") or {}).get("statistics") or {}
+    return {k: stats[k] for k in ("resamples", "confidence") if k in stats}
+
+
 def build_leaderboard(
     results: str | Path, out: str | Path | None = None, tracker: Any = None
 ) -> Path:
@@ -668,7 +700,7 @@ def build_leaderboard(
     root = Path(results)
     dest = Path(out) if out else root / "leaderboard"
     records = load_records(root)
-    board = aggregate(records)
+    board = aggregate(records, **_statistics(root))
     prov = _provenance(root, records)
     board["provenance"] = prov
     title = prov.get("experiment") or root.name

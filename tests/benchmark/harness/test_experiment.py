@@ -135,3 +135,24 @@ def test_typed_experiment_round_trips_and_keeps_its_hash() -> None:
     again = Experiment.from_dict(yaml.safe_load(yaml.safe_dump(exp.to_dict())))
     assert again == exp
     assert experiment_hash(again) == experiment_hash(exp)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("evaluate.seeds=[0]", "evaluate.seeds"),
+        ("evaluate.statistics.resamples=100", "evaluate.statistics.resamples"),
+        ("evaluate.statistics.confidence=1.5", "evaluate.statistics.confidence"),
+        ("evaluate.statistics={draws: 5}", "'draws'"),
+    ],
+)
+def test_statistics_that_cannot_be_honest_are_refused(override: str, key: str) -> None:
+    """A paired comparison with one seed, or a bootstrap of < 200 resamples, is an error
+    naming the key, before any work."""
+    with pytest.raises(ExperimentError, match=key):
+        load_experiment(TINY, [override])
+    ok = load_experiment(TINY, ["evaluate.statistics.resamples=500"])
+    assert ok.evaluate is not None and ok.evaluate.statistics == {
+        "resamples": 500,
+        "confidence": 0.95,
+    }

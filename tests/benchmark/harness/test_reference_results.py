@@ -28,6 +28,7 @@ REDUCED = [
     "generator=null",
     "evaluate.tasks=[{spec: busi-cls, dataset: busi, adapters: [linear]}]",
     "evaluate.fractions=[0.25, 1.0]",
+    "evaluate.seeds=[0, 1, 2]",
     "evaluate.baselines=[scratch]",
     # the reference ran before duplicate-aware splits: keep its split to reproduce it
     "datasets.busi.convert.duplicates=keep",
