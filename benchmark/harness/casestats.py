@@ -7,12 +7,12 @@ the population of seeds *and* of test cases, so an interval must carry both
 sources of uncertainty; the seed-only percentile bootstrap of
 :mod:`benchmark.harness.stats` (over 3 seeds, i.e. [min, max]) carries neither well.
 
-Inputs are per-case outputs (:class:`CaseOutputs`): for classification the labels
+Inputs are per-case outputs (:class:`CaseOutputs`, :mod:`benchmark.harness.caseoutputs`): for classification the labels
 and each seed's class probabilities on the shared test cases, for segmentation
 each seed's per-case Dice/HD95 (``nan`` where undefined). Records with a
 ``per_case`` entry convert with :meth:`CaseOutputs.from_records`.
 
-Metrics on resamples
+Metrics on resamples (:mod:`benchmark.harness.casemetrics`)
     A resample of the cases is a vector of case counts, so every metric is
     computed on ``B`` resamples at once from a ``(n, B)`` count matrix:
     AUC as the weighted Mann-Whitney U (ties count one half, i.e. average ranks;
@@ -88,14 +88,24 @@ BLAS thread (``perf/bench_stats.py``). Multiplicity corrections (:func:`holm`,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from benchmark.core.errors import did_you_mean
+from benchmark.harness.casemetrics import (
+    METRICS,
+    MetricSpec,
+    accuracy,
+    auc,
+    balanced_accuracy,
+    dice,
+    hd95,
+    resample_counts,
+)
+from benchmark.harness.caseoutputs import CaseOutputs, id_diff
 from benchmark.harness.stats import StatsInputError
 
 CONFIDENCE = 0.95
@@ -104,491 +114,6 @@ MIN_RESAMPLES = 200
 RANDOM_STATE = 0
 MIN_WILCOXON_SEEDS = 6
 SEED_LEVELS = ("welch", "resample")
-
-
-# -- metrics on resamples ---------------------------------------------------------------------
-
-
-def resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
-    """How often each case occurs in each resample.
-
-    Args:
-        idx: ``(B, m)`` integer case indices in ``[0, n)``, one row per resample.
-        n: The number of cases.
-
-    Returns:
-        ``(B, n)`` float64 counts; row ``b`` sums to ``m``.
-    """
-    arr = np.asarray(idx)
-    if arr.ndim == 1:
-        arr = arr[None]
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-        raise StatsInputError(f"idx must be a (B, m) integer array, got {arr.dtype} {arr.shape}")
-    if arr.size and (arr.min() < 0 or arr.max() >= n):
-        raise StatsInputError(f"idx holds case indices outside [0, {n})")
-    b = arr.shape[0]
-    flat = (arr + n * np.arange(b)[:, None]).ravel()
-    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
-
-
-def _weights(idx: np.ndarray | None, n: int) -> np.ndarray:
-    """Case weights in the kernels' layout, ``(n, B)`` (one column per resample)."""
-    if idx is None:
-        return np.ones((n, 1))
-    return np.ascontiguousarray(resample_counts(idx, n).T)
-
-
-#: Above this many (positive, negative) pairs per case, the AUC sorts and cumulates (O(B n))
-#: instead of multiplying by the pair-comparison matrix (O(B n1 n0), but in BLAS).
-_PAIRWISE_LIMIT = 256
-
-
-def _ovr_auc(labels: np.ndarray, scores: np.ndarray, positive: int, wt: np.ndarray) -> np.ndarray:
-    """AUC of class ``positive`` against the rest, per seed and weighted resample.
-
-    The Mann-Whitney U with ties counted one half (average ranks), written with
-    the case weights ``w`` of the resamples: ``U = sum_ij w_i w_j ([s_i > s_j] +
-    [s_i = s_j] / 2)`` over positive cases ``i`` and negative ``j``, normalised by
-    ``n1 n0`` (weighted counts). Exact (integer weights), and no resample is sorted.
-
-    Args:
-        labels: ``(n,)`` classes.
-        scores: ``(S, n)`` scores of the positive class, one row per seed.
-        positive: The positive class.
-        wt: ``(n, B)`` case weights, one column per resample.
-
-    Returns:
-        ``(S, B)`` AUCs; ``nan`` where a resample lacks the positive or the negative class.
-    """
-    pos = labels == positive
-    n_seeds, n = scores.shape
-    n_pos = int(pos.sum())
-    wp, wn = wt[pos], wt[~pos]
-    n1, n0 = wp.sum(axis=0), wn.sum(axis=0)
-    if n_pos * (n - n_pos) <= _PAIRWISE_LIMIT * n:
-        # float32 is exact here: weights, comparisons (0, 1/2, 1) and their sums are
-        # multiples of 1/2 below 2**22 while the resample size m has m**2 / 4 < 2**22
-        dtype = np.float32 if float(wt.sum(axis=0).max()) < 4096 else np.float64
-        sp, sn = scores[:, pos], scores[:, ~pos]
-        cmp = (sn[:, :, None] < sp[:, None, :]) + 0.5 * (sn[:, :, None] == sp[:, None, :])
-        # (S * n0, n1) @ (n1, B): per seed and negative case, the weighted positives above it
-        above = cmp.astype(dtype).reshape(-1, n_pos) @ wp.astype(dtype)
-        u = np.einsum("sjb,jb->sb", above.reshape(n_seeds, n - n_pos, -1), wn.astype(dtype))
-        u = u.astype(np.float64)
-    else:
-        u = np.empty((n_seeds, wt.shape[1]))
-        posf = pos.astype(np.float64)[:, None]
-        for k, sc in enumerate(scores):
-            order = np.argsort(sc, kind="stable")
-            srt = sc[order]
-            wo = wt[order]
-            a = wo * posf[order]
-            b = wo - a
-            if srt.size > 1 and np.any(srt[1:] == srt[:-1]):  # ties: pool a distinct score
-                starts = np.flatnonzero(np.r_[True, srt[1:] != srt[:-1]])
-                a = np.add.reduceat(a, starts, axis=0)
-                b = np.add.reduceat(b, starts, axis=0)
-            below = np.empty_like(b)  # negatives strictly below + half the tied ones
-            run = np.zeros(b.shape[1])
-            for g in range(b.shape[0]):  # a row loop: faster than np.cumsum(axis=0)
-                np.add(run, 0.5 * b[g], out=below[g])
-                run += b[g]
-            u[k] = np.einsum("gb,gb->b", a, below)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = u / (n1 * n0)[None]
-    out[:, (n1 == 0) | (n0 == 0)] = np.nan
-    return np.asarray(out, dtype=np.float64)
-
-
-def _auc_w(labels: np.ndarray, probs: np.ndarray, wt: np.ndarray) -> np.ndarray:
-    """``(S, B)`` AUCs of ``probs`` ``(S, n, C)``: binary, or one-vs-rest macro."""
-    if probs.shape[2] == 2:
-        return _ovr_auc(labels, probs[:, :, 1], 1, wt)
-    total = np.zeros((probs.shape[0], wt.shape[1]))
-    count = np.zeros_like(total)
-    for c in range(probs.shape[2]):
-        a = _ovr_auc(labels, probs[:, :, c], c, wt)
-        ok = np.isfinite(a)
-        total += np.where(ok, a, 0.0)
-        count += ok
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan)
-
-
-def _correct(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    return (probs.argmax(axis=2) == labels[None]).astype(np.float64)
-
-
-def _accuracy_w(labels: np.ndarray, probs: np.ndarray, wt: np.ndarray) -> np.ndarray:
-    """``(S, B)`` accuracies of the argmax of ``probs`` ``(S, n, C)``."""
-    return np.asarray(_correct(labels, probs) @ wt / wt.sum(axis=0)[None])
-
-
-def _balanced_accuracy_w(labels: np.ndarray, probs: np.ndarray, wt: np.ndarray) -> np.ndarray:
-    """``(S, B)`` mean recall over the classes present in each resample."""
-    n_seeds, n, n_cls = probs.shape
-    onehot = (labels[None] == np.arange(n_cls)[:, None]).astype(np.float64)  # (C, n)
-    den = onehot @ wt  # (C, B)
-    hits = _correct(labels, probs)[:, None, :] * onehot[None]  # (S, C, n)
-    num = (hits.reshape(-1, n) @ wt).reshape(n_seeds, n_cls, -1)
-    present = den > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(present[None], num / np.where(present, den, 1.0)[None], 0.0)
-        return np.asarray(recall.sum(axis=1) / present.sum(axis=0)[None])
-
-
-def _nanmean_w(values: np.ndarray, wt: np.ndarray) -> np.ndarray:
-    """``(S, B)`` means of the finite per-case ``values`` ``(S, n)``."""
-    ok = np.isfinite(values)
-    num = np.where(ok, values, 0.0) @ wt
-    den = ok.astype(np.float64) @ wt
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.asarray(np.where(den > 0, num / den, np.nan))
-
-
-def _check_cls(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(labels)
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim == 1:  # binary P(class 1)
-        p = np.stack([1.0 - p, p], axis=1)
-    if y.ndim != 1 or p.ndim != 2 or p.shape[0] != y.shape[0] or p.shape[1] < 2:
-        raise StatsInputError(
-            f"labels must be (n,) and probs (n, C>=2) or (n,), got {y.shape} and {p.shape}"
-        )
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.mod(y, 1) == 0):
-            raise StatsInputError("labels must be integer class indices")
-        y = y.astype(np.int64)
-    return y, p
-
-
-def auc(labels: Any, probs: Any, idx: np.ndarray | None = None) -> np.ndarray:
-    """ROC AUC on each resample of the cases.
-
-    Binary (``C == 2`` or 1-D ``probs``): the AUC of ``probs[:, 1]``. Multiclass:
-    the one-vs-rest AUC averaged over the classes present in the resample (as
-    ``sklearn.metrics.roc_auc_score(multi_class="ovr", average="macro")`` when
-    every class is present). Ties count one half (average ranks).
-
-    Args:
-        labels: ``(n,)`` integer class of each case.
-        probs: ``(n, C)`` class probabilities (or ``(n,)`` P(class 1)).
-        idx: ``(B, m)`` case indices, one resample a row; ``None``: the cases as given.
-
-    Returns:
-        ``(B,)`` AUCs (``(1,)`` for ``idx=None``); ``nan`` where a resample holds one class.
-    """
-    y, p = _check_cls(labels, probs)
-    return _auc_w(y, p[None], _weights(idx, y.size))[0]
-
-
-def accuracy(labels: Any, probs: Any, idx: np.ndarray | None = None) -> np.ndarray:
-    """Accuracy of the argmax prediction on each resample (arguments as :func:`auc`)."""
-    y, p = _check_cls(labels, probs)
-    return _accuracy_w(y, p[None], _weights(idx, y.size))[0]
-
-
-def balanced_accuracy(labels: Any, probs: Any, idx: np.ndarray | None = None) -> np.ndarray:
-    """Mean per-class recall over the classes present in each resample (arguments as :func:`auc`)."""
-    y, p = _check_cls(labels, probs)
-    return _balanced_accuracy_w(y, p[None], _weights(idx, y.size))[0]
-
-
-def _check_values(values: Any) -> np.ndarray:
-    v = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
-    if v.ndim != 1:
-        raise StatsInputError(f"per-case values must be (n,), got {v.shape}")
-    return v
-
-
-def dice(values: Any, idx: np.ndarray | None = None) -> np.ndarray:
-    """Mean per-case Dice over the defined (finite, not ``None``) cases of each resample.
-
-    Args:
-        values: ``(n,)`` per-case Dice, ``None``/``nan`` where undefined.
-        idx: ``(B, m)`` case indices, one resample a row; ``None``: the cases as given.
-
-    Returns:
-        ``(B,)`` means; ``nan`` where a resample holds no defined case.
-    """
-    v = _check_values(values)
-    return _nanmean_w(v[None], _weights(idx, v.size))[0]
-
-
-def hd95(values: Any, idx: np.ndarray | None = None) -> np.ndarray:
-    """Mean per-case HD95 (lower is better) on each resample (arguments as :func:`dice`)."""
-    v = _check_values(values)
-    return _nanmean_w(v[None], _weights(idx, v.size))[0]
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """How a per-case metric is computed on weighted resamples.
-
-    Attributes:
-        name: The metric's name in records (``primary_metric``).
-        kind: ``"classification"`` (labels and probabilities) or ``"segmentation"``
-            (one value per case).
-        higher_is_better: The metric's direction.
-        weighted: ``f(labels (n,), probs (S, n, C), wt)`` or ``f(values (S, n), wt)``
-            -> ``(S, B)``, the metric of every seed for the case weights ``wt`` ``(n, B)``.
-    """
-
-    name: str
-    kind: str
-    higher_is_better: bool
-    weighted: Callable[..., np.ndarray]
-
-
-METRICS: dict[str, MetricSpec] = {
-    "auc": MetricSpec("auc", "classification", True, _auc_w),
-    "accuracy": MetricSpec("accuracy", "classification", True, _accuracy_w),
-    "balanced_accuracy": MetricSpec(
-        "balanced_accuracy", "classification", True, _balanced_accuracy_w
-    ),
-    "dice": MetricSpec("dice", "segmentation", True, _nanmean_w),
-    "hd95": MetricSpec("hd95", "segmentation", False, _nanmean_w),
-}
-
-
-def _metric_spec(name: str) -> MetricSpec:
-    if name not in METRICS:
-        raise StatsInputError(
-            f"metric {name!r} has no per-case form; known: {', '.join(METRICS)}"
-            + did_you_mean(name, METRICS)
-        )
-    return METRICS[name]
-
-
-# -- the per-case outputs of one cell ---------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class CaseOutputs:
-    """The per-case test outputs of one cell, every seed on the same test cases.
-
-    Build it with :meth:`classification`, :meth:`segmentation` or :meth:`from_records`.
-
-    Attributes:
-        metric: The metric name (a key of :data:`METRICS`).
-        seeds: The evaluation seeds, one per row of ``probs``/``values``.
-        ids: The test case ids, one per case (column).
-        labels: ``(n,)`` integer classes (classification), else ``None``.
-        probs: ``(S, n, C)`` probabilities (classification), else ``None``.
-        values: ``(S, n)`` per-case metric values, ``nan`` where undefined
-            (segmentation), else ``None``.
-        subset_hashes: Per seed, a hash of the labelled subset the seed trained on
-            (or ``None`` where unknown); checked by paired comparisons.
-    """
-
-    metric: str
-    seeds: tuple[Any, ...]
-    ids: tuple[str, ...]
-    labels: np.ndarray | None = None
-    probs: np.ndarray | None = None
-    values: np.ndarray | None = None
-    subset_hashes: tuple[str | None, ...] | None = None
-
-    def __post_init__(self) -> None:
-        spec = _metric_spec(self.metric)
-        data = self.probs if spec.kind == "classification" else self.values
-        if data is None or (spec.kind == "classification" and self.labels is None):
-            need = "labels and probs" if spec.kind == "classification" else "values"
-            raise StatsInputError(f"metric {self.metric!r} needs per-case {need}")
-        s, n = data.shape[:2]
-        if len(self.seeds) != s or len(set(self.seeds)) != s:
-            raise StatsInputError(f"seeds {list(self.seeds)} must be {s} distinct seeds")
-        if len(self.ids) != n or len(set(self.ids)) != n:
-            raise StatsInputError(f"ids must be {n} distinct test case ids")
-        if self.labels is not None and self.labels.shape != (n,):
-            raise StatsInputError(f"labels must be ({n},), got {self.labels.shape}")
-        if self.probs is not None and self.labels is not None:
-            n_cls = self.probs.shape[2]
-            if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= n_cls):
-                raise StatsInputError(
-                    f"labels must be classes in [0, {n_cls}) (probs have {n_cls})"
-                )
-            if not np.all(np.isfinite(self.probs)):
-                raise StatsInputError("probs must be finite")
-        if self.subset_hashes is not None and len(self.subset_hashes) != s:
-            raise StatsInputError(f"subset_hashes must hold one entry per seed ({s})")
-
-    @classmethod
-    def classification(
-        cls,
-        labels: Any,
-        probs: Any,
-        metric: str = "auc",
-        seeds: Sequence[Any] | None = None,
-        ids: Sequence[str] | None = None,
-        subset_hashes: Sequence[str | None] | None = None,
-    ) -> CaseOutputs:
-        """Classification outputs: ``labels`` ``(n,)``, ``probs`` ``(S, n, C)`` (or ``(S, n)`` binary)."""
-        p = np.asarray(probs, dtype=np.float64)
-        if p.ndim == 2:
-            p = np.stack([1.0 - p, p], axis=2)
-        if p.ndim != 3:
-            raise StatsInputError(f"probs must be (S, n, C), got shape {p.shape}")
-        y, _ = _check_cls(labels, p[0])
-        return cls(
-            metric,
-            tuple(range(p.shape[0]) if seeds is None else seeds),
-            tuple(str(i) for i in (range(p.shape[1]) if ids is None else ids)),
-            labels=y,
-            probs=p,
-            subset_hashes=None if subset_hashes is None else tuple(subset_hashes),
-        )
-
-    @classmethod
-    def segmentation(
-        cls,
-        values: Any,
-        metric: str = "dice",
-        seeds: Sequence[Any] | None = None,
-        ids: Sequence[str] | None = None,
-        subset_hashes: Sequence[str | None] | None = None,
-    ) -> CaseOutputs:
-        """Segmentation outputs: per-case ``values`` ``(S, n)``, ``None``/``nan`` where undefined."""
-        v = np.asarray(
-            [[np.nan if x is None else x for x in row] for row in values], dtype=np.float64
-        )
-        if v.ndim != 2:
-            raise StatsInputError(f"values must be (S, n), got shape {v.shape}")
-        return cls(
-            metric,
-            tuple(range(v.shape[0]) if seeds is None else seeds),
-            tuple(str(i) for i in (range(v.shape[1]) if ids is None else ids)),
-            values=v,
-            subset_hashes=None if subset_hashes is None else tuple(subset_hashes),
-        )
-
-    @classmethod
-    def from_records(
-        cls, records: Sequence[Mapping[str, Any]], metric: str | None = None
-    ) -> CaseOutputs:
-        """The outputs of one cell from its evaluation records (one record per seed).
-
-        Args:
-            records: Records holding ``seed``, ``per_case`` (``ids`` and ``labels``/
-                ``probs`` or per-case ``dice``/``hd95``) and optionally
-                ``subset.train_sha256``.
-            metric: The metric; default: the records' ``primary_metric``.
-
-        Raises:
-            StatsInputError: A record lacks a key, two records share a seed, or the
-                seeds were evaluated on different test cases (ids or labels).
-        """
-        if not records:
-            raise StatsInputError("no records: a cell needs at least one seed")
-        name = metric if metric is not None else records[0].get("primary_metric")
-        if name is None:
-            raise StatsInputError("records lack 'primary_metric'; pass metric=")
-        spec = _metric_spec(str(name))
-        rows = []
-        for rec in records:
-            for key in ("seed", "per_case"):
-                if key not in rec:
-                    raise StatsInputError(f"a record lacks {key!r} (seed {rec.get('seed')})")
-            pc = rec["per_case"]
-            need = ("ids", "labels", "probs") if spec.kind == "classification" else ("ids", name)
-            for key in need:
-                if key not in pc:
-                    raise StatsInputError(f"record of seed {rec['seed']} lacks 'per_case.{key}'")
-            rows.append((rec["seed"], pc, (rec.get("subset") or {}).get("train_sha256")))
-        rows.sort(key=lambda r: (0, r[0], "") if isinstance(r[0], int) else (1, 0, str(r[0])))
-        seeds = [r[0] for r in rows]
-        dup = sorted({str(s) for s in seeds if seeds.count(s) > 1})
-        if dup:
-            raise StatsInputError(f"several records for seed(s) {', '.join(dup)} of one cell")
-        ids = [str(i) for i in rows[0][1]["ids"]]
-        position = {i: k for k, i in enumerate(ids)}
-        aligned = []
-        for seed, pc, _ in rows:
-            these = [str(i) for i in pc["ids"]]
-            if sorted(these) != sorted(ids):
-                raise StatsInputError(
-                    f"seed {seed} was tested on other cases than seed {seeds[0]}: "
-                    + _id_diff(ids, these)
-                )
-            order = np.argsort([position[i] for i in these])
-            aligned.append((pc, order))
-        hashes = tuple(r[2] for r in rows)
-        if spec.kind == "segmentation":
-            vals = [
-                np.asarray([np.nan if x is None else x for x in pc[name]], dtype=np.float64)[order]
-                for pc, order in aligned
-            ]
-            return cls.segmentation(vals, str(name), seeds, ids, hashes)
-        labels0 = np.asarray(aligned[0][0]["labels"])[aligned[0][1]]
-        for (pc, order), seed in zip(aligned, seeds, strict=True):
-            if not np.array_equal(np.asarray(pc["labels"])[order], labels0):
-                raise StatsInputError(f"seed {seed} has other per_case.labels than seed {seeds[0]}")
-        probs = [np.asarray(pc["probs"], dtype=np.float64)[order] for pc, order in aligned]
-        return cls.classification(labels0, probs, str(name), seeds, ids, hashes)
-
-    @property
-    def spec(self) -> MetricSpec:
-        """The metric's :class:`MetricSpec`."""
-        return METRICS[self.metric]
-
-    @property
-    def n_seeds(self) -> int:
-        """The number of seeds."""
-        return len(self.seeds)
-
-    @property
-    def n_cases(self) -> int:
-        """The number of test cases."""
-        return len(self.ids)
-
-    def on_weights(self, wt: np.ndarray) -> np.ndarray:
-        """The metric of every seed on every resample: ``(S, B)``.
-
-        Args:
-            wt: ``(n, B)`` case weights (counts), column ``b`` for resample ``b``.
-        """
-        f = self.spec.weighted
-        if self.probs is not None and self.labels is not None:
-            return f(self.labels, self.probs, wt)
-        return f(self.values, wt)
-
-    def per_seed(self) -> np.ndarray:
-        """The metric of every seed on all test cases: ``(S,)``."""
-        return self.on_weights(np.ones((self.n_cases, 1)))[:, 0]
-
-    def select(
-        self, seeds: Sequence[Any] | None = None, ids: Sequence[str] | None = None
-    ) -> CaseOutputs:
-        """These outputs restricted/reordered to ``seeds`` and test case ``ids``."""
-        si = [self.seeds.index(s) for s in (self.seeds if seeds is None else seeds)]
-        pos = {i: k for k, i in enumerate(self.ids)}
-        ci = [pos[i] for i in (self.ids if ids is None else ids)]
-        return replace(
-            self,
-            seeds=tuple(self.seeds[k] for k in si),
-            ids=tuple(self.ids[k] for k in ci),
-            labels=None if self.labels is None else self.labels[ci],
-            probs=None if self.probs is None else self.probs[np.ix_(si, ci)],
-            values=None if self.values is None else self.values[np.ix_(si, ci)],
-            subset_hashes=None
-            if self.subset_hashes is None
-            else tuple(self.subset_hashes[k] for k in si),
-        )
-
-
-def _id_diff(a: Sequence[str], b: Sequence[str]) -> str:
-    only_a = sorted(set(a) - set(b))
-    only_b = sorted(set(b) - set(a))
-
-    def _show(xs: list[str]) -> str:
-        return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
-
-    parts = []
-    if only_a:
-        parts.append(f"{len(only_a)} id(s) only in the first: {_show(only_a)}")
-    if only_b:
-        parts.append(f"{len(only_b)} id(s) only in the second: {_show(only_b)}")
-    return "; ".join(parts) or "same ids"
 
 
 # -- the two-level bootstrap ------------------------------------------------------------------
@@ -824,7 +349,7 @@ def _align(a: CaseOutputs, b: CaseOutputs) -> tuple[CaseOutputs, str]:
         )
     if set(a.ids) != set(b.ids):
         raise StatsInputError(
-            f"the arms were tested on different test case ids (every seed): {_id_diff(a.ids, b.ids)}"
+            f"the arms were tested on different test case ids (every seed): {id_diff(a.ids, b.ids)}"
         )
     b = b.select(a.seeds, a.ids)
     if a.labels is not None and b.labels is not None and not np.array_equal(a.labels, b.labels):
@@ -985,3 +510,23 @@ def paired_from_records(
         CaseOutputs.from_records(records_b, name),
         **kwargs,
     )
+
+
+__all__ = [
+    "METRICS",
+    "CaseOutputs",
+    "MetricSpec",
+    "StatsInputError",
+    "accuracy",
+    "auc",
+    "balanced_accuracy",
+    "cell_interval",
+    "cell_interval_from_records",
+    "dice",
+    "draws",
+    "hd95",
+    "method_name",
+    "paired_from_records",
+    "paired_interval",
+    "resample_counts",
+]

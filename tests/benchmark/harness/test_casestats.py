@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as sps
 
 from benchmark.core.errors import SSLBenchError
+from benchmark.harness import casemetrics
 from benchmark.harness import casestats as cs
 from benchmark.harness.casestats import (
     CaseOutputs,
@@ -66,7 +67,7 @@ def test_auc_identity_matches_sklearn(n_cls: int) -> None:
 @pytest.mark.parametrize("pairwise", [True, False])
 def test_auc_resamples_match_sklearn_and_ranks(pairwise: bool, monkeypatch: Any) -> None:
     if not pairwise:  # the sort-and-cumulate path used for large test sets
-        monkeypatch.setattr(cs, "_PAIRWISE_LIMIT", 0)
+        monkeypatch.setattr(casemetrics, "_PAIRWISE_LIMIT", 0)
     labels, probs = _cls_data(2)
     idx = np.random.default_rng(3).integers(0, N, size=(40, N))
     idx[0] = np.arange(N)
@@ -230,7 +231,9 @@ def test_deterministic_cell_uses_the_case_level_only() -> None:
     assert res["deterministic"] and res["seed_se"] == 0.0
     assert res["method"].startswith("bootstrap of the test cases (deterministic")
     d = cs.draws(4, N, 2000, 0)
-    ref = np.quantile(cs._auc_w(labels, probs, d.counts)[0], [0.025, 0.975], method="hazen")
+    ref = np.quantile(
+        casemetrics._auc_w(labels, probs, d.counts)[0], [0.025, 0.975], method="hazen"
+    )
     assert (res["low"], res["high"]) == pytest.approx(tuple(ref), abs=1e-12)
     one = cell_interval(CaseOutputs.classification(labels, probs))
     assert one["low"] is None and "one seed" in one["reason"]
