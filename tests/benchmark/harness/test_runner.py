@@ -95,7 +95,9 @@ def test_tiny_grid_survives_sigkill_reruns_as_noop_and_writes_the_leaderboard(
     assert csv_lines[0].startswith("task,adapter,fraction,strategy")
     comparisons = board["comparisons"]
     assert {c["reference_kind"] for c in comparisons} == {"scratch", "real"}
-    assert all("p_value" in c and "rank_biserial" in c for c in comparisons)
+    # current protocol: two-level paired comparisons with Holm-adjusted p-values
+    assert all(c["protocol"] == "current" and "p_adjusted" in c for c in comparisons)
+    assert board["findings"] and board["multiplicity"] == "Holm"
     assert board["provenance"]["experiment_hash"] == index["experiment_hash"]
     regen = cli("leaderboard", str(results), "-o", str(tmp_path / "lb2"))
     assert regen.returncode == 0, regen.stderr
