@@ -482,9 +482,8 @@ def _check_statistics(exp: dict[str, Any], ev: dict[str, Any], w: str) -> None:
     """The leaderboard's statistics: enough resamples, a confidence in (0, 1), and >= 2
     evaluation seeds whenever the grid holds paired comparisons (pretrained vs baselines or
     vs real-only)."""
-    stats = ev["statistics"]
+    stats = ev["statistics"]  # the defaults are merged in already (deep_merge)
     check_keys(stats, STATISTICS_KEYS, f"{w}.statistics")
-    stats = ev["statistics"] = {**EVALUATE_DEFAULTS["statistics"], **stats}
     if not isinstance(stats["resamples"], int) or stats["resamples"] < 200:
         raise ExperimentError(
             f"{w}.statistics.resamples: a bootstrap needs >= 200 resamples, got "

@@ -63,8 +63,8 @@ def findings(board: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _num(x: Any, nd: int = 3) -> str:
-    return "–" if x is None else f"{x:+.{nd}f}" if nd == 3 else f"{x:.{nd}g}"
+def _num(x: Any) -> str:
+    return "–" if x is None else f"{x:+.3f}"
 
 
 def finding_line(f: dict[str, Any]) -> str:

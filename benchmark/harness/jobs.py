@@ -61,7 +61,10 @@ class Job:
     Attributes:
         id: Human-readable unique id, e.g. ``pretrain/real-simclr-resnet18-s0``.
         stage: ``data``, ``generate``, ``pretrain`` or ``evaluate``.
-        key: Hash of ``config`` (which names the job's inputs by their keys).
+        key: Hash of the settings that shape the outputs, which name the job's inputs
+            by their keys: all of ``config`` for data, generator and pretraining jobs
+            (the ``label`` aside); for a sweep, the task settings and its encoder's (or
+            baselines') key, as its cells (fractions x seeds) are tracked one by one.
         deps: Ids of jobs whose outputs it reads.
         config: Every setting that shapes the outputs (saved with the job, logged to W&B).
         out: Main output path.

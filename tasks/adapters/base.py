@@ -108,14 +108,16 @@ def segmentation_cases(test: np.ndarray, dice: np.ndarray, hd95: np.ndarray) -> 
     """Per-case segmentation outputs: ids, and per case the foreground-class mean of
     Dice and of HD95 (``None`` where undefined, e.g. HD95 on an empty reference)."""
 
+    ids = _ids(test)
+
     def mean_rows(a: np.ndarray) -> list[float | None]:
         out: list[float | None] = []
-        for row in np.asarray(a, dtype=np.float64).reshape(len(_ids(test)), -1):
+        for row in np.asarray(a, dtype=np.float64).reshape(len(ids), -1):
             ok = row[np.isfinite(row)]
             out.append(round(float(ok.mean()), CASE_DECIMALS) if ok.size else None)
         return out
 
-    return {"ids": _ids(test), "dice": mean_rows(dice), "hd95": mean_rows(hd95)}
+    return {"ids": ids, "dice": mean_rows(dice), "hd95": mean_rows(hd95)}
 
 
 class Adapter:

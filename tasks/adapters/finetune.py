@@ -210,18 +210,16 @@ class FinetuneAdapter(Adapter):
             len(batches(len(tr_y), bs, torch.Generator().manual_seed(0))), cfg, self.name
         )
         primary = data.primary_metric or "auc"
-        criterion = [primary]
 
-        def train(lr_encoder: float) -> tuple[float, tuple[Classifier, BestTracker]]:
-            model, tracker, used = self._train(
+        def train(lr_encoder: float) -> tuple[float, tuple[Classifier, BestTracker, str]]:
+            outcome = self._train(
                 encoder, data, seed, device, lr_encoder, plan, tr_x, tr_y, va_x, va_y, primary
             )
-            criterion[0] = used
-            return tracker.best_score, (model, tracker)
+            return outcome[1].best_score, outcome
 
         grid = lr_grid(cfg["lr_encoder"], self.name, "lr_encoder")
         chosen, trials = select_on_validation(grid, train)
-        model, tracker = chosen.outcome
+        model, tracker, criterion = chosen.outcome
         eval_bs = int(cfg["eval_batch_size"])
         val_metrics: dict[str, float] = {}
         if len(va_y):
@@ -235,7 +233,7 @@ class FinetuneAdapter(Adapter):
             data.metrics, labels[data.test], probs, data.num_classes
         )
         has_val = bool(len(va_y))
-        selection = criterion[0] if has_val else "none (last step)"
+        selection = criterion if has_val else "none (last step)"
         return CellResult(
             metrics=metrics,
             val_metrics=val_metrics,
