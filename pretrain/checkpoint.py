@@ -90,7 +90,9 @@ def load_encoder(
         verify: Check the weights' SHA-256 against the metadata.
 
     Returns:
-        The encoder in eval mode, with ``checkpoint_meta`` set to the metadata.
+        The encoder in eval mode, with ``checkpoint_meta`` set to the metadata. An
+        encoder that started from external weights (``init``) is rebuilt without
+        reading them again; its ``init`` and ``init_info`` come from the metadata.
     """
     folder = _folder(path)
     meta = read_checkpoint_meta(folder)
@@ -99,7 +101,13 @@ def load_encoder(
         raise DataError(f"{folder}: checkpoint has no {WEIGHTS}")
     if verify and sha256_file(weights) != meta.get("weights_sha256"):
         raise DataError(f"{weights}: weights do not match the hash in {METADATA} (corrupted?)")
-    encoder = create_encoder(meta["encoder"]["name"], **meta["encoder"].get("args", {}))
+    args = dict(meta["encoder"].get("args", {}))
+    # the checkpoint's weights replace any external initial weights: do not read them again
+    init = args.pop("init", None)
+    encoder = create_encoder(meta["encoder"]["name"], **args)
+    if init is not None:
+        encoder.encoder_args["init"] = init
+        encoder.init_info = meta["encoder"].get("init")
     try:
         state = torch.load(weights, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt files

@@ -54,6 +54,8 @@ from pretrain.augment import make_views
 from pretrain.checkpoint import save_encoder
 from pretrain.encoders import create_encoder
 from pretrain.methods import METHODS, create_method
+from pretrain.methods.base import resolve_recipe, scaled_lr
+from pretrain.monitor import DEFAULT_MARGIN, KNNMonitor, health, monitor_steps
 from pretrain.sources import create_source
 
 STATE = "state.pt"
@@ -69,7 +71,16 @@ ENCODER_DIR = "encoder"
 #: (method and its config, data, steps, batch size, seed, amp, ...) must match.
 #: The DDPM trainer has its own list for its config
 #: (:data:`pretrain.generators.ddpm_train.RUN_CONTROL`).
-RUN_CONTROL_KEYS: tuple[str, ...] = ("device", "log_every", "checkpoint_every", "channels_last")
+RUN_CONTROL_KEYS: tuple[str, ...] = (
+    "device",
+    "log_every",
+    "checkpoint_every",
+    "channels_last",
+    # the kNN monitor reads features in eval mode without touching weights or RNGs
+    "knn_every",
+    "monitor_data",
+    "health_margin",
+)
 
 
 class TrainingDivergedError(SSLBenchError):
@@ -102,6 +113,13 @@ class PretrainConfig:
         channels_last: Memory format of 2D CNN weights and views: ``auto`` (on for 2D
             CNNs, where oneDNN/cuDNN convolutions run faster in NHWC: ~1.2-1.6x for
             ResNet-18 on a 2-core CPU), ``on`` or ``off``.
+        knn_every: Online kNN monitor cadence (:mod:`pretrain.monitor`): every N steps
+            plus step 0 and the end; 0 (default) spreads 5 points over the run, -1
+            turns it off.
+        monitor_data: Labelled dataset of the monitor (its train split is the bank,
+            its validation split the queries); default: ``real``.
+        health_margin: Minimum rise of the monitor's kNN accuracy from step 0 to the
+            end for the run to count as having learned.
     """
 
     method: str = "simclr"
@@ -121,6 +139,9 @@ class PretrainConfig:
     device: str = "auto"
     amp: str = "auto"
     channels_last: str = "auto"
+    knn_every: int = 0
+    monitor_data: str | None = None
+    health_margin: float = DEFAULT_MARGIN
 
     def validate(self) -> None:
         """Raise :class:`SSLBenchError` for values that cannot run."""
@@ -175,12 +196,12 @@ def make_grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.a
 def build_optimizer(
     method: torch.nn.Module, config: dict[str, Any], batch_size: int
 ) -> torch.optim.Optimizer:
-    """The method's optimizer with the linear learning-rate scaling rule (lr x B / 256)."""
+    """The method's optimizer at ``lr`` rescaled by the config's rule (:func:`scaled_lr`)."""
     groups = method.parameter_groups()  # type: ignore[operator]
-    lr = config["lr"] * batch_size / 256
+    lr = scaled_lr(config, batch_size)
     name = config["optimizer"]
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, betas=(config["adam_beta1"], config["adam_beta2"]))
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=config["momentum"])
     from lightly.utils.lars import LARS
@@ -242,7 +263,8 @@ class Trainer:
         except ValueError as exc:
             raise SSLBenchError(str(exc)) from None
         self.memory_format = memory_format(encoder, config.channels_last)
-        self.method = create_method(config.method, encoder, **config.method_config)
+        method_config = resolve_recipe(config.method_config, config.batch_size)
+        self.method = create_method(config.method, encoder, **method_config)
         self.sync_bn = distributed.sync_batch_norm(self.method, self.dist, self.device)
         # Module.to accepts memory_format at run time; torch's stubs do not declare it.
         self.method.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
@@ -255,6 +277,35 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.train_time = 0.0
+        self.monitor_history: list[dict[str, Any]] = []
+        self.monitor_time = 0.0
+        self.monitor_at = set(monitor_steps(config.steps, config.knn_every))
+        self.monitor, self.monitor_note = self._make_monitor()
+
+    def _make_monitor(self) -> tuple[KNNMonitor | None, str | None]:
+        cfg = self.config
+        if not self.monitor_at:
+            return None, "kNN monitor off (knn_every < 0)"
+        path = cfg.monitor_data or cfg.real
+        if path is None:
+            return None, "no labelled dataset for the kNN monitor (set monitor_data)"
+        monitor = KNNMonitor(path, cfg.image_size, self.device)
+        return (monitor, None) if monitor.enabled else (None, monitor.note)
+
+    def monitor_point(self) -> dict[str, Any] | None:
+        """Run the kNN monitor at the current step if it is due (main process only)."""
+        if self.monitor is None or self.step not in self.monitor_at or not self.dist.is_main:
+            return None
+        if any(r["step"] == self.step for r in self.monitor_history):
+            return None  # already measured before a resume
+        t0 = time.perf_counter()
+        record = {
+            "step": self.step,
+            **self.monitor.evaluate(self.method.encoder, calibrate=True),
+        }
+        self.monitor_time += time.perf_counter() - t0
+        self.monitor_history.append(record)
+        return record
 
     # -- state ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -268,6 +319,8 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "history": self.history,
             "train_time": self.train_time,
+            "monitor_history": self.monitor_history,
+            "monitor_time": self.monitor_time,
             "config": self.config.to_dict(),
         }
 
@@ -294,6 +347,8 @@ class Trainer:
         self.step = int(state["step"])
         self.history = list(state["history"])
         self.train_time = float(state["train_time"])
+        self.monitor_history = list(state.get("monitor_history", []))
+        self.monitor_time = float(state.get("monitor_time", 0.0))
 
     def save_state(self) -> None:
         """Save the training state, refusing to overwrite a good one with diverged weights."""
@@ -385,6 +440,9 @@ class Trainer:
             dynamic_ncols=True,
         )
         try:
+            # step 0, or a resumed run's first step if its point was not measured yet
+            if point := self.monitor_point():
+                yield point
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
                 logs = self.train_step(self.step)
@@ -402,10 +460,35 @@ class Trainer:
                     record = {"step": self.step, "images_per_s": ips, **logs}
                     self.history.append(record)
                     yield record
+                if point := self.monitor_point():
+                    bar.set_postfix(knn=f"{point['knn_acc']:.3f}", refresh=False)
+                    yield point
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_state()
         finally:
             bar.close()
+
+    @property
+    def chance(self) -> float | None:
+        """The method's chance loss at this batch size (None where it has none)."""
+        return type(self.method).chance_loss(self.method.config, self.config.batch_size)
+
+    def health(self) -> dict[str, Any]:
+        """The run's health verdict (:func:`pretrain.monitor.health`)."""
+        return health(
+            self.history,
+            self.monitor_history,
+            chance=self.chance,
+            num_features=int(self.method.encoder.num_features),
+            margin=self.config.health_margin,
+            note=self.monitor_note,
+        )
+
+    def metrics_lines(self) -> list[str]:
+        """``metrics.jsonl``: training records and monitor points in step order."""
+        rows = [(r["step"], 0, r) for r in self.history]
+        rows += [(r["step"], 1, r) for r in self.monitor_history]
+        return [json.dumps(r) for _, _, r in sorted(rows, key=lambda x: (x[0], x[1]))]
 
     def finish(self) -> PretrainResult:
         """Save the encoder checkpoint and the run summary."""
@@ -428,6 +511,16 @@ class Trainer:
             "image_size": cfg.image_size,
             "final_loss": last.get("loss"),
             "final_embedding_std": last.get("embedding_std"),
+            "recipe": self.method.config["recipe"],
+            "lr_scaling": self.method.config["lr_scaling"],
+            "effective_lr": scaled_lr(self.method.config, cfg.batch_size),
+            "loss_chance": self.chance,
+            "monitor": {
+                **(self.monitor.describe() if self.monitor else {"note": self.monitor_note}),
+                "points": self.monitor_history,
+                "time_s": round(self.monitor_time, 3),
+            },
+            "health": self.health(),
             "train_time_s": round(self.train_time, 3),
             "images_per_s": images_seen / self.train_time if self.train_time else None,
             "device": str(self.device),
@@ -489,11 +582,10 @@ def pretrain(
     main = trainer.dist.is_main
     if main:
         atomic_write_json(out / CONFIG, config.to_dict())
-    lines = [json.dumps(r) for r in trainer.history]
-    for record in trainer.run(progress=progress):
-        lines.append(json.dumps(record))
+    for _record in trainer.run(progress=progress):
+        pass
     if main:
-        atomic_write_text(out / METRICS, "\n".join(lines) + "\n")
+        atomic_write_text(out / METRICS, "\n".join(trainer.metrics_lines()) + "\n")
     if config.checkpoint_every:
         trainer.save_state()
     return trainer.finish()

@@ -4,9 +4,16 @@ A sweep evaluates one encoder checkpoint on one task with one or more
 adapters over fractions x seeds, plus baselines:
 
 * ``scratch``: the same encoder architecture randomly initialised (seeded by
-  the evaluation seed), same adapters, recipe and cells;
+  the evaluation seed), same adapters, recipe and cells; for the frozen-feature
+  adapters (linear, kNN: ``trains_encoder`` False) its batch-norm statistics are
+  first calibrated on the task's train split (issue 23; :mod:`tasks.taskdata`),
+  the adapters that train the encoder get the raw random init;
 * ``supervised``: the ``finetune`` adapter on 100 % of the labels from a random
-  initialisation, one cell per seed (the fully supervised reference).
+  initialisation, one cell per seed (the fully supervised reference);
+* ``external`` (on request): the same architecture initialised from external
+  weights, ``init`` (a timm tag such as ``timm:resnet18.a1_in1k``, i.e. ImageNet
+  weights, or a local state-dict file; :mod:`pretrain.encoders.external`), same
+  adapters, recipe and cells: the "ImageNet init" arm.
 
 Subsets (:func:`benchmark.data.splits.subset`) are stratified (by class, or by
 mask emptiness for segmentation), patient-grouped and nested: for one seed the
@@ -46,13 +53,15 @@ from pretrain.encoders import Encoder
 from tasks.adapters import ADAPTERS, CellData, CellResult
 from tasks.features import check_image_size
 from tasks.spec import TaskSpec
-from tasks.taskdata import EncoderSource, TaskData
+from tasks.taskdata import CALIBRATION_SPLIT, EncoderSource, TaskData
 
 #: Version 2: one recipe for every arm (learning rate chosen on validation from a declared
 #: grid), step budgets, per-case test outputs (``per_case``). Version 1 records are the
 #: legacy protocol: read and shown, never compared with version 2 ones.
 RECORD_SCHEMA = "sslbench-cell/2"
-BASELINES = ("scratch", "supervised")
+BASELINES = ("scratch", "supervised", "external")
+#: Baselines of a sweep unless told otherwise (``external`` needs ``init`` weights).
+DEFAULT_BASELINES = ("scratch", "supervised")
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 #: Fields compared to decide whether an existing record belongs to the same cell.
 FINGERPRINT = ("task_version", "adapter_config", "dataset_hash", "encoder_hash")
@@ -209,7 +218,7 @@ class SweepConfig:
         fractions: Label fractions, strictly increasing in (0, 1].
         seeds: Evaluation seeds (subsets, training and scratch initialisation).
         output: Output folder (records, feature cache, summaries).
-        baselines: Any of ``scratch`` and ``supervised``.
+        baselines: Any of ``scratch``, ``supervised`` and ``external``.
         data_root: Root for relative dataset paths of the spec.
         device: ``cpu``, ``cuda`` or ``auto``.
         overrides: Adapter options ``{"key": v}`` (every adapter having it) or
@@ -226,6 +235,8 @@ class SweepConfig:
             ``encoder`` checkpoint is given.
         keep_going: Record a failing cell (``failures`` of the result) and go on
             with the others instead of raising.
+        init: Weights of the ``external`` baseline: ``timm:<tag>`` or a weights file
+            (:mod:`pretrain.encoders.external`), loaded into the sweep's architecture.
     """
 
     encoder: str | None
@@ -234,7 +245,7 @@ class SweepConfig:
     fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     output: str = "results"
-    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
     data_root: str | None = None
     device: str = "cpu"
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -247,6 +258,7 @@ class SweepConfig:
     image_size: int | None = None
     architecture: dict[str, Any] | None = None
     keep_going: bool = False
+    init: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -321,10 +333,26 @@ def plan_cells(spec: TaskSpec, source: EncoderSource, cfg: SweepConfig) -> list[
     names = adapters + ([sup] if sup and sup not in adapters else [])
     configs = adapter_configs(spec, names, cfg.overrides)
     sources = [source] if source.kind == "checkpoint" else []
+    scratch_frozen = EncoderSource.scratch(
+        source.name, source.args, "scratch", calibrate=CALIBRATION_SPLIT
+    )
     if "scratch" in cfg.baselines:
         sources.append(EncoderSource.scratch(source.name, source.args, "scratch"))
+    if "external" in cfg.baselines:
+        if not cfg.init:
+            raise SSLBenchError(
+                "the external baseline needs its weights: init timm:<tag> (e.g. "
+                "timm:resnet18.a1_in1k) or the path of a state-dict file (--init)"
+            )
+        sources.append(EncoderSource.external(source.name, source.args, cfg.init))
+
+    def arm(src: EncoderSource, adapter: str) -> EncoderSource:
+        """The scratch arm of a frozen-feature adapter is the BN-calibrated random init."""
+        frozen = not ADAPTERS.get(adapter).trains_encoder
+        return scratch_frozen if src.baseline == "scratch" and frozen else src
+
     cells = [
-        Cell(a, configs[a], src, f, s)
+        Cell(a, configs[a], arm(src, a), f, s)
         for src in sources
         for s in cfg.seeds
         for a in adapters
@@ -365,14 +393,21 @@ class _Runner:
         self.run_config = cfg.to_dict()
 
     def encoder(self, source: EncoderSource, seed: int) -> Encoder:
-        """The checkpoint encoder (loaded once) or the scratch encoder of ``seed`` (latest kept)."""
-        key = (source.id, 0 if source.kind == "checkpoint" else seed)
+        """A checkpoint or external encoder (loaded once) or the scratch encoder of ``seed``
+        (latest kept)."""
+        key = (source.id, seed if source.seeded else 0)
         if key not in self.encoders:
-            if source.kind != "checkpoint":  # keep checkpoints, drop the previous scratch one
-                self.encoders = {k: v for k, v in self.encoders.items() if k[0] in self.kept}
+            if source.seeded:  # keep loaded weights, drop the scratch encoders of other seeds
+                self.encoders = {
+                    k: v for k, v in self.encoders.items() if k[0] in self.kept or k[1] == seed
+                }
             else:
                 self.kept.add(source.id)
-            self.encoders[key] = source.build(seed, self.device)
+            encoder = source.build(seed, self.device)
+            if source.calibrate:  # the frozen-feature scratch arm (issue 23)
+                images = self.task.split_images(source.calibrate, int(encoder.in_chans))
+                source.calibrate_encoder(encoder, images, self.device)
+            self.encoders[key] = encoder
         return self.encoders[key]
 
     def run(self, cell: Cell) -> dict[str, Any]:
@@ -385,7 +420,11 @@ class _Runner:
         adapter = ADAPTERS.create(cell.adapter, **cell.config)
         adapter.check(encoder, data)
         result = adapter.run(encoder, data, cell.seed, device=self.device, cache_dir=self.cache_dir)
-        return make_record(cell, self.task, data, result, self.run_config, self.prov)
+        record = make_record(cell, self.task, data, result, self.run_config, self.prov)
+        calibration = getattr(encoder, "bn_calibration", None)
+        if calibration is not None:
+            record["encoder"]["metadata"]["bn_calibration"] = dict(calibration)
+        return record
 
     def reuse(self, cell: Cell) -> dict[str, Any] | None:
         """The record of ``cell.twin`` relabelled for ``cell``, if it exists and matches."""

@@ -5,6 +5,10 @@ Example::
     sslbench evaluate --encoder runs/simclr/encoder --task busi-cls --adapter linear \\
         --fractions 0.01,0.05,0.1,0.25,0.5,1.0 --seeds 0,1,2 -o results/
 
+    # plus an ImageNet-init arm of the checkpoint's architecture (a local file offline)
+    sslbench evaluate --encoder runs/simclr/encoder --task busi-cls \\
+        --baselines scratch,supervised,external --init timm:resnet18.a1_in1k
+
 Wire it into the main parser with :func:`add_evaluate_command`.
 """
 
@@ -53,6 +57,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         encoder_name=args.encoder_name,
         progress=not args.no_progress,
+        init=args.init,
     )
     result = run_sweep(cfg)
     spec = load_spec(args.task)
@@ -99,7 +104,14 @@ def add_evaluate_command(subparsers: Any) -> None:
     p.add_argument(
         "--baselines",
         default="scratch,supervised",
-        help="comma-separated baselines: scratch, supervised, or none (default %(default)s)",
+        help="comma-separated baselines: scratch, supervised, external (needs --init), or "
+        "none (default %(default)s)",
+    )
+    p.add_argument(
+        "--init",
+        metavar="WEIGHTS",
+        help="weights of the external baseline: timm:<tag> (e.g. timm:resnet18.a1_in1k, needs "
+        "the internet) or a local .pt/.pth/.safetensors state dict",
     )
     p.add_argument(
         "--data-root", help="root of relative dataset paths (default $SSLBENCH_DATA_ROOT or data/)"

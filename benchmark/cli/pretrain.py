@@ -83,7 +83,25 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         f"final loss {s['final_loss']:.4f}, embedding std {s['final_embedding_std']:.4f}, "
         f"{s['images_per_s']:.1f} images/s, {s['images_seen']} images seen"
     )
+    print(health_line(s))
     return 0
+
+
+def health_line(summary: dict[str, Any]) -> str:
+    """One line: the health verdict, kNN init -> end, loss first -> last (chance)."""
+    h = summary.get("health") or {}
+    loss, knn = h.get("loss") or {}, h.get("knn") or {}
+    parts = [f"health: {h.get('verdict', 'not checked')}"]
+    if knn.get("init") is not None and knn.get("end") is not None:
+        parts.append(f"kNN {knn['init']:.3f} -> {knn['end']:.3f} (margin {knn['margin']:g})")
+    elif knn.get("note"):
+        parts.append(str(knn["note"]))
+    if loss.get("first") is not None:
+        chance = f" (chance {loss['chance']:.3f})" if loss.get("chance") is not None else ""
+        parts.append(f"loss {loss['first']:.3f} -> {loss['last']:.3f}{chance}")
+    if h.get("collapse", {}).get("collapsed"):
+        parts.append("embedding collapse")
+    return "; ".join(parts)
 
 
 def add_pretrain_command(sub: Any) -> None:

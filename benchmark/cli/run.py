@@ -36,6 +36,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ray_options=ray_options,
         stage=args.stage,
         shard=_parse_shard(args.shard),
+        strict=args.strict,
     )
     if args.dry_run:
         return 0
@@ -95,6 +96,13 @@ def add_harness_commands(sub: Any) -> None:
         help="W&B mode (default: the experiment's wandb.mode, WANDB_MODE, else offline)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress display")
+    run.add_argument(
+        "--strict",
+        action="store_true",
+        help="a pretraining job whose encoder did not learn (health verdict: kNN accuracy "
+        "did not rise by >= the margin, loss at chance or collapse) fails: its encoder is "
+        "written, its evaluations do not run; a later run without --strict resumes it",
+    )
     ray = run.add_argument_group("executor")
     ray.add_argument(
         "--executor",

@@ -33,14 +33,16 @@ Layout (every section but ``name`` and ``datasets`` is optional; see
       image_size: 64
       nproc_per_node: 1             # > 1: data-parallel under torchrun (same global batch)
       method_config: {simclr: {temperature: 0.2}}
-      encoder_config: {}
+      encoder_config: {}            # per encoder, e.g. {resnet18: {init: timm:resnet18.a1_in1k}}
     evaluate:
       tasks:
         - {spec: busi-cls, dataset: busi, adapters: [linear, finetune]}
         - {spec: busi-seg, dataset: busi}
       fractions: [0.05, 0.1, 0.25, 0.5, 1.0]
       seeds: [0, 1, 2, 3, 4]
-      baselines: [scratch, supervised]
+      baselines: [scratch, supervised]   # + external: the encoders' arms with external weights
+      external:                     # encoder -> init weights (one or a list) of `external`
+        resnet18: timm:resnet18.a1_in1k   # timm tag (needs the internet) or a state-dict file
       overrides: {finetune.epochs: 30}
       statistics: {resamples: 2000, confidence: 0.95}   # leaderboard intervals and tests
     wandb: {mode: offline, project: sslbench, entity: null, log_checkpoints: false}
@@ -146,6 +148,7 @@ EVALUATE_DEFAULTS: dict[str, Any] = {
     "fractions": [0.05, 0.1, 0.25, 0.5, 1.0],
     "seeds": [0, 1, 2, 3, 4],
     "baselines": ["scratch", "supervised"],
+    "external": {},
     "overrides": {},
     "statistics": {"resamples": 2000, "confidence": 0.95},
 }
@@ -279,8 +282,8 @@ def _resolve_mapping(raw: dict[str, Any], where: str, base_dir: Path) -> dict[st
         exp["wandb"] = deep_merge(DEFAULTS["wandb"], raw["wandb"])
     _check_datasets(exp, where, base_dir)
     _check_generator(exp, where, base_dir)
-    _check_pretrain(exp, where)
-    _check_evaluate(exp, where)
+    _check_pretrain(exp, where, base_dir)
+    _check_evaluate(exp, where, base_dir)
     return exp
 
 
@@ -377,7 +380,20 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _check_pretrain(exp: dict[str, Any], where: str) -> None:
+def _resolve_init(init: Any, arch: str, where: str, base_dir: Path) -> str:
+    """An ``init`` value checked for encoder ``arch`` (a file resolved and found)."""
+    from pretrain.encoders import ENCODERS
+    from pretrain.encoders.external import parse_init
+
+    try:
+        spec = parse_init(init, base_dir)
+        ENCODERS.get(arch).check_init(spec)
+    except SSLBenchError as exc:
+        raise ExperimentError(f"{where}: {exc}") from None
+    return spec.spec
+
+
+def _check_pretrain(exp: dict[str, Any], where: str, base_dir: Path) -> None:
     from pretrain.encoders import ENCODERS
     from pretrain.methods import METHODS
     from pretrain.sources import SOURCES
@@ -396,6 +412,11 @@ def _check_pretrain(exp: dict[str, Any], where: str) -> None:
     for key in ("method_config", "encoder_config"):
         names = pre["methods"] if key == "method_config" else pre["encoders"]
         check_keys(pre[key], names, f"{w}.{key}")
+    for arch, options in pre["encoder_config"].items():
+        if isinstance(options, dict) and options.get("init") not in (None, "random"):
+            options["init"] = _resolve_init(
+                options["init"], arch, f"{w}.encoder_config.{arch}.init", base_dir
+            )
     pre["ratios"] = [float(r) for r in _as_list(pre["ratios"])]
     if any(not 0.0 < r < 1.0 for r in pre["ratios"]):
         raise ExperimentError(f"{w}.ratios: mixed ratios lie in (0, 1), got {pre['ratios']}")
@@ -422,7 +443,7 @@ def _int_list(value: Any, where: str) -> list[int]:
         raise ExperimentError(f"{where}: {exc}") from None
 
 
-def _check_evaluate(exp: dict[str, Any], where: str) -> None:
+def _check_evaluate(exp: dict[str, Any], where: str, base_dir: Path) -> None:
     from tasks.adapters import ADAPTERS
     from tasks.spec import available_specs, load_spec
     from tasks.sweep import BASELINES, parse_fractions
@@ -462,6 +483,7 @@ def _check_evaluate(exp: dict[str, Any], where: str) -> None:
     ev["baselines"] = _as_list(ev["baselines"] or [])
     for name in ev["baselines"]:
         check_name("baseline", str(name), list(BASELINES), f"{w}.baselines")
+    _check_external(exp, ev, w, base_dir)
     if not isinstance(ev["overrides"], dict):
         raise ExperimentError(f"{w}.overrides: expected a mapping of adapter options")
     every = sorted({k for n in ADAPTERS.names() for k in ADAPTERS.get(n).default_config})
@@ -476,6 +498,51 @@ def _check_evaluate(exp: dict[str, Any], where: str) -> None:
     if exp["pretrain"] is None and not ev["baselines"]:
         raise ExperimentError(f"{w}: nothing to evaluate without 'pretrain' or baselines")
     _check_statistics(exp, ev, w)
+
+
+def _check_external(exp: dict[str, Any], ev: dict[str, Any], w: str, base_dir: Path) -> None:
+    """``evaluate.external``: encoder -> init weights (one or a list) of the ``external``
+    baseline, files resolved; given exactly when ``external`` is among the baselines."""
+    from pretrain.encoders.external import parse_init
+
+    external = ev["external"] or {}
+    if not isinstance(external, dict):
+        raise ExperimentError(
+            f"{w}.external: expected a mapping encoder -> init weights, e.g. "
+            "{resnet18: timm:resnet18.a1_in1k}"
+        )
+    wanted = "external" in ev["baselines"]
+    if wanted and not external:
+        raise ExperimentError(
+            f"{w}.baselines: 'external' needs its weights in evaluate.external, e.g. "
+            "external: {resnet18: timm:resnet18.a1_in1k} (or the path of a state-dict file)"
+        )
+    if external and not wanted:
+        raise ExperimentError(
+            f"{w}.external: weights are given but 'external' is not in evaluate.baselines; "
+            "add it there (or remove evaluate.external)"
+        )
+    archs = exp["pretrain"]["encoders"] if exp["pretrain"] else PRETRAIN_DEFAULTS["encoders"]
+    check_keys(external, archs, f"{w}.external")
+    resolved: dict[str, list[str]] = {}
+    for arch, inits in external.items():
+        specs = [
+            _resolve_init(init, arch, f"{w}.external.{arch}", base_dir) for init in _as_list(inits)
+        ]
+        if not specs or "random" in specs:
+            raise ExperimentError(
+                f"{w}.external.{arch}: give timm:<tag> or a state-dict file ('random' is the "
+                "scratch baseline)"
+            )
+        slugs = [parse_init(s).slug() for s in specs]
+        dup = next((s for s in slugs if slugs.count(s) > 1), None)
+        if dup is not None:
+            raise ExperimentError(
+                f"{w}.external.{arch}: two weights are named {dup!r}; rename one file (the name "
+                "identifies the arm's jobs)"
+            )
+        resolved[str(arch)] = specs
+    ev["external"] = resolved
 
 
 def _check_statistics(exp: dict[str, Any], ev: dict[str, Any], w: str) -> None:
@@ -557,7 +624,11 @@ class TaskEntry:
 
 @dataclass
 class EvaluateSection:
-    """``evaluate:``: tasks, label fractions, seeds, baselines and adapter overrides."""
+    """``evaluate:``: tasks, label fractions, seeds, baselines and adapter overrides.
+
+    ``external`` maps an encoder to the init weights of its ``external`` baseline arms
+    (``timm:<tag>`` or resolved file paths; empty unless ``external`` is a baseline).
+    """
 
     tasks: list[TaskEntry]
     fractions: list[float]
@@ -565,6 +636,7 @@ class EvaluateSection:
     baselines: list[str]
     overrides: dict[str, Any]
     statistics: dict[str, Any] = field(default_factory=dict)
+    external: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -597,7 +669,11 @@ class Experiment:
     wandb: WandbSection = field(default_factory=WandbSection)
 
     def to_dict(self) -> dict[str, Any]:
-        """The plain mapping (the layout of an experiment file, every default filled in)."""
+        """The plain mapping (the layout of an experiment file, every default filled in;
+        an empty ``evaluate.external`` is left out, so older experiments keep their hash)."""
+        evaluate = dataclasses.asdict(self.evaluate) if self.evaluate else None
+        if evaluate is not None and not evaluate["external"]:
+            del evaluate["external"]
         return {
             "description": self.description,
             "profile": self.profile,
@@ -605,7 +681,7 @@ class Experiment:
             "datasets": copy.deepcopy(self.datasets),
             "generator": dataclasses.asdict(self.generator) if self.generator else None,
             "pretrain": dataclasses.asdict(self.pretrain) if self.pretrain else None,
-            "evaluate": dataclasses.asdict(self.evaluate) if self.evaluate else None,
+            "evaluate": evaluate,
             "wandb": dataclasses.asdict(self.wandb),
             "name": self.name,
         }

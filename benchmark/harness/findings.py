@@ -13,6 +13,12 @@ gives one verdict:
 * ``legacy protocol: not assessed``: records of the legacy protocol (no per-case
   outputs, arms trained differently), whose intervals cannot carry a verdict.
 
+A contrast whose strategy or reference has a pretrained encoder that did not
+learn (its pretraining health verdict, :mod:`benchmark.harness.health`) keeps
+its verdict but carries the flag ``did_not_learn`` naming them, and its line
+says so: such an encoder's numbers are not comparable, so no benefit is claimed
+for it without the flag.
+
 Nothing here is written by hand: REPORT files may interpret these lines, and a
 test checks that every number a REPORT quotes appears in its ``leaderboard.json``.
 """
@@ -41,25 +47,37 @@ def verdict(comparison: dict[str, Any], higher_is_better: bool) -> str:
     return VERDICTS[2]
 
 
+def unhealthy_rows(board: dict[str, Any]) -> set[str]:
+    """Strategies of ``board`` with a pretrained encoder that did not learn."""
+    return {
+        r["strategy"]
+        for r in board.get("rows", [])
+        if int((r.get("pretraining") or {}).get("did_not_learn") or 0) > 0
+    }
+
+
 def findings(board: dict[str, Any]) -> list[dict[str, Any]]:
     """One finding per pre-declared contrast of ``board`` (a leaderboard dict)."""
     out = []
+    unhealthy = unhealthy_rows(board)
     for c in board.get("comparisons", []):
         hib = bool(board["tasks"][c["task"]]["higher_is_better"])
-        out.append(
-            {
-                "task": c["task"],
-                "adapter": c["adapter"],
-                "fraction": c["fraction"],
-                "strategy": c["strategy"],
-                "reference": c["reference"],
-                "contrast": f"{c['strategy']} vs {c['reference']}",
-                "diff": c.get("mean_diff"),
-                "ci": [c.get("diff_ci_low"), c.get("diff_ci_high")],
-                "p_adjusted": c.get("p_adjusted"),
-                "verdict": verdict(c, hib),
-            }
-        )
+        item = {
+            "task": c["task"],
+            "adapter": c["adapter"],
+            "fraction": c["fraction"],
+            "strategy": c["strategy"],
+            "reference": c["reference"],
+            "contrast": f"{c['strategy']} vs {c['reference']}",
+            "diff": c.get("mean_diff"),
+            "ci": [c.get("diff_ci_low"), c.get("diff_ci_high")],
+            "p_adjusted": c.get("p_adjusted"),
+            "verdict": verdict(c, hib),
+        }
+        bad = [s for s in (c["strategy"], c["reference"]) if s in unhealthy]
+        if bad:  # only then: findings of older leaderboards stay byte-identical
+            item["did_not_learn"] = bad
+        out.append(item)
     return out
 
 
@@ -72,9 +90,15 @@ def finding_line(f: dict[str, Any]) -> str:
     lo, hi = f["ci"]
     ci = f" [{_num(lo)}, {_num(hi)}]" if lo is not None and hi is not None else ""
     p = f", adjusted p {f['p_adjusted']:.3g}" if f.get("p_adjusted") is not None else ""
+    flag = ""
+    if f.get("did_not_learn"):
+        flag = (
+            f" ⚠ not comparable: {' and '.join(f['did_not_learn'])} did not learn during "
+            "pretraining"
+        )
     return (
         f"- {f['task']} {f['adapter']}@{f['fraction']:g}: {f['contrast']}: "
-        f"{_num(f['diff'])}{ci}{p} -> {f['verdict']}"
+        f"{_num(f['diff'])}{ci}{p} -> {f['verdict']}{flag}"
     )
 
 
@@ -111,5 +135,13 @@ def render_findings(board: dict[str, Any]) -> list[str]:
         "Verdicts: " + ", ".join(f"{v} {n}" for v, n in counts.items()) + ".",
         "",
     ]
+    flagged = sum(bool(f.get("did_not_learn")) for f in items)
+    if flagged:
+        lines += [
+            f"⚠ {flagged} of them involve an encoder that did not learn during pretraining "
+            "(kNN accuracy did not rise by >= the margin, loss at chance or collapse): their "
+            "verdicts say nothing about pretraining and are not comparable.",
+            "",
+        ]
     lines += [finding_line(f) for f in items]
     return [*lines, ""]

@@ -19,7 +19,9 @@ locations, process counts). A stage function (:mod:`benchmark.harness.stages`)
 reads only these and its dependencies' recorded outputs, so the key covers every
 input by construction. Paths never enter a key: datasets are keyed by content
 (an HDF5 file's recorded content hash, a source folder's fingerprint), so a
-results folder can move between machines. This module only plans the jobs;
+results folder can move between machines; external initial weights (``init``) are
+keyed the same way, a file by its SHA-256 and a timm weights tag by the tag, while
+the file's location travels in ``run``. This module only plans the jobs;
 :mod:`benchmark.harness.runner` runs them.
 """
 
@@ -243,6 +245,7 @@ def _pretrain_jobs(
                     for seed in pre.seeds:
                         label = strategy_label(source, ratio, method, encoder, seed)
                         synthetic = synth if src.uses_synthetic else None
+                        enc_cfg, init_run = _keyed_init(pre.encoder_config.get(encoder, {}))
                         cfg = {
                             "method": method,
                             "encoder": encoder,
@@ -253,16 +256,20 @@ def _pretrain_jobs(
                             "image_size": pre.image_size,
                             "seed": seed,
                             "method_config": pre.method_config.get(method, {}),
-                            "encoder_config": pre.encoder_config.get(encoder, {}),
+                            "encoder_config": enc_cfg,
                             "amp": pre.amp,
                             "checkpoint_every": pre.checkpoint_every,
                             "real": dj.key if src.uses_real else None,
                             "synthetic": synthetic.key if synthetic else None,
                         }
+                        if not src.uses_real:
+                            # the kNN monitor (and so the health verdict in pretrain.json)
+                            # reads the experiment's dataset; real and mixed runs name it
+                            # in ``real`` already, so their keys are unchanged
+                            cfg["monitor_data"] = dj.key
                         key = digest(cfg, 12)
-                        deps = ([dj.id] if src.uses_real else []) + (
-                            [synthetic.id] if synthetic else []
-                        )
+                        # every run reads the dataset: as its real source, or for the monitor
+                        deps = [dj.id] + ([synthetic.id] if synthetic else [])
                         est = (
                             pre.steps
                             * pre.batch_size
@@ -277,7 +284,7 @@ def _pretrain_jobs(
                             deps,
                             cfg,
                             results / "pretrain" / f"{label}-{key}",
-                            run={"nproc_per_node": pre.nproc_per_node},
+                            run={"nproc_per_node": pre.nproc_per_node, **init_run},
                             estimate_s=est,
                         )
                         job.config["label"] = label
@@ -306,12 +313,14 @@ def plan_jobs(exp: Experiment, results: Path) -> list[Job]:
 def _plan_evaluation(
     exp: Experiment, results: Path, data: dict[str, Job], encoders: dict[str, Job]
 ) -> list[Job]:
+    from pretrain.encoders.external import parse_init
     from tasks.spec import load_spec
     from tasks.sweep import supervised_adapter
 
     ev, pre = exp.evaluate, exp.pretrain
     assert ev is not None
     jobs = []
+    identities: dict[str, dict[str, Any]] = {}  # init spec -> identity (files hashed once)
     archs = list(pre.encoders) if pre else list(PRETRAIN_DEFAULTS["encoders"])
     for task in ev.tasks:
         spec = load_spec(task.spec)
@@ -362,7 +371,8 @@ def _plan_evaluation(
                     estimate_s=est,
                 )
             )
-        if ev.baselines:
+        random_arms = [b for b in ev.baselines if b != "external"]
+        if random_arms:
             for arch in archs:
                 c = cells(task.adapters, "scratch") if "scratch" in ev.baselines else []
                 if "supervised" in ev.baselines:
@@ -373,7 +383,12 @@ def _plan_evaluation(
                 # so its construction arguments are part of the key (input channels come
                 # from the dataset, whose key is in ``tcfg``)
                 architecture = {"name": arch, "args": _baseline_args(pre, arch)}
-                bcfg = {**tcfg, "baselines": ev.baselines, "architecture": architecture}
+                bcfg = {**tcfg, "baselines": random_arms, "architecture": architecture}
+                if "scratch" in random_arms and _frozen(task.adapters):
+                    # the frozen-feature scratch arm is the random init with batch norms
+                    # calibrated on the train split (issue 23): sweeps keyed before it rerun
+                    # those cells (new records folder), the others are skipped as recorded
+                    bcfg["scratch_frozen_init"] = _scratch_frozen_init()
                 jobs.append(
                     Job(
                         f"evaluate/{spec.name}/baselines-{arch}",
@@ -387,14 +402,74 @@ def _plan_evaluation(
                         estimate_s=est,
                     )
                 )
+        for arch in archs if "external" in ev.baselines else []:
+            for init in ev.external.get(arch, []):
+                # one job per (task, encoder, weights): the weights' identity (a file's
+                # SHA-256, a timm tag) is in the key, the file's location in ``run``
+                spec_init = parse_init(init)
+                if init not in identities:
+                    identities[init] = spec_init.identity()
+                c = cells(task.adapters, "external")
+                est = n / SPEED["extract_img_s"] + sum(cell_cost(a, f) for a, _, f, _ in c)
+                architecture = {"name": arch, "args": _baseline_args(pre, arch)}
+                ecfg = {
+                    **tcfg,
+                    "baselines": ["external"],
+                    "architecture": architecture,
+                    "init": identities[init],
+                }
+                jobs.append(
+                    Job(
+                        f"evaluate/{spec.name}/external-{arch}-{spec_init.slug()}",
+                        "evaluate",
+                        digest(ecfg, 12),
+                        [dj.id] if dj else [],
+                        {**base, **ecfg},
+                        out,
+                        run={"output": str(out), "init": init},
+                        cells=c,
+                        estimate_s=est,
+                    )
+                )
     return jobs
 
 
+def _scratch_frozen_init() -> dict[str, Any]:
+    """How the scratch arm of the frozen-feature adapters is initialised (in job keys)."""
+    from tasks.taskdata import CALIBRATION_BATCH, CALIBRATION_SPLIT
+
+    return {"init": "random", "bn_calibration": CALIBRATION_SPLIT, "batch": CALIBRATION_BATCH}
+
+
+def _frozen(adapters: list[str]) -> list[str]:
+    """The frozen-feature adapters (linear, kNN) among ``adapters``."""
+    from tasks.adapters import ADAPTERS
+
+    return [a for a in adapters if not ADAPTERS.get(a).trains_encoder]
+
+
 def _baseline_args(pre: PretrainSection | None, arch: str) -> dict[str, Any]:
-    """Constructor arguments of the baselines' encoder ``arch`` (as pretraining builds it)."""
+    """Constructor arguments of the baselines' encoder ``arch`` (as pretraining builds it,
+    without ``init``: the baselines bring their own initialisation)."""
     if not pre:
         return {}
-    return {"img_size": int(pre.image_size), **pre.encoder_config.get(arch, {})}
+    options = {k: v for k, v in pre.encoder_config.get(arch, {}).items() if k != "init"}
+    return {"img_size": int(pre.image_size), **options}
+
+
+def _keyed_init(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An encoder config for a job key, and the ``run`` entry of its ``init`` weights.
+
+    A non-random ``init`` is replaced by its identity (a file's SHA-256 or a timm tag),
+    so an edited weights file reruns the job and a moved one does not; the spec itself
+    (a path) goes to ``run["init"]`` for the stage.
+    """
+    init = options.get("init")
+    if init in (None, "random"):
+        return dict(options), {}
+    from pretrain.encoders.external import parse_init
+
+    return {**options, "init": parse_init(init).identity()}, {"init": str(init)}
 
 
 def _cell_cost(

@@ -16,6 +16,15 @@ old percentile bootstrap over seeds (with 3 seeds: their min and max) and a
 "legacy protocol" note; they are never compared with current records and
 their comparisons carry no verdict. A cell whose restored weights are those of
 its first evaluation (legacy) or of step 0 (current) is flagged.
+
+Pretrained rows carry the health verdict of their encoders' pretraining (from
+the checkpoint metadata each record keeps; :mod:`benchmark.harness.health`):
+a row with an encoder that did not learn is flagged ⚠ wherever it appears
+(tables, ranking, comparisons, findings), and the JSON and CSV exports carry
+the verdict and the kNN accuracy at step 0 and at the end. Scratch rows whose
+frozen-feature cells used the random init with batch norms calibrated on the
+train split (:mod:`tasks.taskdata`) are labelled so; records from before that
+keep their old label.
 Written to ``LEADERBOARD.md``, ``leaderboard.csv`` (long format, every metric),
 ``leaderboard.json`` (everything, including paired tests) and one
 learning-curve PNG per task.
@@ -38,6 +47,7 @@ from benchmark.core.errors import DataError
 from benchmark.core.io import atomic_path, atomic_write_json, atomic_write_text
 from benchmark.harness import casestats
 from benchmark.harness.findings import findings, render_findings
+from benchmark.harness.health import DID_NOT_LEARN, FLAG, LEGEND, compact, did_not_learn
 from benchmark.harness.stats import (
     StatsInputError,
     aulc,
@@ -57,6 +67,14 @@ LEGACY_NOTE = (
     "min and max) and their comparisons carry no verdict."
 )
 SOURCE_ORDER = {"real": 0, "synthetic": 1, "mixed": 2}
+#: Label of a scratch row whose frozen-feature cells used batch norms calibrated on train.
+CALIBRATED_LABEL = "random init, BN calibrated on train"
+CALIBRATED_NOTE = (
+    f"{CALIBRATED_LABEL}: the frozen-feature probes ({{adapters}}) of the scratch baseline use "
+    "the random encoder with its batch-norm statistics recomputed on the task's train split "
+    "(a raw random init normalises with statistics no image has); adapters that train the "
+    "encoder start from the raw random init."
+)
 KIND_ORDER = {"pretrained": 0, "scratch": 1, "supervised": 2}
 
 
@@ -111,7 +129,7 @@ def strategy_of(record: dict[str, Any]) -> dict[str, Any]:
     arch = (meta.get("encoder") or {}).get("name", "?")
     if record.get("baseline"):
         kind = record["baseline"]
-        return {"strategy": f"{kind} / {arch}", "kind": kind, "encoder": arch}
+        return {"strategy": enc.get("label") or f"{kind} / {arch}", "kind": kind, "encoder": arch}
     cfg = meta.get("config") or {}
     source = cfg.get("source", "?")
     ratio = cfg.get("synthetic_ratio") if source == "mixed" else None
@@ -124,6 +142,51 @@ def strategy_of(record: dict[str, Any]) -> dict[str, Any]:
         "ratio": ratio,
         "method": method,
         "encoder": arch,
+    }
+
+
+def pretraining_health(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The compact pretraining health of a record's encoder (None for baselines and for
+    checkpoints from before the kNN monitor)."""
+    if record.get("baseline"):
+        return None
+    return compact((record["encoder"].get("metadata") or {}).get("health"))
+
+
+def bn_calibrated(record: dict[str, Any]) -> bool:
+    """Whether a record's random encoder had its batch norms calibrated (issue 23)."""
+    calibration = (record["encoder"].get("metadata") or {}).get("bn_calibration") or {}
+    return bool(calibration.get("calibrated"))
+
+
+def _pretraining(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A row's pretraining health over its encoders (pretraining seeds), if recorded.
+
+    ``verdict`` is ``did not learn`` if any encoder did not learn, ``learned`` if all
+    learned, else ``not checked``; the kNN accuracies are means over the encoders.
+    """
+    per_encoder: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        h = pretraining_health(rec)
+        if h is not None:
+            per_encoder.setdefault(str(rec["encoder"].get("hash") or rec["encoder"]["id"]), h)
+    if not per_encoder:
+        return None
+    hs = [per_encoder[k] for k in sorted(per_encoder)]
+    bad = sum(did_not_learn(h) for h in hs)
+    learned = all(h["verdict"] == "learned" for h in hs)
+
+    def mean(key: str) -> float | None:
+        vals = [float(h[key]) for h in hs if h.get(key) is not None]
+        return _r(sum(vals) / len(vals)) if vals else None
+
+    return {
+        "verdict": DID_NOT_LEARN if bad else ("learned" if learned else "not checked"),
+        "encoders": len(hs),
+        "did_not_learn": bad,
+        "knn_init": mean("knn_init"),
+        "knn_end": mean("knn_end"),
+        "reasons": sorted({r for h in hs for r in h["reasons"]}),
     }
 
 
@@ -164,6 +227,7 @@ def aggregate(
     if protocol == "mixed":  # never mix protocols in one table or comparison
         records = [r for r in records if protocol_of(r) == "current"]
     by_cell: dict[tuple[str, str, str, float], list[dict[str, Any]]] = defaultdict(list)
+    by_row: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
         task, adapter, frac = rec["task"]["name"], rec["adapter"]["name"], float(rec["fraction"])
         primary = rec["primary_metric"]
@@ -182,6 +246,7 @@ def aggregate(
         t["fractions"].add(frac)
         info = strategy_of(rec)
         rows.setdefault(info["strategy"], info)
+        by_row[info["strategy"]].append(rec)
         value = rec["metrics"].get(primary)
         key = (info["strategy"], task, adapter, frac)
         by_cell[key].append(rec)
@@ -205,10 +270,21 @@ def aggregate(
             "metrics": {m: _r(sum(v) / len(v)) for m, v in sorted(all_metrics[key].items())},
             "first_weights_kept": sum(first_weights_kept(r) for r in by_cell[key]),
         }
+        calibrated = sum(bn_calibrated(r) for r in by_cell[key])
+        if calibrated:  # only then: leaderboards of older records stay byte-identical
+            cell["bn_calibrated"] = calibrated
         if protocol != "legacy":
             cell.update(_case_interval(by_cell[key], stats_kw))
         cells[strategy][f"{task}/{adapter}@{frac:g}"] = cell
-    out_rows = [{**row, "cells": cells[row["strategy"]]} for row in ordered]
+    out_rows = []
+    for row in ordered:
+        extra: dict[str, Any] = {}
+        health = _pretraining(by_row[row["strategy"]])
+        if health is not None:
+            extra["pretraining"] = health
+        if any(bn_calibrated(r) for r in by_row[row["strategy"]]):
+            extra["init"] = CALIBRATED_LABEL
+        out_rows.append({**row, **extra, "cells": cells[row["strategy"]]})
     comparisons = _comparisons(tasks, out_rows, per_seed, by_cell, protocol, stats_kw)
     board = {
         "schema": SCHEMA,
@@ -381,6 +457,27 @@ def _fmt(x: Any, nd: int = 3) -> str:
     return "–" if x is None else f"{x:.{nd}f}"
 
 
+def health_flag(row: dict[str, Any] | None) -> str:
+    """`` ⚠`` after a row with an encoder that did not learn (`` ⚠1/3`` for 1 of 3)."""
+    p = (row or {}).get("pretraining") or {}
+    bad, n = int(p.get("did_not_learn") or 0), int(p.get("encoders") or 0)
+    if not bad:
+        return ""
+    return f" {FLAG}" if bad == n else f" {FLAG}{bad}/{n}"
+
+
+def _flagged(board: dict[str, Any], strategy: str) -> str:
+    """The strategy name with its health flag."""
+    row = next((r for r in board["rows"] if r["strategy"] == strategy), None)
+    return strategy + health_flag(row)
+
+
+def _flagged_reference(board: dict[str, Any], comparison: dict[str, Any]) -> str:
+    """A comparison's reference kind, flagged when the reference encoder did not learn."""
+    row = next((r for r in board["rows"] if r["strategy"] == comparison["reference"]), None)
+    return comparison["reference_kind"] + health_flag(row)
+
+
 def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any]) -> str:
     """The Markdown leaderboard."""
     lines = [f"# Leaderboard: {title}", ""]
@@ -426,6 +523,18 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
             ]
             if means:
                 best[k] = max(means) if t["higher_is_better"] else min(means)
+        frozen = sorted(
+            {
+                k.split("/", 1)[1].split("@")[0]
+                for r in board["rows"]
+                for k, c in r["cells"].items()
+                if k in keys and c.get("bn_calibrated")
+            }
+        )
+        if any(health_flag(r) and any(k in r["cells"] for k in keys) for r in board["rows"]):
+            lines += [LEGEND + ".", ""]
+        if frozen:
+            lines += [CALIBRATED_NOTE.format(adapters=", ".join(frozen)), ""]
         lines.append("| strategy | " + " | ".join(cols) + " |")
         lines.append("|---|" + "---|" * len(cols))
         for r in board["rows"]:
@@ -447,7 +556,10 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
                 flag = f" ⚑{c['first_weights_kept']}" if c.get("first_weights_kept") else ""
                 flag += " ≡" if c.get("deterministic") else ""
                 cells.append(f"{m}{ci}{flag}")
-            lines.append(f"| {r['strategy']} | " + " | ".join(cells) + " |")
+            name = r["strategy"] + health_flag(r)
+            if any(r["cells"].get(k, {}).get("bn_calibrated") for k in keys):
+                name += f" ({CALIBRATED_LABEL})"
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += ["", f"![learning curves of {task}](curves_{task}.png)", ""]
         lines += _ranking_lines(board, task)
         lines += _comparison_lines(board, task)
@@ -487,7 +599,8 @@ def _ranking_lines(board: dict[str, Any], task: str) -> list[str]:
     for e in rows:
         match = e["fraction_to_match_scratch_full"]
         m = "never" if match is None else f"{match:.3g}"
-        out.append(f"| {e['adapter']} | {e['rank']} | {e['strategy']} | {_fmt(e['aulc'])} | {m} |")
+        name = _flagged(board, e["strategy"])
+        out.append(f"| {e['adapter']} | {e['rank']} | {name} | {_fmt(e['aulc'])} | {m} |")
     return [*out, ""]
 
 
@@ -518,8 +631,9 @@ def _comparison_lines(board: dict[str, Any], task: str) -> list[str]:
             if c["diff_ci_low"] is not None
             else ""
         )
+        name, ref = _flagged(board, c["strategy"]), _flagged_reference(board, c)
         out.append(
-            f"| {c['strategy']} | {c['reference_kind']} | {c['adapter']} | {c['fraction']:g} | "
+            f"| {name} | {ref} | {c['adapter']} | {c['fraction']:g} | "
             f"{_fmt(c['mean_diff'])}{ci} | {_fmt(c['p_value'])} | {_fmt(c['rank_biserial'], 2)} | {c['n']} |"
         )
     return [*out, ""]
@@ -541,16 +655,26 @@ def _current_comparison_lines(board: dict[str, Any], rows: list[dict[str, Any]])
             if c.get("diff_ci_low") is not None
             else ""
         )
+        name, ref = _flagged(board, c["strategy"]), _flagged_reference(board, c)
         out.append(
-            f"| {c['strategy']} | {c['reference_kind']} | {c['adapter']} | {c['fraction']:g} | "
+            f"| {name} | {ref} | {c['adapter']} | {c['fraction']:g} | "
             f"{_fmt(c.get('mean_diff'))}{ci} | {_fmt(c.get('p_adjusted'))} | "
             f"{_fmt(c.get('wilcoxon_p'))} | {c.get('n')} |"
         )
     return [*out, ""]
 
 
+def _blank(x: Any) -> Any:
+    return "" if x is None else x
+
+
 def render_csv(board: dict[str, Any]) -> str:
-    """Long-format CSV: one line per strategy x task x adapter x fraction x metric."""
+    """Long-format CSV: one line per strategy x task x adapter x fraction x metric.
+
+    The last columns are the row's pretraining health (:func:`_pretraining`): verdict and
+    mean kNN accuracy at the calibrated step 0 and at the end (empty for baselines and
+    for encoders pretrained before the kNN monitor).
+    """
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(
@@ -571,9 +695,13 @@ def render_csv(board: dict[str, Any]) -> str:
             "ci_high",
             "std",
             "n",
+            "pretrain_verdict",
+            "knn_init",
+            "knn_end",
         ]
     )
     for r in board["rows"]:
+        health = r.get("pretraining") or {}
         for key, c in r["cells"].items():
             task, rest = key.split("/", 1)
             adapter, frac = rest.split("@")
@@ -598,6 +726,9 @@ def render_csv(board: dict[str, Any]) -> str:
                         c["ci_high"] if is_primary else "",
                         c["std"] if is_primary else "",
                         c["n"],
+                        health.get("verdict", ""),
+                        _blank(health.get("knn_init")),
+                        _blank(health.get("knn_end")),
                     ]
                 )
     return buf.getvalue()
@@ -625,7 +756,7 @@ def plot_curves(board: dict[str, Any], task: str, path: Path) -> Path:
                 continue
             xs = [p[0] for p in pts]
             ys = [p[1]["mean"] for p in pts]
-            style = {"pretrained": "-", "scratch": "--", "supervised": ":"}[r["kind"]]
+            style = {"pretrained": "-", "scratch": "--", "supervised": ":"}.get(r["kind"], "-.")
             marker = "*" if r["kind"] == "supervised" else "o"
             (line,) = ax.plot(xs, ys, style, marker=marker, label=r["strategy"])
             lo = [p[1]["ci_low"] for p in pts]

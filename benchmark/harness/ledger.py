@@ -42,7 +42,21 @@ class LockedError(SSLBenchError):
 
 @dataclass
 class RunSummary:
-    """What a run did."""
+    """What a run did.
+
+    Attributes:
+        results: The results folder.
+        experiment_hash: Hash of the resolved experiment.
+        jobs: Jobs of this runner (the whole grid, or a stage/shard's).
+        ran: Jobs run now.
+        skipped: Jobs already done.
+        failed: Job id -> error (``--strict`` failures included).
+        estimate_s: Estimated time of the todo jobs (``--dry-run``).
+        wall_s: Wall time of the run.
+        leaderboard: The leaderboard folder, when one was written.
+        health: Pretraining job id -> its compact health verdict
+            (:func:`benchmark.harness.health.compact`, None when the run recorded none).
+    """
 
     results: Path
     experiment_hash: str
@@ -53,6 +67,7 @@ class RunSummary:
     estimate_s: float = 0.0
     wall_s: float = 0.0
     leaderboard: Path | None = None
+    health: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
 
 @contextmanager
@@ -163,7 +178,11 @@ def save_experiment(results: Path, exp: Experiment, source: str) -> str:
 
 @dataclass
 class Outcome:
-    """What running one job gave: its outputs, or its error (and a sweep's partial summary)."""
+    """What running one job gave: its outputs, or its error (and a sweep's partial summary).
+
+    ``retry`` is False for a failure that another attempt would repeat (a pretraining
+    job failed by ``--strict``: its encoder did not learn).
+    """
 
     ok: bool
     out: dict[str, Any] = field(default_factory=dict)
@@ -172,6 +191,7 @@ class Outcome:
     partial: dict[str, Any] | None = None
     wall_s: float = 0.0
     attempts: int = 1
+    retry: bool = True
 
 
 def record_success(results: Path, job: Job, outcome: Outcome) -> None:

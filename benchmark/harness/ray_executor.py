@@ -90,8 +90,13 @@ def execute_ray(
     tracker: Tracker,
     progress: bool,
     options: RayOptions,
+    strict: bool = False,
 ) -> Any:
-    """Run the unfinished ``jobs`` as Ray tasks in dependency order; returns a RunSummary."""
+    """Run the unfinished ``jobs`` as Ray tasks in dependency order; returns a RunSummary.
+
+    With ``strict``, pretraining jobs whose encoder did not learn fail, without retries
+    (:func:`benchmark.harness.runner.run_experiment`).
+    """
     try:
         import ray
     except ImportError:
@@ -100,6 +105,7 @@ def execute_ray(
         ) from None
     from tqdm.auto import tqdm
 
+    from benchmark.harness.health import strict_outcome, unhealthy_done
     from benchmark.harness.ledger import (
         Outcome,
         RunSummary,
@@ -130,6 +136,12 @@ def execute_ray(
     running: dict[Any, tuple[Job, int]] = {}
     finished: set[str] = set(summary.skipped)
     failed: set[str] = set()
+    if strict:  # finished earlier, failed under --strict now
+        for job_id, message in unhealthy_done(results, jobs).items():
+            finished.discard(job_id)
+            failed.add(job_id)
+            summary.skipped.remove(job_id)
+            summary.failed[job_id] = message
     bar = tqdm(total=len(todo), disable=not progress, unit="job", desc="ray", dynamic_ncols=True)
 
     def submit(job: Job, attempt: int) -> None:
@@ -166,11 +178,13 @@ def execute_ray(
             except Exception as exc:  # the worker died (killed, out of memory, node lost)
                 outcome = Outcome(False, error=f"{exc.__class__.__name__}: {exc}")
             outcome.attempts = attempt
+            if strict:
+                outcome = strict_outcome(job, outcome)
             if outcome.ok:
                 record_success(results, job, outcome)
                 summary.ran.append(job.id)
                 finished.add(job.id)
-            elif attempt <= options.retries:
+            elif attempt <= options.retries and outcome.retry:
                 submit(job, attempt + 1)
                 continue
             else:

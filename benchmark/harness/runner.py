@@ -15,6 +15,11 @@ included) and run again:
 
 A failing job or cell is recorded under ``RESULTS/failures/`` with its error;
 the jobs that do not depend on it go on, and a summary lists the failures.
+The summary also lists every pretrained encoder's health (kNN accuracy at the
+calibrated step 0 and at the end, loss against chance, collapse, verdict;
+:mod:`benchmark.harness.health`) and warns about encoders that did not learn;
+with ``strict`` such a pretraining job counts as failed (its encoder is still
+written, its dependants do not run, and a run without ``strict`` resumes it).
 The folder belongs to one experiment ``name``: another experiment's folder is
 refused before any work starts, while an edited version of the same
 experiment reruns only what its edits changed.
@@ -30,6 +35,13 @@ from tqdm.auto import tqdm
 
 from benchmark.core.errors import SSLBenchError
 from benchmark.harness.experiment import Experiment, experiment_hash
+from benchmark.harness.health import (
+    did_not_learn,
+    format_health,
+    job_health,
+    strict_outcome,
+    unhealthy_done,
+)
 from benchmark.harness.jobs import Job, format_duration, plan_jobs
 from benchmark.harness.ledger import (
     LockedError,
@@ -97,8 +109,14 @@ def run_experiment(
     ray_options: Any = None,
     stage: str | None = None,
     shard: tuple[int, int] | None = None,
+    strict: bool = False,
 ) -> RunSummary:
     """Run (or resume) the resolved experiment ``exp`` into ``results``.
+
+    ``strict`` makes a pretraining job whose encoder did not learn (its health verdict,
+    :mod:`benchmark.harness.health`) a failed job: it gets a failure record naming the
+    reasons instead of its marker (the encoder is still written), and the jobs that
+    depend on it do not run. A finished job of an earlier run counts the same way.
 
     ``executor`` is ``local`` (jobs one after the other in this process) or
     ``ray`` (:mod:`benchmark.harness.ray_executor`, with :class:`RayOptions` ``ray_options``).
@@ -138,10 +156,13 @@ def run_experiment(
             from benchmark.harness.ray_executor import RayOptions, execute_ray
 
             options = ray_options or RayOptions()
-            summary = execute_ray(exp, results, jobs, tracker, progress, options)
+            summary = execute_ray(exp, results, jobs, tracker, progress, options, strict=strict)
         else:
-            summary = _execute(exp, results, jobs, tracker, progress, mine)
+            summary = _execute(exp, results, jobs, tracker, progress, mine, strict=strict)
         summary.experiment_hash = h
+        summary.health = {
+            j.id: job_health(results, j) for j in (mine or jobs) if j.stage == "pretrain"
+        }
         if split:
             summary.wall_s = time.perf_counter() - start
             return summary
@@ -162,8 +183,13 @@ def _execute(
     tracker: Tracker,
     progress: bool,
     selected: list[Job] | None = None,
+    strict: bool = False,
 ) -> RunSummary:
-    """Run the unfinished jobs (of ``selected``, a shard, if given) one after the other."""
+    """Run the unfinished jobs (of ``selected``, a shard, if given) one after the other.
+
+    With ``strict``, pretraining jobs whose encoder did not learn fail (see
+    :func:`run_experiment`).
+    """
     from benchmark.core.device import resolve_device
 
     split = selected is not None
@@ -188,12 +214,16 @@ def _execute(
         bar.set_postfix_str(f"cells {state['cells']}/{cells_total}")
 
     ctx = Context(results, tracker, str(resolve_device(exp.device)))
-    failed: set[str] = set()
+    failed = unhealthy_done(results, jobs) if strict else {}
+    for job_id, message in failed.items():
+        if job_id in summary.skipped:  # finished earlier, failed under --strict now
+            summary.skipped.remove(job_id)
+            summary.failed[job_id] = message
     try:
         for job in todo:
             bad = [d for d in job.deps if d in failed]
             if bad:
-                failed.add(job.id)
+                failed[job.id] = "failed"
                 summary.failed[job.id] = f"skipped: depends on failed {', '.join(bad)}"
                 bar.update(job.estimate_s)
                 continue
@@ -209,7 +239,7 @@ def _execute(
             if split:
                 missing = [d for d in job.deps if not job_done(results, by_id[d])]
                 if missing:
-                    failed.add(job.id)
+                    failed[job.id] = "failed"
                     summary.failed[job.id] = (
                         f"not run: {', '.join(missing)} not finished (run that stage first)"
                     )
@@ -222,11 +252,13 @@ def _execute(
                     continue
             else:
                 outcome = run_job(job, ctx)
+            if strict:
+                outcome = strict_outcome(job, outcome)
             if outcome.ok:
                 record_success(results, job, outcome)
                 summary.ran.append(job.id)
             else:
-                failed.add(job.id)
+                failed[job.id] = "failed"
                 summary.failed[job.id] = record_failure(results, job, outcome)
             if not job.cells:
                 bar.update(job.estimate_s)
@@ -236,12 +268,22 @@ def _execute(
 
 
 def format_run_summary(summary: RunSummary) -> str:
-    """The end-of-run report printed by the CLI."""
+    """The end-of-run report printed by the CLI.
+
+    Lists every pretrained encoder's health (kNN init -> end, loss first -> last against
+    chance, collapse, verdict) and ends with a warning naming each encoder that did not
+    learn.
+    """
     lines = [
         f"results: {summary.results}  (experiment {summary.experiment_hash[:12]})",
         f"jobs: {summary.jobs} planned, {len(summary.ran)} ran, {len(summary.skipped)} already "
         f"done, {len(summary.failed)} failed; wall time {format_duration(summary.wall_s)}",
     ]
+    if summary.health:
+        lines.append(
+            "pretrained encoders (kNN init -> end; loss first -> last; collapse; verdict):"
+        )
+        lines += [f"  {job}: {format_health(h)}" for job, h in summary.health.items()]
     if summary.failed:
         lines.append("failures (details in RESULTS/failures/):")
         lines += [f"  {job}: {err}" for job, err in summary.failed.items()]
@@ -250,4 +292,13 @@ def format_run_summary(summary: RunSummary) -> str:
     wandb_dir = summary.results / "wandb"
     if wandb_dir.exists():
         lines.append(f"W&B offline runs: wandb sync {wandb_dir}/offline-run-*")
+    bad = [job for job, h in summary.health.items() if h is not None and did_not_learn(h)]
+    if bad:
+        lines.append(
+            f"WARNING: {len(bad)} pretrained encoder(s) did not learn (kNN accuracy did not "
+            "rise by >= the margin during pretraining, loss at chance or collapse): "
+            + ", ".join(bad)
+            + "; their leaderboard rows are flagged ⚠ and their numbers are not comparable"
+            + ("" if all(job in summary.failed for job in bad) else " (--strict fails such jobs)")
+        )
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from typing import Any
 from benchmark.core.errors import SSLBenchError
 from benchmark.core.io import read_json
 from benchmark.data.h5format import read_meta
+from benchmark.harness.health import compact, wandb_summary
 from benchmark.harness.jobs import Job
 from benchmark.harness.ledger import Outcome, marker_path
 from benchmark.harness.tracking import RunHandle, Tracker
@@ -175,17 +176,26 @@ def _flat_numbers(report: dict[str, Any], sections: tuple[str, ...]) -> dict[str
 
 
 def run_pretrain(job: Job, ctx: Context) -> dict[str, Any]:
-    """Pretrain (or resume) one strategy's encoder."""
+    """Pretrain (or resume) one strategy's encoder.
+
+    Every source's run monitors kNN accuracy on the experiment's dataset (the ``data``
+    dependency; :mod:`pretrain.monitor`), so the outputs carry the run's health verdict
+    (:func:`benchmark.harness.health.compact`), which W&B gets in the run summary.
+    """
     from pretrain.train import PretrainConfig, pretrain
 
     cfg = {k: v for k, v in job.config.items() if k != "label"}
-    real = ctx.output(job, "data")["path"] if cfg["real"] else None
+    if job.run.get("init"):  # the key holds the weights' identity, ``run`` their location
+        cfg["encoder_config"] = {**cfg["encoder_config"], "init": job.run["init"]}
+    data = str(ctx.output(job, "data")["path"])
     synthetic = ctx.output(job, "generate/sample")["path"] if cfg["synthetic"] else None
     config = PretrainConfig(
         **{
             **cfg,
-            "real": str(real) if real else None,
+            "real": data if cfg["real"] else None,
             "synthetic": str(synthetic) if synthetic else None,
+            # the labelled dataset of the kNN monitor, also for synthetic-only runs
+            "monitor_data": data,
             "device": ctx.device,
         }
     )
@@ -200,17 +210,22 @@ def run_pretrain(job: Job, ctx: Context) -> dict[str, Any]:
             summary = pretrain(config, job.out, resume=True, progress=False).summary
         wb.log_history(_jsonl(job.out / "metrics.jsonl"))
         wb.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
+        health = compact(summary.get("health"))
+        if health is not None:
+            wb.summary(wandb_summary(health))
         if ctx.tracker.log_checkpoints:
             wb.artifact(job.out / "encoder", f"encoder-{job.slug}", "model")
     return {
         "checkpoint": str(job.out / "encoder"),
         "train_time_s": summary.get("train_time_s"),
         "world_size": nproc,
+        "health": health,
     }
 
 
 def run_evaluate(job: Job, ctx: Context) -> dict[str, Any]:
-    """Run (or resume) one sweep: a strategy's encoder, or the baselines."""
+    """Run (or resume) one sweep: a strategy's encoder, the baselines, or an ``external``
+    arm (its weights' location in ``job.run["init"]``)."""
     from tasks.sweep import SweepConfig, run_sweep
 
     cfg = job.config
@@ -237,6 +252,7 @@ def run_evaluate(job: Job, ctx: Context) -> dict[str, Any]:
         image_size=cfg["image_size"],
         architecture=arch,
         keep_going=True,
+        init=job.run.get("init"),
     )
     with ctx.tracker.run(job.id, "evaluate", {**cfg, "sweep": sweep.to_dict()}) as wb:
         result = run_sweep(sweep, on_cell=ctx.on_cell)

@@ -75,11 +75,22 @@ class RunHandle:
             self._call("log", self._run.log, metrics, step=step)
 
     def log_history(self, rows: list[dict[str, Any]], step_key: str = "step") -> None:
-        """Log per-step rows (e.g. a ``metrics.jsonl``) with their own step numbers."""
+        """Log per-step rows (e.g. a ``metrics.jsonl``) with their own step numbers.
+
+        Only numbers are logged: nested records (the kNN monitor's ``calibration``
+        provenance at step 0), strings and booleans are left out, and a row without a
+        number is skipped. Rows that all carry a step are logged in step order (W&B
+        drops a step below the last one logged), so series logged at different
+        cadences (the training log and the kNN monitor of a pretraining run) each land
+        at their own steps; rows sharing a step merge into it.
+        """
+        if rows and all(row.get(step_key) is not None for row in rows):
+            rows = sorted(rows, key=lambda row: int(row[step_key]))  # stable
         for row in rows:
             step = row.get(step_key)
             values = {k: v for k, v in row.items() if k != step_key and _loggable(v)}
-            self.log(values, step=int(step) if step is not None else None)
+            if values:
+                self.log(values, step=int(step) if step is not None else None)
 
     def summary(self, values: dict[str, Any]) -> None:
         """Set final metrics in the run summary."""

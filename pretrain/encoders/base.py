@@ -13,6 +13,10 @@ This mirrors timm's ``features_only`` / ``forward_intermediates`` and MONAI's
 ``BaseEncoder`` so that every task adapter works with every backbone.
 An encoder is rebuilt from ``ENCODERS.create(name, **encoder_args)``; the
 checkpoint stores exactly ``name`` and ``encoder_args``.
+
+Every encoder takes ``init`` (:mod:`pretrain.encoders.external`): ``random`` (the
+default), ``timm:<tag>`` or a local weights file; a non-random ``init`` is kept in
+``encoder_args`` and what it loaded (with the weights' SHA-256) in :attr:`Encoder.init_info`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from benchmark.core.errors import SSLBenchError
 from benchmark.core.registry import Registry
+from pretrain.encoders.external import InitSpec, load_init_weights, parse_init
 
 ENCODERS: Registry[type[Encoder]] = Registry(
     "encoders", "backbones that produce pooled and multi-scale features"
@@ -58,6 +64,8 @@ class Encoder(nn.Module):
         patch_size: Patch size of a ViT, else None.
         min_size / size_multiple: Input sizes the encoder accepts.
         cost: Relative training cost per image (dry-run estimates).
+        init_info: Provenance of external initial weights (``init`` spec, file name,
+            SHA-256, adapted and dropped keys), or None for a random initialisation.
     """
 
     name: ClassVar[str] = ""
@@ -79,6 +87,8 @@ class Encoder(nn.Module):
         self.size_multiple = 32
         #: Metadata of the checkpoint this encoder was loaded from, if any.
         self.checkpoint_meta: dict[str, Any] | None = None
+        #: What a non-random ``init`` loaded (see :meth:`apply_init`).
+        self.init_info: dict[str, Any] | None = None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(B, num_features)``."""
@@ -104,8 +114,63 @@ class Encoder(nn.Module):
                 f"{self.size_multiple}, got {tuple(size)}"
             )
 
+    # -- external initial weights (``init``) ---------------------------------------
+    #: Whether ``init`` may be a ``timm:<tag>`` (2D timm encoders only).
+    accepts_timm_init: ClassVar[bool] = False
+
+    @classmethod
+    def check_init(cls, init: InitSpec) -> None:
+        """Raise ``SSLBenchError`` if ``init`` cannot initialise this encoder class.
+
+        Checked when an experiment is loaded, before any work, and again on construction.
+        """
+        if init.kind == "timm" and not cls.accepts_timm_init:
+            raise SSLBenchError(
+                f"encoder {cls.name!r}: init 'timm:{init.value}' needs a 2D timm encoder; "
+                "give the path of a local state-dict file instead (init=/path/weights.pth)"
+            )
+
+    def init_layout(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Dotted names, in ``self.model``, of the input convolution(s) and of the
+        classifier layer(s) (whose keys external weights may carry and are dropped)."""
+        return (), ()
+
+    def init_filter(
+        self, state: dict[str, torch.Tensor], model: nn.Module
+    ) -> dict[str, torch.Tensor]:
+        """Convert external weights to the model's layout before loading (default: as is)."""
+        return state
+
+    def apply_init(self, init: str | InitSpec | None) -> None:
+        """Load external initial weights into ``self.model`` (nothing for ``random``).
+
+        Subclasses call this at the end of ``__init__``. A non-random ``init`` is
+        recorded in :attr:`encoder_args` (so a checkpoint rebuilds the same
+        architecture) and its provenance in :attr:`init_info` (see
+        :func:`pretrain.encoders.external.load_init_weights` for the loading rules).
+        """
+        spec = parse_init(init)
+        type(self).check_init(spec)
+        if spec.is_random:
+            return
+        first_conv, classifier = self.init_layout()
+        model = getattr(self, "model", self)
+        self.init_info = load_init_weights(
+            model,
+            spec,
+            first_conv=first_conv,
+            classifier=classifier,
+            filter_fn=self.init_filter,
+            arch=self.name,
+        )
+        self.encoder_args["init"] = spec.spec
+
     def describe(self) -> dict[str, Any]:
-        """Name, constructor args and feature contract, for checkpoint metadata."""
+        """Name, constructor args and feature contract, for checkpoint metadata.
+
+        Holds ``init`` (:attr:`init_info`) when the encoder started from external weights.
+        """
+        extra = {"init": dict(self.init_info)} if self.init_info else {}
         return {
             "name": self.name,
             "args": dict(self.encoder_args),
@@ -115,11 +180,16 @@ class Encoder(nn.Module):
             "supports_multiscale": self.supports_multiscale,
             "is_vit": self.is_vit,
             "num_params": sum(p.numel() for p in self.parameters()),
+            **extra,
         }
 
 
 def create_encoder(name: str, **kwargs: Any) -> Encoder:
-    """Build a registered encoder by name (random initialisation, no downloads)."""
+    """Build a registered encoder by name.
+
+    Random initialisation unless ``kwargs`` hold a non-random ``init``
+    (:mod:`pretrain.encoders.external`); only ``init="timm:<tag>"`` downloads.
+    """
     encoder = ENCODERS.create(name, **kwargs)
     assert isinstance(encoder, Encoder)
     return encoder

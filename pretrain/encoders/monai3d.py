@@ -9,7 +9,12 @@
   channels ``embed_dim * (1, 2, 4, 8, 16)``.
 
 All are single-channel by default and randomly initialised (no downloads).
-Input sizes must be multiples of 32 per axis.
+Input sizes must be multiples of 32 per axis. ``init`` may name a local
+state-dict file (an sslbench checkpoint's, or a MONAI / MedicalNet ResNet's:
+``module.`` prefixes, the ``fc`` classifier and MedicalNet's ``conv_seg`` head are
+dropped); ``timm:`` tags are
+refused (they are 2D), and the input channels must match (timm's
+``adapt_input_conv`` is 2D only).
 """
 
 from __future__ import annotations
@@ -24,14 +29,25 @@ from pretrain.encoders.base import ENCODERS, Encoder, FeatureInfo
 
 
 class ResNet3DEncoder(Encoder):
-    """A MONAI 3D ResNet; multi-scale levels after the stem and each stage."""
+    """A MONAI 3D ResNet; multi-scale levels after the stem and each stage.
+
+    Args:
+        in_chans: Input channels.
+        img_size: Input size (recorded).
+        widen_factor: Channel multiplier of every stage.
+        init: ``random`` or a local state-dict file (:mod:`pretrain.encoders.external`).
+    """
 
     spatial_dims: ClassVar[int] = 3
     layers: ClassVar[list[int]] = [2, 2, 2, 2]
     widths: ClassVar[list[int]] = [64, 128, 256, 512]
 
     def __init__(
-        self, in_chans: int = 1, img_size: int | tuple[int, ...] = 32, widen_factor: float = 1.0
+        self,
+        in_chans: int = 1,
+        img_size: int | tuple[int, ...] = 32,
+        widen_factor: float = 1.0,
+        init: str = "random",
     ) -> None:
         super().__init__(in_chans=in_chans, img_size=img_size)
         self.model = ResNet(
@@ -53,6 +69,11 @@ class ResNet3DEncoder(Encoder):
         ]
         self.num_features = chans[-1]
         self.size_multiple = 32
+        self.apply_init(init)
+
+    def init_layout(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        # no input-conv adaptation (3D); a classifier, or MedicalNet's segmentation head
+        return (), ("fc", "conv_seg")
 
     def forward_multiscale(self, x: torch.Tensor) -> list[torch.Tensor]:
         m = self.model
@@ -85,7 +106,11 @@ class ResNet10_3D(ResNet3DEncoder):
 
 @ENCODERS.register("swin_3d", aliases=("swinunetr_encoder",))
 class Swin3DEncoder(Encoder):
-    """SwinUNETR's 3D Swin Transformer encoder (window 7, patch 2, depths 2-2-2-2)."""
+    """SwinUNETR's 3D Swin Transformer encoder (window 7, patch 2, depths 2-2-2-2).
+
+    ``init`` may be ``random`` or a local state-dict file of this encoder (or of a
+    MONAI ``SwinTransformer`` with the same settings).
+    """
 
     name: ClassVar[str] = "swin_3d"
     spatial_dims: ClassVar[int] = 3
@@ -99,6 +124,7 @@ class Swin3DEncoder(Encoder):
         num_heads: tuple[int, ...] = (3, 6, 12, 24),
         window_size: int = 7,
         drop_path_rate: float = 0.0,
+        init: str = "random",
     ) -> None:
         super().__init__(in_chans=in_chans, img_size=img_size)
         self.model = SwinTransformer(
@@ -122,6 +148,7 @@ class Swin3DEncoder(Encoder):
         self.feature_info = [FeatureInfo(embed_dim * 2**i, 2 ** (i + 1)) for i in range(n + 1)]
         self.num_features = embed_dim * 2**n
         self.size_multiple = 2 ** (n + 1)
+        self.apply_init(init)
 
     def forward_multiscale(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.model(x, normalize=True))

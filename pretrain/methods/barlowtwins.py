@@ -16,7 +16,13 @@ from lightly.models.modules import BarlowTwinsProjectionHead
 from pretrain.augment import ViewRecipe
 from pretrain.distributed import gather_across_ranks
 from pretrain.encoders.base import Encoder
-from pretrain.methods.base import METHODS, SSLMethod, StepOutput, colour_jitter_recipe
+from pretrain.methods.base import (
+    METHODS,
+    SMALL_OPTIMISATION,
+    SSLMethod,
+    StepOutput,
+    colour_jitter_recipe,
+)
 
 
 @METHODS.register("barlowtwins")
@@ -31,6 +37,9 @@ class BarlowTwins(SSLMethod):
     reduction off it. Needs batches of at least 2 (per-dimension batch statistics).
 
     Config (besides the common optimisation keys):
+        crop_min, jitter: Smallest area fraction of the random resized crop, in (0, 1],
+            and colour-jitter strength, in [0, 1) (paper values under ``recipe: paper``;
+            ``recipe: small`` sets its own, see ``small_recipe``).
         hidden_dim: Width of the two hidden layers (paper: 8192; 2048 here, the
             size lightly uses for ResNet-18 on CIFAR-10, 16x cheaper in the D x D loss).
         output_dim: Size of the projections (paper: 8192; 2048 here).
@@ -47,6 +56,8 @@ class BarlowTwins(SSLMethod):
         "Reduction, ICML 2021, arXiv:2103.03230"
     )
     default_config: ClassVar[dict[str, Any]] = {
+        "crop_min": 0.08,
+        "jitter": 0.4,
         "hidden_dim": 2048,
         "output_dim": 2048,
         "lambda_param": 5e-3,
@@ -54,6 +65,7 @@ class BarlowTwins(SSLMethod):
         "lr": 0.2,
         "weight_decay": 1.5e-6,
     }
+    small_recipe: ClassVar[dict[str, Any]] = {**SMALL_OPTIMISATION, "crop_min": 0.3}
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
         super().__init__(encoder, **config)
@@ -80,7 +92,9 @@ class BarlowTwins(SSLMethod):
         rescaled to ``size``) with p 1.0 on view 0 and 0.1 on view 1. Solarisation
         (p 0 / 0.2) is not available in :class:`ViewRecipe` and is left out.
         """
-        view0 = colour_jitter_recipe(size, scale=(0.08, 1.0), jitter=0.4, blur_p=1.0)
+        view0 = colour_jitter_recipe(
+            size, scale=(self.config["crop_min"], 1.0), jitter=self.config["jitter"], blur_p=1.0
+        )
         return [view0, dataclasses.replace(view0, blur_p=0.1)]
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:

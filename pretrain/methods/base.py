@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any, ClassVar, TypeVar
@@ -55,15 +56,60 @@ METHODS: Registry[type[SSLMethod]] = Registry(
 #: Image size the papers' blur sigmas (pixels) refer to; they are rescaled to the view size.
 PAPER_SIZE = 224
 
+#: ``recipe: auto`` picks the paper recipe from this batch size up, the small one below it.
+PAPER_RECIPE_MIN_BATCH = 256
+
+#: Batch size the base learning rate ``lr`` refers to (``lr_scaling`` rescales it).
+REFERENCE_BATCH = 256
+
+RECIPES = ("auto", "small", "paper")
+LR_SCALING = ("linear", "sqrt", "none")
+
 #: Keys every method accepts (optimisation is shared by the training loop).
 COMMON_DEFAULTS: dict[str, Any] = {
+    "recipe": "auto",  # auto | small | paper (see SSLMethod.small_recipe)
     "optimizer": "adamw",  # adamw | sgd | lars
-    "lr": 1e-3,  # base learning rate for batch size 256 (scaled linearly by the loop)
+    "lr": 1e-3,  # base learning rate for batch size REFERENCE_BATCH, rescaled by lr_scaling
+    "lr_scaling": "linear",  # linear (lr x B/256) | sqrt (lr x sqrt(B/256)) | none
     "weight_decay": 1e-4,
     "warmup_fraction": 0.05,  # fraction of steps with linear warm-up, then cosine decay
     "momentum": 0.9,  # SGD/LARS momentum
+    "adam_beta1": 0.9,  # AdamW betas
+    "adam_beta2": 0.999,
     "clip_grad": 0.0,  # clip the global gradient norm to this value (0: no clipping)
 }
+
+#: The optimisation part shared by the small-batch recipes of most methods (see
+#: :attr:`SSLMethod.small_recipe`): AdamW at 1.06e-3 for batch 32 (3e-3 x sqrt(32/256)),
+#: 5 % warm-up, then cosine decay. Chosen on BUSI (train split for SSL, validation
+#: split for the kNN / linear check) at 300 steps x 32 images, 64 px; see README
+#: "Pretraining recipes" for the evidence.
+SMALL_OPTIMISATION: dict[str, Any] = {
+    "optimizer": "adamw",
+    "lr": 3e-3,
+    "lr_scaling": "sqrt",
+    "weight_decay": 1e-4,
+    "warmup_fraction": 0.05,
+}
+
+
+def resolve_recipe(config: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """``config`` with ``recipe: auto`` (or no recipe) resolved for ``batch_size``.
+
+    ``auto`` becomes ``paper`` from :data:`PAPER_RECIPE_MIN_BATCH` images per
+    step and ``small`` below; an explicit ``small`` or ``paper`` is kept.
+    """
+    recipe = config.get("recipe", "auto")
+    if recipe != "auto":
+        return dict(config)
+    return {**config, "recipe": "paper" if batch_size >= PAPER_RECIPE_MIN_BATCH else "small"}
+
+
+def scaled_lr(config: dict[str, Any], batch_size: int) -> float:
+    """The learning rate the optimizer gets: ``lr`` rescaled from batch 256 by ``lr_scaling``."""
+    ratio = batch_size / REFERENCE_BATCH
+    factor = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[config["lr_scaling"]]
+    return float(config["lr"]) * factor
 
 
 class MethodConfigError(SSLBenchError, ValueError):
@@ -95,7 +141,12 @@ class SSLMethod(nn.Module):
     Class attributes to set in subclasses:
         family: ``contrastive``, ``distillation``, ``non-contrastive`` or ``masked``.
         paper: Reference of the method.
-        default_config: Method hyper-parameters (merged over :data:`COMMON_DEFAULTS`).
+        default_config: Method hyper-parameters (merged over :data:`COMMON_DEFAULTS`);
+            its optimisation and view keys are the paper's recipe (``recipe: paper``).
+        small_recipe: Overrides of :attr:`default_config` for small batches and short
+            schedules (``recipe: small``, what ``auto`` picks below
+            :data:`PAPER_RECIPE_MIN_BATCH` images per step); every key must exist in
+            the defaults. User options override either recipe.
         requires_vit: True if the method needs a patch-token ViT encoder.
         spatial_dims: Encoder dimensionalities the method supports ((2, 3) unless it
             uses 2D-only operations).
@@ -109,6 +160,7 @@ class SSLMethod(nn.Module):
     family: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     default_config: ClassVar[dict[str, Any]] = {}
+    small_recipe: ClassVar[dict[str, Any]] = {}
     requires_vit: ClassVar[bool] = False
     requires_multiscale: ClassVar[bool] = False
     spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
@@ -121,19 +173,42 @@ class SSLMethod(nn.Module):
 
     # -- configuration -------------------------------------------------
     @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        """Common defaults overridden by this method's defaults."""
-        return {**COMMON_DEFAULTS, **cls.default_config}
+    def defaults(cls, recipe: str = "paper") -> dict[str, Any]:
+        """Common defaults, overridden by this method's defaults, then by ``recipe``'s values."""
+        merged = {**COMMON_DEFAULTS, **cls.default_config}
+        if recipe in ("small", "auto"):
+            merged.update(cls.small_recipe)
+        merged["recipe"] = "small" if recipe == "auto" else recipe
+        return merged
+
+    @classmethod
+    def chance_loss(cls, config: dict[str, Any], batch_size: int) -> float | None:
+        """The loss of an encoder that learned nothing, or None where there is no such level.
+
+        Contrastive and distillation methods declare theirs (NT-Xent: ln(2B - 1),
+        MoCo: ln(queue + 1), DINO: ln(out_dim)); the training summary prints the
+        loss's first and last value against it.
+        """
+        return None
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """Merge ``config`` over the defaults, rejecting unknown keys and bad values."""
-        defaults = cls.defaults()
+        """Merge ``config`` over the defaults of its recipe, rejecting unknown keys and bad values.
+
+        ``recipe: auto`` without a batch size resolves to ``small``; the training
+        loop resolves it for its batch size first (:func:`resolve_recipe`).
+        """
+        recipe = config.get("recipe", "auto")
+        if recipe not in RECIPES:
+            raise MethodConfigError(
+                f"method {cls.name!r}: recipe must be one of {', '.join(RECIPES)}, got {recipe!r}"
+            )
+        defaults = cls.defaults(recipe)
         for key in config:
             if key not in defaults:
                 hint = did_you_mean(key, defaults, cutoff=0.6)
                 raise MethodConfigError(f"method {cls.name!r}: unknown option {key!r}{hint}")
-        merged = {**defaults, **config}
+        merged = {**defaults, **config, "recipe": defaults["recipe"]}
         for key, default in defaults.items():  # YAML reads "1e-3" as a string
             value = merged[key]
             if isinstance(default, (int, float)) and not isinstance(default, bool):
@@ -154,8 +229,16 @@ class SSLMethod(nn.Module):
                 f"method {cls.name!r}: optimizer must be adamw, sgd or lars, got "
                 f"{merged['optimizer']!r}"
             )
-        if not merged["lr"] > 0:
-            raise MethodConfigError(f"method {cls.name!r}: lr must be > 0, got {merged['lr']}")
+        if not merged["lr"] >= 0:  # lr 0 is a control run: nothing but batch norm changes
+            raise MethodConfigError(f"method {cls.name!r}: lr must be >= 0, got {merged['lr']}")
+        if merged["lr_scaling"] not in LR_SCALING:
+            raise MethodConfigError(
+                f"method {cls.name!r}: lr_scaling must be one of {', '.join(LR_SCALING)}, got "
+                f"{merged['lr_scaling']!r}"
+            )
+        for beta in ("adam_beta1", "adam_beta2"):
+            if not 0 <= merged[beta] < 1:
+                raise MethodConfigError(f"method {cls.name!r}: {beta} must be in [0, 1)")
         if not 0 <= merged["warmup_fraction"] < 1:
             raise MethodConfigError(f"method {cls.name!r}: warmup_fraction must be in [0, 1)")
         if merged["clip_grad"] < 0:
@@ -164,6 +247,10 @@ class SSLMethod(nn.Module):
             raise MethodConfigError(f"method {cls.name!r}: weight_decay must be >= 0")
         if not 0 <= merged["momentum"] < 1:
             raise MethodConfigError(f"method {cls.name!r}: momentum must be in [0, 1)")
+        if "crop_min" in merged:  # the view keys of the joint-embedding methods
+            cls.require_number(merged, "crop_min", gt=0, le=1)
+        if "jitter" in merged:
+            cls.require_number(merged, "jitter", ge=0, lt=1)
         cls.check_config(merged)
         return merged
 

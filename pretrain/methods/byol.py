@@ -18,6 +18,7 @@ from pretrain.augment import ViewRecipe
 from pretrain.encoders.base import Encoder
 from pretrain.methods.base import (
     METHODS,
+    SMALL_OPTIMISATION,
     MomentumMethod,
     StepOutput,
     colour_jitter_recipe,
@@ -38,6 +39,9 @@ class BYOL(MomentumMethod):
     is ``distillation``: a student is trained to match an EMA teacher, as in DINO.
 
     Config (besides the common optimisation keys):
+        crop_min, jitter: Smallest area fraction of the random resized crop, in (0, 1],
+            and colour-jitter strength, in [0, 1) (paper values under ``recipe: paper``;
+            ``recipe: small`` sets its own, see ``small_recipe``).
         hidden_dim: Hidden width of both MLPs (paper: 4096; 1024 here).
         output_dim: Size of projections and predictions (paper: 256).
         momentum_start: Target momentum at the first step, in [0, 1); the paper's
@@ -54,6 +58,8 @@ class BYOL(MomentumMethod):
         "Learning, NeurIPS 2020, arXiv:2006.07733"
     )
     default_config: ClassVar[dict[str, Any]] = {
+        "crop_min": 0.08,
+        "jitter": 0.4,
         "hidden_dim": 1024,
         "output_dim": 256,
         "momentum_start": 0.99,
@@ -62,6 +68,7 @@ class BYOL(MomentumMethod):
         "lr": 0.2,
         "weight_decay": 1.5e-6,
     }
+    small_recipe: ClassVar[dict[str, Any]] = {**SMALL_OPTIMISATION, "crop_min": 0.3}
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
         super().__init__(encoder, **config)
@@ -90,7 +97,9 @@ class BYOL(MomentumMethod):
         left out; an intensity inversion of the bright half also does not keep
         the meaning of CT/MR/X-ray intensities. No rotation or noise.
         """
-        view0 = colour_jitter_recipe(size, scale=(0.08, 1.0), jitter=0.4, blur_p=1.0)
+        view0 = colour_jitter_recipe(
+            size, scale=(self.config["crop_min"], 1.0), jitter=self.config["jitter"], blur_p=1.0
+        )
         return [view0, dataclasses.replace(view0, blur_p=0.1)]
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:

@@ -15,6 +15,7 @@ ViT encoders (the head has no batch norm by default, as in the paper's ViTs).
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Any, ClassVar
 
@@ -28,6 +29,7 @@ from pretrain.augment import ViewRecipe
 from pretrain.encoders.base import Encoder
 from pretrain.methods.base import (
     METHODS,
+    SMALL_OPTIMISATION,
     MomentumMethod,
     StepOutput,
     colour_jitter_recipe,
@@ -85,6 +87,11 @@ class DINO(MomentumMethod):
         "global_scale": (0.4, 1.0),
         "local_scale": (0.05, 0.4),
     }
+    small_recipe: ClassVar[dict[str, Any]] = {
+        **SMALL_OPTIMISATION,
+        "warmup_fraction": 0.1,
+        "momentum_start": 0.99,
+    }
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
         super().__init__(encoder, **config)
@@ -139,6 +146,11 @@ class DINO(MomentumMethod):
         """
         multiple = self.encoder.size_multiple
         return max(multiple, (size // 2) // multiple * multiple)
+
+    @classmethod
+    def chance_loss(cls, config: dict[str, Any], batch_size: int) -> float | None:
+        """Cross-entropy of a uniform student against any teacher: ln(out_dim)."""
+        return math.log(config["head_out_dim"])
 
     def view_recipes(self, size: int) -> list[ViewRecipe]:
         """DINO's multi-crop (its appendix / ``DataAugmentationDINO``), for greyscale.

@@ -36,6 +36,7 @@ from pretrain.augment import ViewRecipe
 from pretrain.encoders.base import Encoder
 from pretrain.methods.base import (
     METHODS,
+    SMALL_OPTIMISATION,
     MethodConfigError,
     SSLMethod,
     StepOutput,
@@ -89,6 +90,7 @@ class MAE(SSLMethod):
     default_config: ClassVar[dict[str, Any]] = {
         "lr": 1.5e-4,
         "weight_decay": 0.05,
+        "adam_beta2": 0.95,
         "mask_ratio": 0.75,
         "decoder_dim": 128,
         "decoder_depth": 2,
@@ -96,6 +98,11 @@ class MAE(SSLMethod):
         "norm_pix_loss": True,
         "pos_embed": "sincos",
         "init_encoder": True,
+    }
+    small_recipe: ClassVar[dict[str, Any]] = {
+        **SMALL_OPTIMISATION,
+        "weight_decay": 0.05,
+        "warmup_fraction": 0.1,
     }
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:

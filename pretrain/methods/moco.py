@@ -7,6 +7,7 @@ Unsupervised Visual Representation Learning", CVPR 2020).
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -19,6 +20,7 @@ from pretrain.distributed import gather_across_ranks
 from pretrain.encoders.base import Encoder
 from pretrain.methods.base import (
     METHODS,
+    SMALL_OPTIMISATION,
     MomentumMethod,
     StepOutput,
     colour_jitter_recipe,
@@ -39,6 +41,9 @@ class MoCoV2(MomentumMethod):
     whole key batch shares one batch-norm statistic anyway.
 
     Config (besides the common optimisation keys):
+        crop_min, jitter: Smallest area fraction of the random resized crop, in (0, 1],
+            and colour-jitter strength, in [0, 1) (paper values under ``recipe: paper``;
+            ``recipe: small`` sets its own, see ``small_recipe``).
         hidden_dim: Hidden width of the projection head (paper: 2048; 512 here).
         output_dim: Size of the projections and queued keys (paper: 128).
         temperature: InfoNCE temperature, > 0 (paper: 0.2).
@@ -59,6 +64,8 @@ class MoCoV2(MomentumMethod):
         "Chen et al., Improved Baselines with Momentum Contrastive Learning, arXiv:2003.04297, 2020"
     )
     default_config: ClassVar[dict[str, Any]] = {
+        "crop_min": 0.2,
+        "jitter": 0.4,
         "hidden_dim": 512,
         "output_dim": 128,
         "temperature": 0.2,
@@ -68,6 +75,11 @@ class MoCoV2(MomentumMethod):
         "optimizer": "sgd",
         "lr": 0.03,
         "weight_decay": 1e-4,
+    }
+    small_recipe: ClassVar[dict[str, Any]] = {
+        **SMALL_OPTIMISATION,
+        "memory_bank_size": 256,
+        "crop_min": 0.3,
     }
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
@@ -91,6 +103,11 @@ class MoCoV2(MomentumMethod):
         cls.require_number(config, "momentum_start", ge=0, lt=1)
         cls.require_number(config, "momentum_end", ge="momentum_start", le=1)
 
+    @classmethod
+    def chance_loss(cls, config: dict[str, Any], batch_size: int) -> float | None:
+        """InfoNCE against the queue at uniform similarities: ln(queue + 1)."""
+        return math.log(config["memory_bank_size"] + 1)
+
     def view_recipes(self, size: int) -> list[ViewRecipe]:
         """Query and key views from the same distribution (MoCo v2 = SimCLR-style recipe).
 
@@ -100,7 +117,9 @@ class MoCoV2(MomentumMethod):
         Random greyscale is a no-op on greyscale images. Gaussian blur p 0.5 with
         sigma 0.1-2 px at 224 px, rescaled to ``size``. No rotation or noise.
         """
-        recipe = colour_jitter_recipe(size, scale=(0.2, 1.0), jitter=0.4, blur_p=0.5)
+        recipe = colour_jitter_recipe(
+            size, scale=(self.config["crop_min"], 1.0), jitter=self.config["jitter"], blur_p=0.5
+        )
         return [recipe, recipe]
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:

@@ -6,6 +6,7 @@ of Visual Representations", ICML 2020, https://arxiv.org/abs/2002.05709.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -15,7 +16,13 @@ from lightly.models.modules import SimCLRProjectionHead
 from pretrain.augment import ViewRecipe
 from pretrain.distributed import gather_across_ranks
 from pretrain.encoders.base import Encoder
-from pretrain.methods.base import METHODS, SSLMethod, StepOutput, colour_jitter_recipe
+from pretrain.methods.base import (
+    METHODS,
+    SMALL_OPTIMISATION,
+    SSLMethod,
+    StepOutput,
+    colour_jitter_recipe,
+)
 
 
 @METHODS.register("simclr")
@@ -27,6 +34,9 @@ class SimCLR(SSLMethod):
     L2-normalised projections (one positive and 2B - 2 negatives per view).
 
     Config (besides the common optimisation keys):
+        crop_min, jitter: Smallest area fraction of the random resized crop, in (0, 1],
+            and colour-jitter strength, in [0, 1) (paper values under ``recipe: paper``;
+            ``recipe: small`` sets its own, see ``small_recipe``).
         hidden_dim: Hidden width of the projection head (paper: 2048 for ResNet-50;
             512 here, the width of ResNet-18 features).
         output_dim: Size of the projections (paper: 128).
@@ -46,12 +56,20 @@ class SimCLR(SSLMethod):
         "Representations, ICML 2020, arXiv:2002.05709"
     )
     default_config: ClassVar[dict[str, Any]] = {
+        "crop_min": 0.08,
+        "jitter": 0.8,
         "hidden_dim": 512,
         "output_dim": 128,
         "temperature": 0.5,
         "optimizer": "lars",
         "lr": 0.3,
         "weight_decay": 1e-6,
+    }
+    small_recipe: ClassVar[dict[str, Any]] = {
+        **SMALL_OPTIMISATION,
+        "temperature": 0.2,
+        "crop_min": 0.3,
+        "jitter": 0.0,
     }
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
@@ -69,6 +87,11 @@ class SimCLR(SSLMethod):
         cls.require_int(config, "hidden_dim", "output_dim", ge=1)
         cls.require_number(config, "temperature", gt=0)
 
+    @classmethod
+    def chance_loss(cls, config: dict[str, Any], batch_size: int) -> float | None:
+        """NT-Xent of uniform similarities: ln(2B - 1) (one positive among 2B - 1 candidates)."""
+        return math.log(2 * batch_size - 1)
+
     def view_recipes(self, size: int) -> list[ViewRecipe]:
         """Two views from the same distribution, the paper's recipe for greyscale.
 
@@ -79,7 +102,9 @@ class SimCLR(SSLMethod):
         counterpart. Gaussian blur p 0.5 with sigma 0.1-2 px at 224 px, rescaled to
         ``size``. Rotation, vertical flips and noise are not in the paper (off).
         """
-        recipe = colour_jitter_recipe(size, scale=(0.08, 1.0), jitter=0.8, blur_p=0.5)
+        recipe = colour_jitter_recipe(
+            size, scale=(self.config["crop_min"], 1.0), jitter=self.config["jitter"], blur_p=0.5
+        )
         return [recipe, recipe]
 
     def project(self, x: torch.Tensor) -> torch.Tensor:

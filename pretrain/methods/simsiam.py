@@ -14,7 +14,13 @@ from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
 
 from pretrain.augment import ViewRecipe
 from pretrain.encoders.base import Encoder
-from pretrain.methods.base import METHODS, SSLMethod, StepOutput, colour_jitter_recipe
+from pretrain.methods.base import (
+    METHODS,
+    SMALL_OPTIMISATION,
+    SSLMethod,
+    StepOutput,
+    colour_jitter_recipe,
+)
 
 
 @METHODS.register("simsiam")
@@ -29,6 +35,9 @@ class SimSiam(SSLMethod):
     prevents collapse, there is no momentum network and there are no negatives.
 
     Config (besides the common optimisation keys):
+        crop_min, jitter: Smallest area fraction of the random resized crop, in (0, 1],
+            and colour-jitter strength, in [0, 1) (paper values under ``recipe: paper``;
+            ``recipe: small`` sets its own, see ``small_recipe``).
         hidden_dim: Hidden width of the projection MLP (paper: 2048; 512 here).
         output_dim: Size of projections and predictions (paper: 2048; 512 here).
         pred_hidden_dim: Bottleneck of the prediction MLP (paper: 512 = output_dim / 4;
@@ -44,6 +53,8 @@ class SimSiam(SSLMethod):
         "Chen & He, Exploring Simple Siamese Representation Learning, CVPR 2021, arXiv:2011.10566"
     )
     default_config: ClassVar[dict[str, Any]] = {
+        "crop_min": 0.2,
+        "jitter": 0.4,
         "hidden_dim": 512,
         "output_dim": 512,
         "pred_hidden_dim": 128,
@@ -51,6 +62,7 @@ class SimSiam(SSLMethod):
         "lr": 0.05,
         "weight_decay": 1e-4,
     }
+    small_recipe: ClassVar[dict[str, Any]] = {**SMALL_OPTIMISATION, "crop_min": 0.3}
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
         super().__init__(encoder, **config)
@@ -76,7 +88,9 @@ class SimSiam(SSLMethod):
         greyscale do not apply), Gaussian blur p 0.5 with sigma 0.1-2 px at 224 px
         rescaled to ``size``. No rotation or noise.
         """
-        recipe = colour_jitter_recipe(size, scale=(0.2, 1.0), jitter=0.4, blur_p=0.5)
+        recipe = colour_jitter_recipe(
+            size, scale=(self.config["crop_min"], 1.0), jitter=self.config["jitter"], blur_p=0.5
+        )
         return [recipe, recipe]
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:

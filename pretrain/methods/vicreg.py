@@ -23,7 +23,13 @@ from lightly.models.modules.heads import VICRegProjectionHead
 from pretrain.augment import ViewRecipe
 from pretrain.distributed import gather_across_ranks
 from pretrain.encoders.base import Encoder
-from pretrain.methods.base import METHODS, SSLMethod, StepOutput, colour_jitter_recipe
+from pretrain.methods.base import (
+    METHODS,
+    SMALL_OPTIMISATION,
+    SSLMethod,
+    StepOutput,
+    colour_jitter_recipe,
+)
 
 
 @METHODS.register("vicreg")
@@ -31,6 +37,9 @@ class VICReg(SSLMethod):
     """VICReg (Bardes et al. 2022) around the shared encoder.
 
     Config (besides :data:`~pretrain.methods.base.COMMON_DEFAULTS`):
+        crop_min, jitter: Smallest area fraction of the random resized crop, in (0, 1],
+            and colour-jitter strength, in [0, 1) (paper values under ``recipe: paper``;
+            ``recipe: small`` sets its own, see ``small_recipe``).
         proj_hidden_dim / proj_output_dim / proj_layers: Expander MLP (the paper
             uses 3 layers of 8192 units; 2048 keeps CPU runs cheap).
         lambda_param / mu_param / nu_param: Weights of the invariance, variance
@@ -47,6 +56,8 @@ class VICReg(SSLMethod):
         "Self-Supervised Learning, ICLR 2022, arXiv:2105.04906"
     )
     default_config: ClassVar[dict[str, Any]] = {
+        "crop_min": 0.08,
+        "jitter": 0.4,
         "optimizer": "lars",
         "lr": 0.2,
         "weight_decay": 1e-6,
@@ -57,6 +68,7 @@ class VICReg(SSLMethod):
         "mu_param": 25.0,
         "nu_param": 1.0,
     }
+    small_recipe: ClassVar[dict[str, Any]] = {**SMALL_OPTIMISATION, "crop_min": 0.3}
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
         super().__init__(encoder, **config)
@@ -93,7 +105,9 @@ class VICReg(SSLMethod):
         :class:`ViewRecipe`; rotation, vertical flips and noise are not in the
         paper (off).
         """
-        view0 = colour_jitter_recipe(size, scale=(0.08, 1.0), jitter=0.4, blur_p=1.0)
+        view0 = colour_jitter_recipe(
+            size, scale=(self.config["crop_min"], 1.0), jitter=self.config["jitter"], blur_p=1.0
+        )
         return [view0, dataclasses.replace(view0, blur_p=0.1)]
 
     def training_step(self, views: list[torch.Tensor], step: int, total_steps: int) -> StepOutput:

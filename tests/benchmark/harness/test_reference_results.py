@@ -32,6 +32,8 @@ REDUCED = [
     "evaluate.baselines=[scratch]",
     # the reference ran before duplicate-aware splits: keep its split to reproduce it
     "datasets.busi.convert.duplicates=keep",
+    # ... and its pretraining recipe: the paper's (the small-batch default came after it)
+    "pretrain.method_config={simclr: {recipe: paper}}",
 ]
 
 
@@ -127,6 +129,13 @@ def test_reduced_rerun_agrees_with_the_committed_leaderboard(
     for rec in rerun:
         key = cell_key(rec)
         ref = committed[key]
+        if rec["baseline"] == "scratch":
+            # the linear probe's scratch arm is now the random init with batch norms
+            # calibrated on the train split (issue 23), which the reference predates
+            assert rec["encoder"]["metadata"]["bn_calibration"]["split"] == "train", key
+            assert "bn_calibration" not in ref["encoder"]["metadata"], key
+            assert rec["encoder"]["hash"] != ref["encoder"]["hash"], key
+            continue
         # the same job key gives the same weights on a CPU, hence the same numbers
         assert rec["encoder"]["hash"] == ref["encoder"]["hash"], key
         for metric, value in rec["metrics"].items():

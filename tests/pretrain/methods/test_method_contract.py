@@ -2,7 +2,8 @@
 
 Each method is built on a tiny random encoder (ResNet-18, or a patch-8 ViT-tiny for
 methods that need patch tokens) and trained for a few steps on 8 random 32x32
-greyscale images, with views from :func:`pretrain.augment.make_views`.
+greyscale images (larger for methods with a minimum view size, :data:`MIN_SIZE`), with
+views from :func:`pretrain.augment.make_views`.
 """
 
 from __future__ import annotations
@@ -24,15 +25,23 @@ BATCH = 8
 STEPS = 2
 FAMILIES = {"contrastive", "distillation", "non-contrastive", "masked"}
 NAMES = METHODS.names()
+#: Methods that refuse SIZE px views, with their smallest size (SparK: 4x4 mask patches at
+#: the encoder's coarsest stride, 32).
+MIN_SIZE = {"spark": 128}
+
+
+def size_of(name: str) -> int:
+    """The view size the contract tests use for ``name``."""
+    return max(SIZE, MIN_SIZE.get(name, SIZE))
 
 
 def build(name: str, **config: object) -> SSLMethod:
     """A method around a fresh tiny encoder that it accepts."""
     cls = METHODS.get(name)
     if cls.requires_vit:
-        encoder = create_encoder("vit_tiny_p8", img_size=SIZE)
+        encoder = create_encoder("vit_tiny_p8", img_size=size_of(name))
     else:
-        encoder = create_encoder("resnet18", img_size=SIZE)
+        encoder = create_encoder("resnet18", img_size=size_of(name))
     return create_method(name, encoder, **config)
 
 
@@ -43,10 +52,11 @@ def train(name: str, seed: int = 0, steps: int = STEPS) -> tuple[SSLMethod, list
     method.train()
     optimizer = torch.optim.AdamW(method.parameter_groups(), lr=1e-3)
     generator = torch.Generator().manual_seed(seed)
-    images = torch.rand(BATCH, 1, SIZE, SIZE, generator=generator)
+    size = size_of(name)
+    images = torch.rand(BATCH, 1, size, size, generator=generator)
     outputs = []
     for step in range(steps):
-        views = make_views(images, method.view_recipes(SIZE), generator)
+        views = make_views(images, method.view_recipes(size), generator)
         out = method.training_step(views, step, steps)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -116,6 +126,10 @@ def test_bad_values_are_rejected(name: str) -> None:
 def test_view_recipes(name: str) -> None:
     method = build(name)
     for size in (32, 64, 224):
+        if size < size_of(name):
+            with pytest.raises(MethodConfigError, match=str(size)):
+                method.view_recipes(size)
+            continue
         recipes = method.view_recipes(size)
         assert recipes and all(isinstance(r, ViewRecipe) for r in recipes)
         assert recipes[0].size == size
@@ -149,13 +163,16 @@ def test_determinism(trained: tuple[str, SSLMethod, list[StepOutput]]) -> None:
 
 
 NAMES_3D = [n for n in NAMES if 3 in METHODS.get(n).spatial_dims]
+#: Options for SIZE^3 volumes: SparK needs 4 mask patches per axis, a finer grid than its default.
+CONFIG_3D: dict[str, dict[str, object]] = {"spark": {"mask_stride": 8}}
 
 
 @pytest.mark.parametrize("name", NAMES_3D)
 def test_training_steps_on_3d_volumes(name: str) -> None:
     """The same method files train a MONAI 3D encoder on volumes."""
     torch.manual_seed(0)
-    method = create_method(name, create_encoder("resnet10_3d", img_size=SIZE))
+    encoder = create_encoder("resnet10_3d", img_size=SIZE)
+    method = create_method(name, encoder, **CONFIG_3D.get(name, {}))
     method.train()
     optimizer = torch.optim.AdamW(method.parameter_groups(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)

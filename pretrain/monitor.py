@@ -1,0 +1,276 @@
+"""Online kNN monitor and health verdict of a pretraining run.
+
+Like solo-learn's and lightly's kNN benchmark callbacks: at a few points of a
+run (step 0 and every ``every`` steps, 5 points by default) the encoder's
+pooled backbone features of the labelled dataset's **train** split (the bank)
+and **validation** split (the queries) give a weighted cosine kNN accuracy
+(lightly's ``knn_predict``: k = 20, temperature 0.1). It is *reported only*:
+nothing selects checkpoints or hyper-parameters on it, and the test split is
+never read.
+
+Every point is measured on a copy of the encoder whose batch-norm statistics
+were recalibrated on the train split
+(:func:`pretrain.encoders.calibration.calibrate_batch_norm`), so that the rise
+from step 0 to the end measures what the weights learned, not the statistics
+that any training run updates as a side effect (a run at lr 0 gains exactly 0).
+The training encoder itself is not touched (weights, statistics, random number
+generators): a run with the monitor ends with bit-identical weights to one
+without.
+
+Datasets without class labels (MSD hippocampus) skip the monitor with a note;
+the verdict then rests on the loss against chance where the method has one.
+
+:func:`health` turns a run's history into the verdict every output carries:
+kNN init -> end, loss first -> last (chance), collapse indicator, and
+``learned`` / ``did not learn`` / ``not checked``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightly.utils.benchmarking import knn_predict
+
+from benchmark.core.errors import DataError
+from benchmark.data.dataset import H5Dataset
+from pretrain.encoders.base import Encoder
+from pretrain.encoders.calibration import calibrate_batch_norm
+
+#: Neighbours and temperature of the weighted kNN vote (solo-learn's / lightly's defaults
+#: for small datasets: k = 20 as in InstDisc's monitor, T = 0.1).
+KNN_K = 20
+KNN_T = 0.1
+#: Monitor points per run besides step 0 when ``knn_every`` is 0 (auto).
+DEFAULT_POINTS = 5
+#: Minimum rise of kNN accuracy (absolute) from the calibrated step 0 to the end for
+#: an encoder to count as having learned.
+DEFAULT_MARGIN = 0.02
+#: A loss within this fraction of its chance level counts as "at chance".
+CHANCE_TOLERANCE = 0.03
+#: An embedding std below this fraction of the first logged one flags a collapse.
+COLLAPSE_FRACTION = 0.2
+
+#: The kNN figure the verdict compares (both are recorded at every point).
+VERDICT_METRIC = "knn_balanced_acc"
+
+
+def monitor_steps(steps: int, every: int) -> list[int]:
+    """Steps at which the monitor runs: 0, multiples of ``every`` and the last step.
+
+    ``every = 0`` spreads :data:`DEFAULT_POINTS` points over the run; a negative
+    value turns the monitor off (no steps).
+    """
+    if every < 0 or steps <= 0:
+        return []
+    if every == 0:
+        every = max(1, math.ceil(steps / DEFAULT_POINTS))
+    return sorted({0, *range(every, steps, every), steps})
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    spatial = tuple(images.shape[2:])
+    target = (int(size),) * len(spatial)
+    if spatial == target:
+        return images
+    mode = "trilinear" if len(spatial) == 3 else "bilinear"
+    return F.interpolate(images, size=target, mode=mode, align_corners=False)
+
+
+class KNNMonitor:
+    """kNN accuracy of an encoder's pooled features: train-split bank, validation queries.
+
+    Args:
+        path: Labelled sslbench dataset (the real dataset of the run).
+        image_size: Size the images are resized to (the run's view size).
+        device: Where features are computed.
+        k: Neighbours.
+        temperature: Softness of the kNN vote weights.
+        batch_size: Images per forward pass.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        image_size: int,
+        device: torch.device,
+        *,
+        k: int = KNN_K,
+        temperature: float = KNN_T,
+        batch_size: int = 128,
+    ) -> None:
+        self.path = Path(path)
+        self.k, self.temperature, self.batch_size = k, temperature, batch_size
+        self.device = device
+        self.note: str | None = None
+        self.num_classes = 0
+        train = H5Dataset(self.path, split="train", keys=("label",))
+        if train.labels is None or np.asarray(train.labels).ndim != 1:
+            self.note = f"{self.path.name} has no single-label classes: kNN monitor skipped"
+            return
+        try:
+            val = H5Dataset(self.path, split="val", keys=("label",))
+        except DataError:  # a file without a validation split
+            self.note = f"{self.path.name} has no validation split: kNN monitor skipped"
+            return
+        self.num_classes = int(max(train.labels.max(), val.labels.max())) + 1  # type: ignore[union-attr]
+        self.train_images = _resize(train.load().to_float(train.raw_images()), image_size)
+        self.val_images = _resize(val.load().to_float(val.raw_images()), image_size)
+        self.train_labels = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
+        self.val_labels = torch.as_tensor(np.asarray(val.labels), dtype=torch.long)
+
+    @property
+    def enabled(self) -> bool:
+        return self.note is None
+
+    @torch.no_grad()
+    def features(self, encoder: Encoder, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised pooled features in eval mode (the encoder's mode is restored)."""
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            feats = [
+                encoder.forward_features(
+                    images[i : i + self.batch_size].to(self.device, non_blocking=True)
+                ).float()
+                for i in range(0, images.shape[0], self.batch_size)
+            ]
+        finally:
+            encoder.train(was_training)
+        return F.normalize(torch.cat(feats), dim=1)
+
+    def evaluate(self, encoder: Encoder, *, calibrate: bool = False) -> dict[str, Any]:
+        """kNN accuracy and balanced accuracy on the validation split.
+
+        Args:
+            encoder: The encoder (not modified).
+            calibrate: Measure a copy whose batch-norm statistics were calibrated on
+                the train split (the step-0 point).
+        """
+        t0 = time.perf_counter()
+        record: dict[str, Any] = {}
+        if calibrate:
+            encoder = copy.deepcopy(encoder)
+            record["calibration"] = calibrate_batch_norm(
+                encoder, self.train_images, split="train", device=self.device
+            )
+        bank = self.features(encoder, self.train_images)
+        query = self.features(encoder, self.val_images)
+        labels = self.train_labels.to(bank.device)
+        k = min(self.k, bank.shape[0])  # small datasets: every train image is a neighbour
+        pred = knn_predict(query, bank.T, labels, self.num_classes, k, self.temperature)
+        top1 = pred[:, 0].cpu()
+        correct = top1 == self.val_labels
+        recalls = [
+            float(correct[self.val_labels == c].float().mean())
+            for c in range(self.num_classes)
+            if bool((self.val_labels == c).any())
+        ]
+        record.update(
+            knn_acc=float(correct.float().mean()),
+            knn_balanced_acc=float(np.mean(recalls)),
+            knn_time_s=round(time.perf_counter() - t0, 3),
+        )
+        return record
+
+    def describe(self) -> dict[str, Any]:
+        """What the monitor measures (recorded in ``pretrain.json``)."""
+        out: dict[str, Any] = {
+            "dataset": str(self.path),
+            "bank": "train",
+            "queries": "val",
+            "k": min(self.k, len(self.train_labels)),
+            "temperature": self.temperature,
+            "metric": "knn_acc and knn_balanced_acc (the verdict uses the latter)",
+            "calibration": "every point: a copy with batch norm calibrated on the train split",
+        }
+        if self.note:
+            out["note"] = self.note
+        else:
+            out.update(train_images=len(self.train_labels), val_images=len(self.val_labels))
+        return out
+
+
+def _metric(point: dict[str, Any]) -> float:
+    """The verdict's kNN figure of a monitor point (balanced accuracy; plain if absent)."""
+    return float(point.get(VERDICT_METRIC, point["knn_acc"]))
+
+
+def health(
+    history: list[dict[str, Any]],
+    monitor: list[dict[str, Any]],
+    *,
+    chance: float | None,
+    num_features: int,
+    margin: float = DEFAULT_MARGIN,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """The health verdict of a run from its logged history and monitor points.
+
+    Rules, in order: a kNN gain (end minus calibrated step 0, in balanced accuracy:
+    the mean per-class recall, because plain accuracy of a k = 20 vote on an
+    imbalanced dataset such as BUSI mostly counts the majority class) below ``margin`` is
+    ``did not learn``; without a monitor, a last loss within
+    :data:`CHANCE_TOLERANCE` of chance is ``did not learn``; an embedding std that
+    fell below :data:`COLLAPSE_FRACTION` of its first value flags a collapse (also
+    ``did not learn``). A run with neither a monitor nor a chance level and no
+    collapse is ``not checked``.
+
+    Args:
+        history: Logged training records (``loss``, ``embedding_std``).
+        monitor: Monitor records (``step``, ``knn_acc``), step 0 first.
+        chance: The method's chance loss, or None.
+        num_features: Width of the pooled features (the collapse reference 1/sqrt(D)).
+        margin: Minimum kNN gain.
+        note: Why the monitor did not run, if it did not.
+    """
+    losses = [float(r["loss"]) for r in history if "loss" in r]
+    stds = [float(r["embedding_std"]) for r in history if "embedding_std" in r]
+    knn = [r for r in monitor if "knn_acc" in r]
+    reasons: list[str] = []
+    verdict = "not checked"
+    out: dict[str, Any] = {
+        "loss": {
+            "first": losses[0] if losses else None,
+            "last": losses[-1] if losses else None,
+            "chance": chance,
+        },
+        "collapse": {
+            "embedding_std_first": stds[0] if stds else None,
+            "embedding_std_last": stds[-1] if stds else None,
+            "reference": 1 / math.sqrt(num_features) if num_features else None,
+            "collapsed": bool(stds and stds[-1] < COLLAPSE_FRACTION * stds[0]),
+        },
+        "knn": {
+            "metric": VERDICT_METRIC,
+            "init": _metric(knn[0]) if knn else None,
+            "end": _metric(knn[-1]) if knn else None,
+            "gain": (_metric(knn[-1]) - _metric(knn[0])) if len(knn) > 1 else None,
+            "accuracy_init": knn[0]["knn_acc"] if knn else None,
+            "accuracy_end": knn[-1]["knn_acc"] if knn else None,
+            "margin": margin,
+            "note": note,
+        },
+    }
+    gain = out["knn"]["gain"]
+    if gain is not None:
+        verdict = "learned" if gain >= margin else "did not learn"
+        if gain < margin:
+            reasons.append(f"kNN balanced accuracy rose by {gain:+.3f} (< {margin}) from step 0")
+    elif chance is not None and losses:
+        at_chance = losses[-1] >= chance * (1 - CHANCE_TOLERANCE)
+        verdict = "did not learn" if at_chance else "learned"
+        if at_chance:
+            reasons.append(f"loss {losses[-1]:.3f} is at chance ({chance:.3f})")
+    if out["collapse"]["collapsed"]:
+        verdict = "did not learn"
+        reasons.append(f"embedding std fell from {stds[0]:.4f} to {stds[-1]:.4f} (collapse)")
+    out["verdict"] = verdict
+    out["reasons"] = reasons
+    return out
