@@ -26,6 +26,7 @@ Usage::
 
     python perf/bench_recipes.py [--methods simclr,moco] [--steps 300] [--batch-size 32]
         [--set simclr.lr=1e-3] [--json out.json] [--data ../shared/data/busi_256]
+        [--dataset breastmnist --data ../shared/data/medmnist/breastmnist.npz --size 32]
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +67,21 @@ MASKED_SIZE = 128
 C_GRID = [float(c) for c in np.logspace(-4, 1, 6)]
 
 
-def convert_busi(src: Path, size: int, out: Path) -> Path:
-    """BUSI at ``size`` px in sslbench's format (grouped near-duplicates, seed 0 split)."""
-    path = out / f"busi{size}.h5"
+def convert(dataset: str, src: Path, size: int, out: Path) -> Path:
+    """The dataset in sslbench's format.
+
+    ``busi``: BUSI at ``size`` px (grouped near-duplicates, seed 0 split);
+    ``breastmnist``: the MedMNIST v2 npz at its 28 px with the official split
+    (views and probes resize it to ``size``).
+    """
+    if dataset == "busi":
+        path = out / f"busi{size}.h5"
+        if not path.exists():
+            CONVERTERS.create("busi", size=size).convert(src, path)
+        return path
+    path = out / "breastmnist.h5"
     if not path.exists():
-        CONVERTERS.create("busi", size=size).convert(src, path)
+        CONVERTERS.create("medmnist").convert(src, path)
     return path
 
 
@@ -199,10 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", default="../shared/data/busi_256")
+    p.add_argument("--dataset", choices=["busi", "breastmnist"], default="busi")
+    p.add_argument("--data", default="../shared/data/busi_256", help="BUSI folder or MedMNIST npz")
     p.add_argument("--work", help="folder for datasets and runs (default: a temporary one)")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE")
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--jobs", type=int, default=1, help="methods run side by side")
     args = p.parse_args(argv)
     overrides: dict[str, dict[str, Any]] = {}
     for key, value in parse_assignments(args.set, "--set").items():
@@ -210,24 +226,39 @@ def main(argv: list[str] | None = None) -> int:
         overrides.setdefault(method, {})[option] = value
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_recipes_"))
     work.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(torch.get_num_threads())
     rows: list[dict[str, Any]] = []
     baselines: dict[tuple[str, int], dict[str, Any]] = {}
+    plan = []
     for method in args.methods.split(","):
         cls = METHODS.get(method)
         size = MASKED_SIZE if cls.family == "masked" else args.size
-        path = convert_busi(Path(args.data), size, work)
+        path = convert(args.dataset, Path(args.data), size, work)
         encoder = DEFAULT_ENCODER.get(method, args.encoder)
         if (encoder, size) not in baselines:
             baselines[encoder, size] = random_init(
                 encoder, size, args.seed, split_arrays(path, size)
             )
             print(json.dumps({"random_init": [encoder, size], **baselines[encoder, size]}))
-        row = run_method(method, args, path, size, overrides.get(method, {}), work / "runs")
-        ref = baselines[encoder, size]["calibrated"]["auc100_val"]
-        row["gain_auc100_val"] = row["auc100_val"] - ref
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        plan.append((method, path, size, encoder))
+    # --jobs N: N methods side by side, each on cpu_count / N threads (one command, one
+    # baseline, the same seed; images/s is then per share of the machine)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ProcessPoolExecutor(
+        args.jobs,
+        mp_context=mp.get_context("spawn"),
+        initializer=torch.set_num_threads,
+        initargs=(threads,),
+    ) as pool:
+        futures = [
+            pool.submit(run_method, m, args, path, size, overrides.get(m, {}), work / "runs")
+            for m, path, size, _ in plan
+        ]
+        for (_, _, size, encoder), future in zip(plan, futures, strict=True):
+            row = {**future.result(), "threads": threads, "jobs": args.jobs}
+            ref = baselines[encoder, size]["calibrated"]["auc100_val"]
+            row["gain_auc100_val"] = row["auc100_val"] - ref
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if args.json:
         Path(args.json).write_text(
             json.dumps(

@@ -118,8 +118,8 @@ class PretrainConfig:
             turns it off.
         monitor_data: Labelled dataset of the monitor (its train split is the bank,
             its validation split the queries); default: ``real``.
-        health_margin: Minimum rise of the monitor's kNN accuracy from step 0 to the
-            end for the run to count as having learned.
+        health_margin: Minimum rise of the monitor's kNN balanced accuracy from step 0
+            to the end for the run to count as having learned.
     """
 
     method: str = "simclr"

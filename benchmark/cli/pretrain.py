@@ -93,7 +93,9 @@ def health_line(summary: dict[str, Any]) -> str:
     loss, knn = h.get("loss") or {}, h.get("knn") or {}
     parts = [f"health: {h.get('verdict', 'not checked')}"]
     if knn.get("init") is not None and knn.get("end") is not None:
-        parts.append(f"kNN {knn['init']:.3f} -> {knn['end']:.3f} (margin {knn['margin']:g})")
+        parts.append(
+            f"kNN balanced acc {knn['init']:.3f} -> {knn['end']:.3f} (margin {knn['margin']:g})"
+        )
     elif knn.get("note"):
         parts.append(str(knn["note"]))
     if loss.get("first") is not None:

@@ -93,6 +93,13 @@ SMALL_OPTIMISATION: dict[str, Any] = {
 }
 
 
+#: The view part of the small-batch recipes of the joint-embedding methods: crops from
+#: 30 % of the image (the papers' 8-20 % leave too little of a lesion in a 64 px view)
+#: and no intensity jitter (echogenicity is diagnostic in ultrasound: on BUSI's validation
+#: split SimCLR's linear-probe AUC@100 % rose from 0.826 with jitter 0.4 to 0.862 without).
+SMALL_VIEWS: dict[str, Any] = {"crop_min": 0.3, "jitter": 0.0}
+
+
 def resolve_recipe(config: dict[str, Any], batch_size: int) -> dict[str, Any]:
     """``config`` with ``recipe: auto`` (or no recipe) resolved for ``batch_size``.
 

@@ -19,6 +19,7 @@ from pretrain.encoders.base import Encoder
 from pretrain.methods.base import (
     METHODS,
     SMALL_OPTIMISATION,
+    SMALL_VIEWS,
     MomentumMethod,
     StepOutput,
     colour_jitter_recipe,
@@ -68,7 +69,7 @@ class BYOL(MomentumMethod):
         "lr": 0.2,
         "weight_decay": 1.5e-6,
     }
-    small_recipe: ClassVar[dict[str, Any]] = {**SMALL_OPTIMISATION, "crop_min": 0.3}
+    small_recipe: ClassVar[dict[str, Any]] = {**SMALL_OPTIMISATION, **SMALL_VIEWS}
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
         super().__init__(encoder, **config)

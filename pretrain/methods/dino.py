@@ -56,6 +56,8 @@ class DINO(MomentumMethod):
             teacher-temperature warm-up 0.04 -> 0.07 over the first 30% of steps.
         student_temp / center_momentum: Student temperature and centring EMA.
         n_local_views: Number of small local crops (0 disables multi-crop).
+        jitter: Colour-jitter strength of every view, in [0, 1) (paper: 0.4; the
+            small recipe: 0, as the other joint-embedding methods).
         global_scale / local_scale: Crop area ranges of global / local views.
         clip_grad: Gradient-norm clipping (paper: 3.0).
     """
@@ -84,6 +86,7 @@ class DINO(MomentumMethod):
         "student_temp": 0.1,
         "center_momentum": 0.9,
         "n_local_views": 2,
+        "jitter": 0.4,
         "global_scale": (0.4, 1.0),
         "local_scale": (0.05, 0.4),
     }
@@ -91,6 +94,7 @@ class DINO(MomentumMethod):
         **SMALL_OPTIMISATION,
         "warmup_fraction": 0.1,
         "momentum_start": 0.99,
+        "jitter": 0.0,
     }
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
@@ -165,7 +169,9 @@ class DINO(MomentumMethod):
         :class:`ViewRecipe`; rotation, vertical flips and noise are off.
         """
         global_scale = _pair(self.config["global_scale"])
-        view0 = colour_jitter_recipe(size, scale=global_scale, jitter=0.4, blur_p=1.0)
+        view0 = colour_jitter_recipe(
+            size, scale=global_scale, jitter=self.config["jitter"], blur_p=1.0
+        )
         local = dataclasses.replace(
             view0, size=self.local_size(size), scale=_pair(self.config["local_scale"]), blur_p=0.5
         )

@@ -21,6 +21,7 @@ from pretrain.encoders.base import Encoder
 from pretrain.methods.base import (
     METHODS,
     SMALL_OPTIMISATION,
+    SMALL_VIEWS,
     MomentumMethod,
     StepOutput,
     colour_jitter_recipe,
@@ -78,8 +79,8 @@ class MoCoV2(MomentumMethod):
     }
     small_recipe: ClassVar[dict[str, Any]] = {
         **SMALL_OPTIMISATION,
+        **SMALL_VIEWS,
         "memory_bank_size": 256,
-        "crop_min": 0.3,
     }
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:

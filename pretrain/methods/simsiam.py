@@ -17,6 +17,7 @@ from pretrain.encoders.base import Encoder
 from pretrain.methods.base import (
     METHODS,
     SMALL_OPTIMISATION,
+    SMALL_VIEWS,
     SSLMethod,
     StepOutput,
     colour_jitter_recipe,
@@ -62,7 +63,7 @@ class SimSiam(SSLMethod):
         "lr": 0.05,
         "weight_decay": 1e-4,
     }
-    small_recipe: ClassVar[dict[str, Any]] = {**SMALL_OPTIMISATION, "crop_min": 0.3}
+    small_recipe: ClassVar[dict[str, Any]] = {**SMALL_OPTIMISATION, **SMALL_VIEWS}
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
         super().__init__(encoder, **config)

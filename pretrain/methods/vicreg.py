@@ -26,6 +26,7 @@ from pretrain.encoders.base import Encoder
 from pretrain.methods.base import (
     METHODS,
     SMALL_OPTIMISATION,
+    SMALL_VIEWS,
     SSLMethod,
     StepOutput,
     colour_jitter_recipe,
@@ -68,7 +69,7 @@ class VICReg(SSLMethod):
         "mu_param": 25.0,
         "nu_param": 1.0,
     }
-    small_recipe: ClassVar[dict[str, Any]] = {**SMALL_OPTIMISATION, "crop_min": 0.3}
+    small_recipe: ClassVar[dict[str, Any]] = {**SMALL_OPTIMISATION, **SMALL_VIEWS}
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
         super().__init__(encoder, **config)
