@@ -69,7 +69,13 @@ class BYOL(MomentumMethod):
         "lr": 0.2,
         "weight_decay": 1.5e-6,
     }
-    small_recipe: ClassVar[dict[str, Any]] = {**SMALL_OPTIMISATION, **SMALL_VIEWS}
+    small_recipe: ClassVar[dict[str, Any]] = {
+        **SMALL_OPTIMISATION,
+        **SMALL_VIEWS,
+        # keeps the paper's jitter: on BUSI validation, linear-probe AUC@100 % 0.753 with
+        # jitter 0.4 against 0.728 without (perf/bench_recipes.py)
+        "jitter": 0.4,
+    }
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
         super().__init__(encoder, **config)
