@@ -274,7 +274,7 @@ def table(rows: list[dict[str, Any]], baselines: dict[tuple[str, int], dict[str,
     """The README table (Markdown)."""
     lines = [
         "| method | encoder @ px | recipe (opt, lr at B) | loss first -> last (chance) | "
-        "kNN val init -> end | lin AUC 10 % val / test | lin AUC 100 % val / test | img/s |",
+        "kNN bal. acc val init -> end | lin AUC 10 % val / test | lin AUC 100 % val / test | img/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for (enc, size), b in baselines.items():
