@@ -159,8 +159,15 @@ def random_init(
 
 
 def run_method(
-    method: str, args: argparse.Namespace, data_path: Path, size: int, overrides: dict, out: Path
+    method: str,
+    args: argparse.Namespace,
+    data_path: Path,
+    size: int,
+    overrides: dict,
+    out: Path,
+    arrays: dict[str, tuple[torch.Tensor, np.ndarray]],
 ) -> dict[str, Any]:
+    """Pretrain ``method`` on ``data_path`` and probe it on ``arrays`` (the split arrays)."""
     encoder = DEFAULT_ENCODER.get(method, args.encoder)
     config = PretrainConfig(
         method=method,
@@ -196,13 +203,15 @@ def run_method(
         "loss_chance": h["loss"]["chance"],
         "knn_init": h["knn"]["init"],
         "knn_end": h["knn"]["end"],
+        "linear_init": (h.get("linear") or {}).get("init"),
+        "linear_end": (h.get("linear") or {}).get("end"),
         "verdict": h["verdict"],
         "images_per_s": s["images_per_s"],
         "monitor_share": s["monitor"]["time_s"] / wall,
         "wall_s": wall,
         "overrides": overrides,
     }
-    return {**row, **probe(enc, split_arrays(data_path, size))}
+    return {**row, **probe(enc, arrays)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,16 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     baselines: dict[tuple[str, int], dict[str, Any]] = {}
+    arrays: dict[tuple[Path, int], dict[str, tuple[torch.Tensor, np.ndarray]]] = {}
     plan = []
     for method in args.methods.split(","):
         cls = METHODS.get(method)
         size = MASKED_SIZE if cls.family == "masked" else args.size
         path = convert(args.dataset, Path(args.data), size, work)
         encoder = DEFAULT_ENCODER.get(method, args.encoder)
+        if (path, size) not in arrays:
+            arrays[path, size] = split_arrays(path, size)
         if (encoder, size) not in baselines:
-            baselines[encoder, size] = random_init(
-                encoder, size, args.seed, split_arrays(path, size)
-            )
+            baselines[encoder, size] = random_init(encoder, size, args.seed, arrays[path, size])
             print(json.dumps({"random_init": [encoder, size], **baselines[encoder, size]}))
         plan.append((method, path, size, encoder))
     # --jobs N: N methods side by side, each on cpu_count / N threads (one command, one
@@ -250,7 +260,16 @@ def main(argv: list[str] | None = None) -> int:
         initargs=(threads,),
     ) as pool:
         futures = [
-            pool.submit(run_method, m, args, path, size, overrides.get(m, {}), work / "runs")
+            pool.submit(
+                run_method,
+                m,
+                args,
+                path,
+                size,
+                overrides.get(m, {}),
+                work / "runs",
+                arrays[path, size],
+            )
             for m, path, size, _ in plan
         ]
         for (_, _, size, encoder), future in zip(plan, futures, strict=True):
@@ -274,24 +293,27 @@ def table(rows: list[dict[str, Any]], baselines: dict[tuple[str, int], dict[str,
     """The README table (Markdown)."""
     lines = [
         "| method | encoder @ px | recipe (opt, lr at B) | loss first -> last (chance) | "
-        "kNN bal. acc val init -> end | lin AUC 10 % val / test | lin AUC 100 % val / test | img/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "monitor: kNN bal. acc / lin AUC, val, init -> end | verdict | "
+        "lin AUC 10 % val / test | lin AUC 100 % val / test | img/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (enc, size), b in baselines.items():
         for kind in ("raw", "calibrated"):
             r = b[kind]
             lines.append(
                 f"| random init ({'BN calibrated' if kind == 'calibrated' else 'raw BN'}) | "
-                f"{enc} @ {size} | - | - | - | {r['auc10_val']:.3f} / {r['auc10_test']:.3f} | "
+                f"{enc} @ {size} | - | - | - | - | {r['auc10_val']:.3f} / {r['auc10_test']:.3f} | "
                 f"{r['auc100_val']:.3f} / {r['auc100_test']:.3f} | - |"
             )
     for r in rows:
         chance = f" ({r['loss_chance']:.2f})" if r["loss_chance"] is not None else ""
         knn = f"{r['knn_init']:.3f} -> {r['knn_end']:.3f}" if r["knn_init"] is not None else "-"
+        if r.get("linear_init") is not None:
+            knn += f" / {r['linear_init']:.3f} -> {r['linear_end']:.3f}"
         lines.append(
             f"| {r['method']} | {r['encoder']} @ {r['size']} | {r['recipe']} ({r['optimizer']}, "
             f"{r['effective_lr']:.2g}) | {r['loss_first']:.2f} -> {r['loss_last']:.2f}{chance} | "
-            f"{knn} | {r['auc10_val']:.3f} / {r['auc10_test']:.3f} | "
+            f"{knn} | {r['verdict']} | {r['auc10_val']:.3f} / {r['auc10_test']:.3f} | "
             f"{r['auc100_val']:.3f} / {r['auc100_test']:.3f} | {r['images_per_s']:.0f} |"
         )
     return "\n".join(lines)

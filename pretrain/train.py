@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightly.utils.debug import std_of_l2_normalized
 from tqdm.auto import tqdm
@@ -53,9 +54,10 @@ from pretrain import distributed
 from pretrain.augment import make_views
 from pretrain.checkpoint import save_encoder
 from pretrain.encoders import create_encoder
+from pretrain.encoders.calibration import calibrate_batch_norm
 from pretrain.methods import METHODS, create_method
 from pretrain.methods.base import resolve_recipe, scaled_lr
-from pretrain.monitor import DEFAULT_MARGIN, KNNMonitor, health, monitor_steps
+from pretrain.monitor import DEFAULT_MARGIN, KNNMonitor, health, monitor_steps, resize_images
 from pretrain.sources import create_source
 
 STATE = "state.pt"
@@ -490,9 +492,25 @@ class Trainer:
         rows += [(r["step"], 1, r) for r in self.monitor_history]
         return [json.dumps(r) for _, _, r in sorted(rows, key=lambda x: (x[0], x[1]))]
 
+    def dense_statistics(self) -> dict[str, Any] | None:
+        """Batch-norm statistics of the encoder recomputed on the pool's whole images.
+
+        Only for methods with ``dense_statistics_at_export`` (SparK): every image of
+        every pool of the source, un-augmented, at the run's view size; weights are
+        not changed. Returns the calibration record, or None for other methods.
+        """
+        if not self.method.dense_statistics_at_export:
+            return None
+        pools = [pool for pool, _ in self.source.parts.values()]
+        images = torch.cat([pool.gather(np.arange(pool.size)) for pool in pools])
+        images = resize_images(images, self.config.image_size)
+        split = "+".join(f"{pool.kind}:{pool.split or 'all'}" for pool in pools)
+        return calibrate_batch_norm(self.method.encoder, images, split=split, device=self.device)
+
     def finish(self) -> PretrainResult:
         """Save the encoder checkpoint and the run summary."""
         cfg = self.config
+        bn_recalibration = self.dense_statistics()
         last = self.history[-1] if self.history else {}
         images_seen = cfg.steps * cfg.batch_size
         summary = {
@@ -521,6 +539,7 @@ class Trainer:
                 "time_s": round(self.monitor_time, 3),
             },
             "health": self.health(),
+            "bn_recalibration": bn_recalibration,
             "train_time_s": round(self.train_time, 3),
             "images_per_s": images_seen / self.train_time if self.train_time else None,
             "device": str(self.device),

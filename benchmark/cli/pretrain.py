@@ -98,6 +98,9 @@ def health_line(summary: dict[str, Any]) -> str:
         )
     elif knn.get("note"):
         parts.append(str(knn["note"]))
+    linear = h.get("linear") or {}
+    if linear.get("init") is not None and linear.get("end") is not None:
+        parts.append(f"linear AUC {linear['init']:.3f} -> {linear['end']:.3f}")
     if loss.get("first") is not None:
         chance = f" (chance {loss['chance']:.3f})" if loss.get("chance") is not None else ""
         parts.append(f"loss {loss['first']:.3f} -> {loss['last']:.3f}{chance}")

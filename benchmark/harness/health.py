@@ -24,8 +24,9 @@ DID_NOT_LEARN = "did not learn"
 #: Legend of the leaderboard's flag of encoders that did not learn.
 FLAG = "⚠"
 LEGEND = (
-    f"{FLAG} did not learn: kNN accuracy did not rise by >= margin during pretraining (or the "
-    "loss stayed at chance, or the embeddings collapsed) — its numbers are not comparable"
+    f"{FLAG} did not learn: neither the kNN accuracy nor the monitor's linear-probe AUC rose by "
+    ">= margin during pretraining (or the loss stayed at chance, or the embeddings collapsed) — "
+    "its numbers are not comparable"
 )
 
 
@@ -34,11 +35,13 @@ def compact(health: dict[str, Any] | None) -> dict[str, Any] | None:
 
     Returns:
         ``{"verdict", "reasons", "knn_init", "knn_end", "knn_gain", "margin",
-        "knn_note", "loss_first", "loss_last", "loss_chance", "collapsed"}``.
+        "knn_note", "linear_init", "linear_end", "loss_first", "loss_last",
+        "loss_chance", "collapsed"}``.
     """
     if not health or "verdict" not in health:
         return None
     knn, loss = health.get("knn") or {}, health.get("loss") or {}
+    linear = health.get("linear") or {}
     return {
         "verdict": str(health["verdict"]),
         "reasons": list(health.get("reasons") or []),
@@ -47,6 +50,8 @@ def compact(health: dict[str, Any] | None) -> dict[str, Any] | None:
         "knn_gain": knn.get("gain"),
         "margin": knn.get("margin"),
         "knn_note": knn.get("note"),
+        "linear_init": linear.get("init"),
+        "linear_end": linear.get("end"),
         "loss_first": loss.get("first"),
         "loss_last": loss.get("last"),
         "loss_chance": loss.get("chance"),
@@ -77,13 +82,16 @@ def _num(x: Any) -> str:
 
 
 def format_health(h: dict[str, Any] | None) -> str:
-    """``kNN 0.664 -> 0.702; loss 4.19 -> 3.80 (chance 4.14); no collapse; learned``."""
+    """``kNN 0.664 -> 0.702; linear AUC 0.70 -> 0.80; loss 4.19 -> 3.80 (chance 4.14); no
+    collapse; learned`` (the linear part only where the monitor measured it)."""
     if h is None:
         return "no health verdict recorded (not run, or run before the kNN monitor)"
     if h.get("knn_init") is not None:
         knn = f"kNN {_num(h['knn_init'])} -> {_num(h['knn_end'])}"
     else:
         knn = f"kNN – ({h.get('knn_note') or 'no monitor'})"
+    if h.get("linear_init") is not None:
+        knn += f"; linear AUC {_num(h['linear_init'])} -> {_num(h['linear_end'])}"
     chance = f" (chance {_num(h['loss_chance'])})" if h.get("loss_chance") is not None else ""
     loss = f"loss {_num(h.get('loss_first'))} -> {_num(h.get('loss_last'))}{chance}"
     collapse = "collapse" if h.get("collapsed") else "no collapse"

@@ -295,8 +295,9 @@ def format_run_summary(summary: RunSummary) -> str:
     bad = [job for job, h in summary.health.items() if h is not None and did_not_learn(h)]
     if bad:
         lines.append(
-            f"WARNING: {len(bad)} pretrained encoder(s) did not learn (kNN accuracy did not "
-            "rise by >= the margin during pretraining, loss at chance or collapse): "
+            f"WARNING: {len(bad)} pretrained encoder(s) did not learn (neither kNN accuracy "
+            "nor linear-probe AUC rose by >= the margin during pretraining, loss at chance or "
+            "collapse): "
             + ", ".join(bad)
             + "; their leaderboard rows are flagged ⚠ and their numbers are not comparable"
             + ("" if all(job in summary.failed for job in bad) else " (--strict fails such jobs)")

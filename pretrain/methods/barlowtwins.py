@@ -43,7 +43,8 @@ class BarlowTwins(SSLMethod):
             ``recipe: small`` sets its own, see ``small_recipe``).
         hidden_dim: Width of the two hidden layers (paper: 8192; 2048 here, the
             size lightly uses for ResNet-18 on CIFAR-10, 16x cheaper in the D x D loss).
-        output_dim: Size of the projections (paper: 8192; 2048 here).
+        output_dim: Size of the projections (paper: 8192; 2048 here; 512 in the
+            small recipe, see below).
         lambda_param: Weight of the redundancy-reduction term, > 0 (paper: 5e-3,
             tuned at D = 8192; about 1/D is a common rescaling for other sizes).
         optimizer, lr, weight_decay: LARS, 0.2 per 256 images, 1.5e-6 (paper; its
@@ -66,7 +67,17 @@ class BarlowTwins(SSLMethod):
         "lr": 0.2,
         "weight_decay": 1.5e-6,
     }
-    small_recipe: ClassVar[dict[str, Any]] = {**SMALL_OPTIMISATION, **SMALL_VIEWS}
+    small_recipe: ClassVar[dict[str, Any]] = {
+        **SMALL_OPTIMISATION,
+        **SMALL_VIEWS,
+        # A 512-d projection. Each off-diagonal entry of a cross-correlation estimated
+        # from B images has variance ~1/B even for independent dimensions, so the
+        # redundancy term has a noise floor of about lambda * D^2 / B: 655 at D = 2048
+        # and B = 32, a third of the largest invariance term (D), against 41 at D = 512.
+        # On BUSI validation (300 steps x 32, 64 px) the linear probe's AUC@100 % rose
+        # from 0.738 (D = 2048) to 0.837 (D = 512); calibrated random init: 0.696.
+        "output_dim": 512,
+    }
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
         super().__init__(encoder, **config)

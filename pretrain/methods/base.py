@@ -157,6 +157,12 @@ class SSLMethod(nn.Module):
         requires_vit: True if the method needs a patch-token ViT encoder.
         spatial_dims: Encoder dimensionalities the method supports ((2, 3) unless it
             uses 2D-only operations).
+        dense_statistics_at_export: True if the encoder's batch-norm running
+            statistics collected during training do not describe whole, dense
+            images (SparK: statistics over visible positions of masked inputs). The
+            trainer then recomputes them on the pretraining pool's un-augmented
+            images before saving the encoder (weights untouched; recorded in
+            ``pretrain.json`` as ``bn_recalibration``).
 
     Args:
         encoder: The shared encoder being pretrained (saved alone at the end).
@@ -171,6 +177,7 @@ class SSLMethod(nn.Module):
     requires_vit: ClassVar[bool] = False
     requires_multiscale: ClassVar[bool] = False
     spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
+    dense_statistics_at_export: ClassVar[bool] = False
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
         super().__init__()

@@ -49,7 +49,8 @@ class DINO(MomentumMethod):
     Config (besides :data:`~pretrain.methods.base.COMMON_DEFAULTS`):
         head_hidden_dim / head_bottleneck_dim / head_out_dim: DINO head (paper:
             2048 / 256 / 65536; ``head_out_dim`` is 2048 at CPU scale).
-        head_batch_norm: Batch norm in the head MLP (paper: off).
+        head_batch_norm: Batch norm in the head MLP (paper: off for ViTs; on in the
+            small recipe, which collapses without it at batch 32).
         norm_last_layer: Weight-normalised last layer with fixed norm (paper: on).
         momentum_start / momentum_end: Teacher EMA momentum, cosine schedule.
         teacher_temp / warmup_teacher_temp / warmup_teacher_temp_fraction: Linear
@@ -95,6 +96,15 @@ class DINO(MomentumMethod):
         "warmup_fraction": 0.1,
         "momentum_start": 0.99,
         "jitter": 0.0,
+        # Batch norm in the head MLP and a constant teacher temperature 0.04. On BUSI
+        # (300 steps x 32, 64 px, ResNet-18) without them the output collapsed to uniform
+        # (loss 7.47 -> 7.62 = ln 2048; validation linear-probe AUC@100 % 0.673, below the
+        # calibrated random init's 0.696); temperature 0.04 alone: still collapsed (0.659);
+        # head batch norm alone: 0.782 but the loss stayed within 1 % of chance (7.63 ->
+        # 7.56); both: 0.792 and loss 7.61 -> 7.15.
+        "head_batch_norm": True,
+        "teacher_temp": 0.04,
+        "warmup_teacher_temp": 0.04,
     }
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:

@@ -103,6 +103,13 @@ class MAE(SSLMethod):
         **SMALL_OPTIMISATION,
         "weight_decay": 0.05,
         "warmup_fraction": 0.1,
+        # base lr 1e-2 (3.5e-3 at batch 32). On BUSI validation (ViT-Tiny, 128 px, 300
+        # steps x 32 = 19 epochs) linear-probe AUC@100 %: 0.667 at 3e-3, 0.698 at 1e-2,
+        # 0.665 at 2e-2, 0.623 with mask ratio 0.5, 0.706 without per-patch normalised
+        # targets (within noise of 0.698; the paper's normalised targets are kept). The
+        # random init gives 0.665: no setting reaches +0.05 at this budget (the paper
+        # trains 800-1600 epochs).
+        "lr": 1e-2,
     }
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:

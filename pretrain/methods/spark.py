@@ -210,7 +210,14 @@ class SparK(SSLMethod):
         norm_pix_loss: Normalise each target patch to zero mean, unit variance.
 
     Optimiser defaults: AdamW (the paper uses LAMB), base lr 2e-4, weight decay
-    0.04, betas (0.9, 0.95), gradient clipping 5, 2.5 % warm-up.
+    0.04, betas (0.9, 0.95), gradient clipping 5, 2.5 % warm-up. The small recipe
+    keeps the betas, weight decay and clipping and takes AdamW at base lr 1e-2 with
+    square-root scaling (see ``small_recipe``).
+
+    Deviation for frozen-feature use: the encoder is saved with batch-norm statistics
+    recomputed on whole, un-augmented pool images (``dense_statistics_at_export``);
+    training statistics cover visible positions of masked images only, and the
+    official code re-estimates them by fine-tuning.
     """
 
     name: ClassVar[str] = "spark"
@@ -220,6 +227,12 @@ class SparK(SSLMethod):
         "Masked Modeling (SparK), ICLR 2023, arXiv:2301.03580"
     )
     requires_multiscale: ClassVar[bool] = True
+    # Training statistics are over visible positions of masked images; a frozen encoder
+    # sees whole images. On BUSI validation (128 px, 300 steps x 32) the linear probe's
+    # AUC@100 % is 0.714 with the sparse statistics and 0.746 with dense ones
+    # (random init, calibrated: 0.690). The official code fine-tunes, which re-estimates
+    # them; a frozen-feature benchmark has to do it at export.
+    dense_statistics_at_export: ClassVar[bool] = True
     default_config: ClassVar[dict[str, Any]] = {
         "lr": 2e-4,
         "weight_decay": 0.04,
@@ -233,6 +246,10 @@ class SparK(SSLMethod):
     }
     small_recipe: ClassVar[dict[str, Any]] = {
         **SMALL_OPTIMISATION,
+        # base lr 1e-2 (3.5e-3 at batch 32): on BUSI validation (128 px, 300 steps x 32,
+        # dense statistics at export) linear-probe AUC@100 % 0.779 against 0.746 at the
+        # shared 3e-3 (calibrated random init 0.690)
+        "lr": 1e-2,
         "weight_decay": 0.04,
         "adam_beta2": 0.95,
         "clip_grad": 5.0,

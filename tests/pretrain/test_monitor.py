@@ -58,6 +58,9 @@ def test_monitor_records_step0_and_end(breast: Path, tmp_path: Path) -> None:
     assert points[0]["calibration"]["calibrated"] and points[0]["calibration"]["split"] == "train"
     assert all(p["calibration"]["calibrated"] for p in points)  # every point, not only step 0
     assert all(0.0 <= p["knn_acc"] <= 1.0 for p in points)
+    assert all(0.0 <= p["linear_auc"] <= 1.0 for p in points)
+    assert s["health"]["linear"]["init"] == points[0]["linear_auc"]
+    assert s["health"]["linear"]["end"] == points[-1]["linear_auc"]
     assert s["monitor"]["queries"] == "val" and s["monitor"]["bank"] == "train"
     h = s["health"]
     assert h["knn"]["metric"] == "knn_balanced_acc"
@@ -154,6 +157,25 @@ def test_knn_monitor_does_not_modify_the_encoder(breast: Path) -> None:
     assert encoder.training  # mode restored
 
 
+def test_knn_monitor_standardises_features_on_the_bank(breast: Path) -> None:
+    """A per-dimension shift and scale of the features (a dominant shared direction,
+    as after a ReLU) does not change the kNN vote: features are standardised with
+    the bank's statistics before the cosine similarity."""
+    torch.manual_seed(0)
+    encoder = create_encoder("resnet18", in_chans=1, img_size=32)
+    monitor = KNNMonitor(breast, 32, torch.device("cpu"))
+    plain = monitor.evaluate(encoder)
+    dims = encoder.num_features
+    scale = torch.linspace(0.5, 4.0, dims)
+    offset = torch.linspace(1.0, 8.0, dims)
+    original = encoder.forward_features
+    encoder.forward_features = lambda x: original(x) * scale + offset  # type: ignore[method-assign]
+    shifted = monitor.evaluate(encoder)
+    assert shifted["knn_acc"] == pytest.approx(plain["knn_acc"], abs=1e-6)
+    assert shifted["knn_balanced_acc"] == pytest.approx(plain["knn_balanced_acc"], abs=1e-6)
+    assert "standardised" in monitor.describe()["features"]
+
+
 def test_health_rules() -> None:
     hist = [{"loss": 4.0, "embedding_std": 0.04}, {"loss": 2.0, "embedding_std": 0.03}]
     knn = [{"step": 0, "knn_acc": 0.60}, {"step": 10, "knn_acc": 0.70}]
@@ -179,3 +201,19 @@ def test_health_compares_balanced_accuracy() -> None:
     assert h["verdict"] == "did not learn" and h["knn"]["gain"] == pytest.approx(-0.01)
     assert h["knn"]["accuracy_init"] == 0.60 and h["knn"]["accuracy_end"] == 0.66
     assert "balanced" in h["reasons"][0]
+
+
+def test_health_accepts_a_linear_probe_gain() -> None:
+    """Masked-modelling features can be poor neighbours yet linearly separable: a rise of
+    the monitor's linear-probe AUC by the margin counts; neither rising does not."""
+    hist = [{"loss": 1.0, "embedding_std": 0.04}, {"loss": 0.7, "embedding_std": 0.03}]
+    points = [
+        {"step": 0, "knn_acc": 0.6, "knn_balanced_acc": 0.50, "linear_auc": 0.69},
+        {"step": 10, "knn_acc": 0.6, "knn_balanced_acc": 0.43, "linear_auc": 0.78},
+    ]
+    h = health(hist, points, chance=None, num_features=512)
+    assert h["verdict"] == "learned" and h["linear"]["gain"] == pytest.approx(0.09)
+    points[-1]["linear_auc"] = 0.70
+    h = health(hist, points, chance=None, num_features=512)
+    assert h["verdict"] == "did not learn"
+    assert any("linear-probe AUC" in r for r in h["reasons"])

@@ -68,7 +68,7 @@ def test_local_crops_are_smaller_valid_inputs(encoder: str, size: int, local: in
 
 
 def test_multicrop_step_and_teacher_temperature_warmup() -> None:
-    method = _dino(n_local_views=2, warmup_teacher_temp_fraction=0.5)
+    method = _dino(n_local_views=2, warmup_teacher_temp_fraction=0.5, recipe="paper")
     out = method.training_step(_views(method), step=0, total_steps=10)
     assert torch.isfinite(out.loss) and out.embeddings.shape == (4, method.encoder.num_features)
     assert out.logs["teacher_temp"] == pytest.approx(0.04)

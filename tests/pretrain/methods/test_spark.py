@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+from benchmark.data.dataset import H5Dataset
+from pretrain.checkpoint import load_encoder
 from pretrain.encoders import create_encoder
 from pretrain.encoders.base import Encoder
+from pretrain.encoders.calibration import calibrate_batch_norm
 from pretrain.methods import create_method
 from pretrain.methods.base import MethodConfigError
 from pretrain.methods.spark import SparK, _resize_mask, sparse_encoder
+from pretrain.train import PretrainConfig, pretrain
+from tests.pretrain.test_train import tiny_file
 
 # (encoder, view size, config): the 2D CNNs at the 128 px minimum of a stride-32 mask
 # grid, the 3D ResNet on 32^3 volumes with a finer (explicit) 8 px mask grid.
@@ -234,3 +242,35 @@ class _FlatEncoder(Encoder):
 def test_refuses_encoder_without_multiscale_support() -> None:
     with pytest.raises(MethodConfigError, match="multi-scale"):
         create_method("spark", _FlatEncoder())
+
+
+def test_exported_encoder_has_dense_batch_norm_statistics(tmp_path: Path) -> None:
+    """SparK's training statistics cover visible positions only; the saved encoder
+    carries statistics of whole pool images (SparK only: SimCLR keeps its own)."""
+    real = tiny_file(tmp_path / "real.h5", n=24, size=128)
+    runs = {}
+    for method in ("spark", "simclr"):
+        cfg = PretrainConfig(
+            method=method,
+            encoder="resnet18",
+            real=str(real),
+            steps=2,
+            batch_size=4,
+            image_size=128,
+            seed=0,
+            checkpoint_every=0,
+            knn_every=-1,
+            device="cpu",
+        )
+        runs[method] = pretrain(cfg, tmp_path / method, progress=False)
+    record = runs["spark"].summary["bn_recalibration"]
+    assert record["calibrated"] and record["images"] == 12  # the train pool
+    assert record["split"] == "real:train"
+    assert runs["simclr"].summary["bn_recalibration"] is None
+    saved = load_encoder(runs["spark"].checkpoint)
+    again = copy.deepcopy(saved)
+    pool = H5Dataset(real, split="train").load()
+    calibrate_batch_norm(again, pool.to_float(pool.raw_images()), split="train")
+    for name, value in again.state_dict().items():
+        if "running_" in name:
+            assert torch.allclose(saved.state_dict()[name], value, atol=1e-5), name
