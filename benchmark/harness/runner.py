@@ -201,13 +201,22 @@ def _execute(
     cells_total = sum(len(j.cells) for j in mine)
     cells_done = sum(len(j.cells) for j in mine if j not in todo)
     bar = tqdm(
-        total=round(sum(j.estimate_s for j in todo), 1) or 1.0,
+        total=sum(j.estimate_s for j in todo) or 1.0,
         disable=not progress,
         unit="s(est)",
         bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]",
         dynamic_ncols=True,
     )
     state = {"cells": cells_done}
+    credited: dict[str, float] = {}
+
+    def advance(job: Job, seconds: float) -> None:
+        """Credit ``seconds`` of ``job``'s estimate to the bar, never past it (nor the
+        bar's total: tqdm would clamp and print a negative remaining time)."""
+        done = credited.get(job.id, 0.0)
+        step = max(0.0, min(seconds, job.estimate_s - done, bar.total - bar.n))
+        credited[job.id] = done + step
+        bar.update(step)
 
     def show(stage: str) -> None:
         bar.set_description_str(stage, refresh=False)
@@ -225,14 +234,14 @@ def _execute(
             if bad:
                 failed[job.id] = "failed"
                 summary.failed[job.id] = f"skipped: depends on failed {', '.join(bad)}"
-                bar.update(job.estimate_s)
+                advance(job, job.estimate_s)
                 continue
             show(job.id)
             per_cell = job.estimate_s / max(len(job.cells), 1)
 
-            def on_cell(cell: Any, status: str, per_cell: float = per_cell) -> None:
+            def on_cell(cell: Any, status: str, per_cell: float = per_cell, job: Job = job) -> None:
                 state["cells"] += 1
-                bar.update(per_cell)
+                advance(job, per_cell)
                 bar.set_postfix_str(f"cells {state['cells']}/{cells_total}")
 
             ctx.on_cell = on_cell
@@ -243,12 +252,14 @@ def _execute(
                     summary.failed[job.id] = (
                         f"not run: {', '.join(missing)} not finished (run that stage first)"
                     )
+                    advance(job, job.estimate_s)
                     continue
                 try:
                     with job_lock(results, job):
                         outcome = run_job(job, ctx)
                 except LockedError as exc:
                     summary.failed[job.id] = f"not run: {exc}"
+                    advance(job, job.estimate_s)
                     continue
             else:
                 outcome = run_job(job, ctx)
@@ -260,8 +271,7 @@ def _execute(
             else:
                 failed[job.id] = "failed"
                 summary.failed[job.id] = record_failure(results, job, outcome)
-            if not job.cells:
-                bar.update(job.estimate_s)
+            advance(job, job.estimate_s)  # what its cells did not credit (or all of it)
     finally:
         bar.close()
     return summary

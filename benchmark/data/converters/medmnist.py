@@ -23,9 +23,10 @@ A MedMNIST file holds ``train_images``, ``train_labels``, ``val_images``,
   ``drop`` keeps one exemplar per group (preferring test, then val, so the
   official test set loses as little as possible) and drops conflicting-label
   groups entirely, which shrinks the official splits (recorded).
-* The dataset is named after the file stem; class names come from
-  ``--classes`` or a built-in table (BreastMNIST: ``malignant``,
-  ``normal+benign``), else ``class_0``, ``class_1``, ...
+* The dataset is named after the file stem; class names and modality come from
+  ``--classes`` / ``--modality`` or the built-in table of the MedMNIST v2 datasets
+  (:data:`DATASETS`; MedMNIST+ size suffixes such as ``_64`` are recognised), else
+  ``class_0``, ``class_1``, ... and ``unknown``.
 """
 
 from __future__ import annotations
@@ -45,29 +46,86 @@ from benchmark.data.converters.base import CONVERTERS, Converter, parse_names
 from benchmark.data.h5format import SPLITS, DatasetMeta, H5Writer
 
 KEYS = tuple(f"{s}_{k}" for s in SPLITS for k in ("images", "labels"))
-#: Known class names and modalities by file-name prefix.
-CLASS_NAMES = {"breastmnist": ["malignant", "normal+benign"]}
-MODALITIES = {
-    "breastmnist": "ultrasound",
-    "pneumoniamnist": "X-ray",
-    "chestmnist": "X-ray",
-    "pathmnist": "pathology",
-    "dermamnist": "dermatoscopy",
-    "octmnist": "OCT",
-    "retinamnist": "fundus photography",
-    "bloodmnist": "microscopy",
-    "tissuemnist": "microscopy",
-    "organ": "CT",
-    "nodulemnist3d": "CT",
-}
+#: The MedMNIST v2 datasets (Yang et al. 2023, Table 1 and the label lists of the
+#: ``medmnist`` package): modality and class names in label order. BreastMNIST keeps
+#: sslbench's short name of its positive class ("normal+benign"). MedMNIST+ files carry
+#: a size suffix (``adrenalmnist3d_64.npz``, ``breastmnist_224.npz``): see
+#: :func:`dataset_key`.
+_ORGANS_2D = [
+    "bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right",
+    "liver", "lung-left", "lung-right", "pancreas", "spleen",
+]  # fmt: skip
+DATASETS: dict[str, tuple[str, list[str]]] = {
+    "pathmnist": ("pathology", [
+        "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
+        "normal colon mucosa", "cancer-associated stroma",
+        "colorectal adenocarcinoma epithelium",
+    ]),
+    "chestmnist": ("X-ray", [
+        "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule",
+        "pneumonia", "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis",
+        "pleural", "hernia",
+    ]),
+    "dermamnist": ("dermatoscopy", [
+        "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
+        "benign keratosis-like lesions", "dermatofibroma", "melanoma", "melanocytic nevi",
+        "vascular lesions",
+    ]),
+    "octmnist": ("OCT", [
+        "choroidal neovascularization", "diabetic macular edema", "drusen", "normal",
+    ]),
+    "pneumoniamnist": ("X-ray", ["normal", "pneumonia"]),
+    "retinamnist": ("fundus photography", ["grade 0", "grade 1", "grade 2", "grade 3", "grade 4"]),
+    "breastmnist": ("ultrasound", ["malignant", "normal+benign"]),
+    "bloodmnist": ("microscopy", [
+        "basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte",
+        "monocyte", "neutrophil", "platelet",
+    ]),
+    "tissuemnist": ("microscopy", [
+        "collecting duct, connecting tubule", "distal convoluted tubule",
+        "glomerular endothelial cells", "interstitial endothelial cells", "leukocytes",
+        "podocytes", "proximal tubule segments", "thick ascending limb",
+    ]),
+    "organamnist": ("CT", _ORGANS_2D),
+    "organcmnist": ("CT", _ORGANS_2D),
+    "organsmnist": ("CT", _ORGANS_2D),
+    # the 3D version numbers the same organs in another order
+    "organmnist3d": ("CT", [
+        "liver", "kidney-right", "kidney-left", "femur-right", "femur-left", "bladder",
+        "heart", "lung-right", "lung-left", "spleen", "pancreas",
+    ]),
+    "nodulemnist3d": ("CT", ["benign", "malignant"]),
+    "adrenalmnist3d": ("CT (adrenal shape masks)", ["normal", "hyperplasia"]),
+    "fracturemnist3d": ("CT", [
+        "buckle rib fracture", "nondisplaced rib fracture", "displaced rib fracture",
+    ]),
+    "vesselmnist3d": ("MRA (vessel shape masks)", ["vessel", "aneurysm"]),
+    "synapsemnist3d": ("electron microscopy", ["inhibitory synapse", "excitatory synapse"]),
+}  # fmt: skip
+#: Image sizes of MedMNIST+ (28 is the v2 size, written without a suffix).
+SIZES = (28, 64, 128, 224)
 CITATION = (
     "Yang J. et al., MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D "
     "biomedical image classification, Scientific Data 10 (2023) 41"
 )
 
 
-def _lookup(table: dict[str, Any], stem: str) -> Any:
-    return next((v for k, v in table.items() if stem.lower().startswith(k)), None)
+def dataset_key(stem: str) -> str | None:
+    """The MedMNIST dataset a file stem names: ``adrenalmnist3d_64`` -> ``adrenalmnist3d``.
+
+    The size suffix of MedMNIST+ (``_28``, ``_64``, ``_128``, ``_224``) is dropped; a stem
+    that is not a known name itself is matched by its longest known prefix
+    (``breastmnist-copy`` -> ``breastmnist``). None when nothing matches.
+    """
+    base = stem.lower()
+    for size in SIZES:
+        if base.endswith(f"_{size}"):
+            base = base.removesuffix(f"_{size}")
+            break
+    if base in DATASETS:
+        return base
+    prefixes = sorted((k for k in DATASETS if base.startswith(k)), key=len, reverse=True)
+    return prefixes[0] if prefixes else None
 
 
 def load_npz(src: Path) -> dict[str, np.ndarray]:
@@ -188,7 +246,11 @@ class MedMNISTConverter(Converter):
         stem = src.name.removesuffix(".npz")
         all_labels = np.concatenate([labels[s] for s in SPLITS])
         k = label_shape[0] if label_shape else int(all_labels.max()) + 1
-        names = self.classes or _lookup(CLASS_NAMES, stem) or [f"class_{i}" for i in range(k)]
+        key = dataset_key(stem)
+        known = DATASETS[key][1] if key else None
+        if known is not None and (len(known) != k if label_shape else len(known) < k):
+            known = None  # the file is not what its name says: generic names
+        names = self.classes or known or [f"class_{i}" for i in range(k)]
         if (len(names) != k) if label_shape else (len(names) < k):
             raise DataError(f"{src}: labels need {k} class names, got {len(names)}: {names}")
         dims = len(image_shape) - 1
@@ -206,7 +268,7 @@ class MedMNISTConverter(Converter):
         keep = report.keep
         meta = DatasetMeta(
             name=self.dataset_name or stem,
-            modality=self.modality or _lookup(MODALITIES, stem) or "unknown",
+            modality=self.modality or (DATASETS[key][0] if key else "unknown"),
             class_names=list(names),
             source=f"MedMNIST v2 ({src.name}), https://medmnist.com",
             licence="CC BY 4.0",

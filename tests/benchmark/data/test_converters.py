@@ -235,6 +235,33 @@ def test_convert_medmnist_rgb_3d_multilabel(tmp_path: Path) -> None:
     assert H5Dataset(outm)[0]["label"].shape == (5,)
 
 
+@pytest.mark.parametrize(
+    ("name", "shape", "classes", "modality"),
+    [
+        ("adrenalmnist3d_64.npz", (6, 6, 6), ["normal", "hyperplasia"], "CT (adrenal shape masks)"),
+        ("breastmnist_224.npz", (8, 8), ["malignant", "normal+benign"], "ultrasound"),
+        ("organmnist3d.npz", (4, 4, 4), ["liver", "kidney-right"], "CT"),
+        ("synapsemnist3d_28.npz", (4, 4, 4), ["inhibitory synapse"], "electron microscopy"),
+        ("mystery.npz", (8, 8), ["class_0", "class_1"], "unknown"),
+    ],
+)
+def test_medmnist_names_and_modality_from_the_v2_table(
+    tmp_path: Path, name: str, shape: tuple[int, ...], classes: list[str], modality: str
+) -> None:
+    """MedMNIST+ size suffixes map to their dataset; names and modality come from the table."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for s, n in (("train", 4), ("val", 2), ("test", 2)):
+        arrays[f"{s}_images"] = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+        arrays[f"{s}_labels"] = np.array([[0], [1]] * (n // 2))
+    np.savez(tmp_path / name, **arrays)
+    out = CONVERTERS.create("medmnist").convert(tmp_path / name, tmp_path / "out.h5")
+    meta = read_meta(out)
+    assert meta["class_names"][: len(classes)] == classes
+    assert meta["modality"] == modality
+    assert meta["name"] == name.removesuffix(".npz")
+
+
 def test_convert_msd_hippocampus(msd: Path, shared_data: Path) -> None:
     meta, a = read_meta(msd), load(msd)
     assert meta["n"] == 260 and meta["image_shape"] == [1, 48, 64, 48]

@@ -207,6 +207,17 @@ def test_a_failing_job_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:
     assert not (results / "wandb").exists()
 
 
+def test_progress_bar_ends_at_its_total(tmp_path: Path) -> None:
+    """The bar's total is the sum of the job estimates and every job credits exactly its
+    own: no tqdm clamping warning, no negative remaining time at the last cell."""
+    exp = small_experiment(tmp_path)
+    proc = cli("run", str(exp), "-o", str(tmp_path / "results"), "--wandb", "disabled")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "clamping frac" not in proc.stderr
+    assert "-00:00" not in proc.stderr
+    assert "100%" in proc.stderr
+
+
 def test_a_second_runner_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     exp = small_experiment(tmp_path)
     results = tmp_path / "results"
