@@ -145,3 +145,45 @@ def render_findings(board: dict[str, Any]) -> list[str]:
         ]
     lines += [finding_line(f) for f in items]
     return [*lines, ""]
+
+
+def headline(board: dict[str, Any]) -> list[str]:
+    """The short findings block printed at the end of ``sslbench run`` and ``sslbench demo``.
+
+    Per task, at its smallest label fraction: the pretrained strategy with the largest
+    gain over scratch (difference of means, its interval and its verdict), and how the
+    synthetic / mixed strategies did against real-only pretraining there (verdict
+    counts); then the strategies whose encoders did not learn. Every number comes from
+    the leaderboard's comparisons.
+    """
+    comps = [c for c in board.get("comparisons", []) if c.get("mean_diff") is not None]
+    lines = []
+    for task in sorted({c["task"] for c in comps}):
+        spec = board["tasks"][task]
+        hib = bool(spec["higher_is_better"])
+        mine = [c for c in comps if c["task"] == task]
+        frac = min(c["fraction"] for c in mine)
+        at = [c for c in mine if c["fraction"] == frac]
+        metric = spec.get("primary_metric", "metric")
+        scratch = [c for c in at if c.get("reference_kind") == "scratch"]
+        if scratch:
+            best = max(scratch, key=lambda c: c["mean_diff"] if hib else -c["mean_diff"])
+            lo, hi = best.get("diff_ci_low"), best.get("diff_ci_high")
+            ci = f" [{_num(lo)}, {_num(hi)}]" if lo is not None and hi is not None else ""
+            lines.append(
+                f"{task} ({metric}), {frac:g} of the labels: best gain over scratch "
+                f"{best['strategy']} ({best['adapter']}) {_num(best['mean_diff'])}{ci} -> "
+                f"{verdict(best, hib)}"
+            )
+        real = [c for c in at if c.get("reference_kind") == "real"]
+        if real:
+            counts = summary_counts([{"verdict": verdict(c, hib)} for c in real])
+            lines.append(
+                f"  synthetic / mixed vs real-only pretraining at {frac:g}: "
+                + ", ".join(f"{v} {n}" for v, n in counts.items())
+                + f" (of {len(real)} contrasts)"
+            )
+    bad = sorted(unhealthy_rows(board))
+    if bad:
+        lines.append("did not learn during pretraining (rows flagged ⚠): " + ", ".join(bad))
+    return lines

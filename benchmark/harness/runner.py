@@ -34,7 +34,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from benchmark.core.errors import SSLBenchError
+from benchmark.core.io import read_json
 from benchmark.harness.experiment import Experiment, experiment_hash
+from benchmark.harness.findings import headline
 from benchmark.harness.health import (
     did_not_learn,
     format_health,
@@ -298,7 +300,13 @@ def format_run_summary(summary: RunSummary) -> str:
         lines.append("failures (details in RESULTS/failures/):")
         lines += [f"  {job}: {err}" for job, err in summary.failed.items()]
     if summary.leaderboard:
+        board = read_json(summary.leaderboard / "leaderboard.json")
+        block = headline(board) if board else []
+        if block:
+            lines += ["findings (generated from the leaderboard):", *[f"  {x}" for x in block]]
         lines.append(f"leaderboard: {summary.leaderboard / 'LEADERBOARD.md'}")
+        if any(summary.leaderboard.glob("curves_*.png")):
+            lines.append(f"plots: {summary.leaderboard}/curves_*.png")
     wandb_dir = summary.results / "wandb"
     if wandb_dir.exists():
         lines.append(f"W&B offline runs: wandb sync {wandb_dir}/offline-run-*")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from benchmark.harness.findings import findings, render_findings, verdict
+from benchmark.harness.findings import findings, headline, render_findings, verdict
 from benchmark.harness.leaderboard import aggregate, protocol_of, render_markdown
 from tests.benchmark.harness.test_leaderboard import record
 
@@ -92,3 +92,18 @@ def test_verdict_rules() -> None:
     assert verdict({**c, "p_adjusted": 0.2}, True) == "not resolved"
     assert verdict({**c, "diff_ci_low": -0.01}, True) == "not resolved"
     assert verdict({**c, "protocol": "legacy"}, True) == "legacy protocol: not assessed"
+
+
+def test_headline_block_quotes_the_best_gain_at_the_smallest_fraction() -> None:
+    """The block printed after a run: every number is one of the leaderboard's comparisons."""
+    board = board_of()
+    lines = headline(board)
+    best = next(
+        c for c in board["comparisons"] if c["fraction"] == 0.1 and c["reference_kind"] == "scratch"
+    )
+    assert lines[0].startswith("t (auc), 0.1 of the labels: best gain over scratch")
+    assert f"{best['mean_diff']:+.3f}" in lines[0]
+    assert f"[{best['diff_ci_low']:+.3f}, {best['diff_ci_high']:+.3f}]" in lines[0]
+    assert lines[0].endswith("-> better")
+    assert not any("did not learn" in x for x in lines)
+    assert headline({"comparisons": [], "tasks": {}}) == []
