@@ -108,7 +108,11 @@ def features(encoder: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
 
 
 def auc(model: Any, x: np.ndarray, y: np.ndarray) -> float:
-    return float(roc_auc_score(y, model.predict_proba(x), multi_class="ovr", average="macro"))
+    """AUC of the positive class (binary, e.g. BreastMNIST) or macro one-vs-rest (BUSI)."""
+    proba = model.predict_proba(x)
+    if proba.shape[1] == 2:
+        return float(roc_auc_score(y, proba[:, 1]))
+    return float(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
 
 
 def linear_probe(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, float]:
