@@ -48,7 +48,6 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -60,6 +59,7 @@ from pretrain.encoders import create_encoder
 from pretrain.encoders.calibration import calibrate_batch_norm
 from pretrain.methods import METHODS
 from pretrain.train import PretrainConfig, pretrain
+from tasks.metrics.classification import auc as auc_score
 
 #: Default encoder and view size of each method at the busi-cpu budget.
 DEFAULT_ENCODER = {"mae": "vit_tiny"}
@@ -108,11 +108,9 @@ def features(encoder: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
 
 
 def auc(model: Any, x: np.ndarray, y: np.ndarray) -> float:
-    """AUC of the positive class (binary, e.g. BreastMNIST) or macro one-vs-rest (BUSI)."""
-    proba = model.predict_proba(x)
-    if proba.shape[1] == 2:
-        return float(roc_auc_score(y, proba[:, 1]))
-    return float(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
+    """The evaluation's AUC (binary on the positive class, e.g. BreastMNIST; else macro
+    one-vs-rest, BUSI) of ``model``'s probabilities."""
+    return auc_score(y, model.predict_proba(x))
 
 
 def linear_probe(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, float]:

@@ -17,8 +17,8 @@ from pretrain.encoders.calibration import calibrate_batch_norm
 from pretrain.methods import create_method
 from pretrain.methods.base import MethodConfigError
 from pretrain.methods.spark import SparK, _resize_mask, sparse_encoder
-from pretrain.train import PretrainConfig, pretrain
-from tests.pretrain.test_train import tiny_file
+from pretrain.train import pretrain
+from tests.pretrain.test_train import config, tiny_file
 
 # (encoder, view size, config): the 2D CNNs at the 128 px minimum of a stride-32 mask
 # grid, the 3D ResNet on 32^3 volumes with a finer (explicit) 8 px mask grid.
@@ -250,17 +250,8 @@ def test_exported_encoder_has_dense_batch_norm_statistics(tmp_path: Path) -> Non
     real = tiny_file(tmp_path / "real.h5", n=24, size=128)
     runs = {}
     for method in ("spark", "simclr"):
-        cfg = PretrainConfig(
-            method=method,
-            encoder="resnet18",
-            real=str(real),
-            steps=2,
-            batch_size=4,
-            image_size=128,
-            seed=0,
-            checkpoint_every=0,
-            knn_every=-1,
-            device="cpu",
+        cfg = config(
+            tmp_path, method=method, steps=2, image_size=128, checkpoint_every=0, knn_every=-1
         )
         runs[method] = pretrain(cfg, tmp_path / method, progress=False)
     record = runs["spark"].summary["bn_recalibration"]
