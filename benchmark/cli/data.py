@@ -64,6 +64,7 @@ def _cmd_data_phantom(args: argparse.Namespace) -> int:
         size=args.size,
         dims=args.dims,
         seed=args.seed,
+        variant=args.variant,
         overwrite=args.overwrite,
     )
     print(f"wrote {out} in {time.perf_counter() - start:.1f}s")
@@ -148,6 +149,13 @@ def add_data_commands(sub: Any) -> None:
     ph.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     ph.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2D images or 3D volumes")
     ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument(
+        "--variant",
+        choices=("shape", "birads"),
+        default="shape",
+        help="shape: none / smooth / irregular lesions (default); birads: benign / malignant "
+        "by orientation and margin, a lesion in every image (the demo's task)",
+    )
     ph.add_argument("--overwrite", action="store_true")
     ph.set_defaults(handler=_cmd_data_phantom)
 

@@ -23,6 +23,18 @@ enhancement/shadowing is drawn independently of the class, so neither image
 brightness nor "is there a dark blob" alone solves the task. Speckle grain
 scales with ``size`` (about one pixel at 64 px).
 
+Variant ``birads`` (the demo's task, ``variant="birads"``): every image has one
+lesion, of radius 0.24-0.32 of the width, and the class is benign / malignant
+from two BI-RADS descriptors at once: orientation (parallel, wider than tall,
+vs taller than wide) and margin (circumscribed vs irregular / spiculated). Size,
+contrast (-22 to -10 dB) and posterior features are drawn alike for both
+classes, so mean brightness, the darkest pixels or the spread of an image do not
+give the class away (tested), while a network that sees the lesion's shape
+can. It has 0-2 background ellipses instead of 1-4, so that the lesion is the
+dominant structure, and it is rendered at twice the resolution and averaged
+2 x 2, the speckle a downsampled 64 px scan would have: at 32 px the shape
+stays visible. The default variant ``shape`` keeps version 1's images exactly.
+
 Patients: ``images_per_patient`` consecutive images share one patient id, one
 class and one scene (anatomy and lesion), seen with a different shift, lesion
 pose, gain and speckle, so a split that ignored patients would leak. Classes
@@ -49,6 +61,14 @@ from benchmark.data.splits import make_split
 CLASS_NAMES = ("none", "smooth", "irregular")
 MASK_CLASS_NAMES = ("background", "lesion")
 DEFAULT_CLASS_BALANCE = (0.25, 0.40, 0.35)
+#: variant -> (class names, default class balance)
+VARIANTS: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
+    "shape": (CLASS_NAMES, DEFAULT_CLASS_BALANCE),
+    "birads": (("benign", "malignant"), (0.5, 0.5)),
+}
+#: variant -> render at this multiple of the resolution and average (speckle of a
+#: downsampled scan; the shape variant keeps version 1's images exactly)
+_SUPERSAMPLE = {"shape": 1, "birads": 2}
 GENERATOR_VERSION = "1"
 _BLOCK = 20  # patients per class-balance block
 _KEY_SCENE, _KEY_CLASS = 0x5CE7E, 0xC1A55
@@ -137,7 +157,53 @@ def _draw_lesion(rng: np.random.Generator, cls: int, dims: int) -> _Lesion:
     )
 
 
-def _draw_scene(rng: np.random.Generator, cls: int, dims: int) -> _Scene:
+def _draw_birads_lesion(rng: np.random.Generator, cls: int, dims: int) -> _Lesion:
+    """A lesion of the ``birads`` variant: every image has one; the class sets two
+    BI-RADS descriptors at once, orientation and margin.
+
+    * ``0 "benign"``: parallel (wider than tall, depth / lateral axis 0.45-0.7),
+      circumscribed (smooth, 40 % slightly lobulated);
+    * ``1 "malignant"``: not parallel (taller than wide, 1.15-1.6), not
+      circumscribed (low- and high-frequency waves, 70 % with spikes).
+
+    Size (the axes keep the area of a circle of radius 0.24-0.32), contrast (-22 to
+    -10 dB, overlapping the background ellipses' -12 to +6 dB) and posterior
+    features are drawn the same way for both classes.
+    """
+    da = _depth_axis(dims)
+    centre = rng.uniform(0.3, 0.7, dims)
+    centre[da] = rng.uniform(0.35, 0.6)
+    radius = rng.uniform(0.24, 0.32)
+    ratio = rng.uniform(0.45, 0.7) if cls == 0 else rng.uniform(1.15, 1.6)
+    axes = np.full(dims, radius * ratio ** (-1.0 / dims))
+    axes[da] = radius * ratio ** ((dims - 1.0) / dims)
+    if cls == 0:
+        k = int(rng.integers(1, 3)) if rng.random() < 0.4 else 0
+        freqs, amps = rng.uniform(1.0, 3.0, k), rng.uniform(0.02, 0.08, k)
+        n_spikes, strength = 0, 1.0
+    else:
+        k_lo, k_hi = int(rng.integers(2, 5)), int(rng.integers(3, 9))
+        freqs = np.concatenate([rng.uniform(1.5, 4.0, k_lo), rng.uniform(5.0, 12.0, k_hi)])
+        amps = np.concatenate([rng.uniform(0.05, 0.15, k_lo), rng.uniform(0.02, 0.06, k_hi)])
+        k = k_lo + k_hi
+        n_spikes = int(rng.integers(6, 15)) if rng.random() < 0.7 else 0
+        strength = float(rng.uniform(0.5, 1.0))
+    return _Lesion(
+        centre,
+        axes,
+        _rotation(rng, dims, 0.12),
+        float(10 ** (rng.uniform(-22, -10) / 20)),
+        float(rng.uniform(-0.4, 0.4)),
+        (_unit(rng, k, dims), freqs, amps * strength, rng.uniform(0, 2 * np.pi, k)),
+        (
+            _unit(rng, n_spikes, dims),
+            rng.uniform(0.2, 0.6, n_spikes) * strength,
+            rng.uniform(0.05, 0.12, n_spikes),
+        ),
+    )
+
+
+def _draw_scene(rng: np.random.Generator, cls: int, dims: int, variant: str = "shape") -> _Scene:
     """Anatomy and lesion of one patient (shared by all of its views)."""
     da = _depth_axis(dims)
     n_layers = int(rng.integers(3, 6))
@@ -151,7 +217,7 @@ def _draw_scene(rng: np.random.Generator, cls: int, dims: int) -> _Scene:
         axis=-1,
     )
     blobs = []
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(0, 3) if variant == "birads" else rng.integers(1, 5))):
         axes = rng.uniform(0.06, 0.2, dims)
         axes[da] = rng.uniform(0.025, 0.08)
         blobs.append(
@@ -171,7 +237,11 @@ def _draw_scene(rng: np.random.Generator, cls: int, dims: int) -> _Scene:
         layer_level=10 ** (rng.uniform(-18, 0, n_layers) / 20),
         layer_line=rng.uniform(0.0, 0.8, n_layers - 1) * (rng.random(n_layers - 1) < 0.6),
         blobs=tuple(blobs),
-        lesion=_draw_lesion(rng, cls, dims) if cls > 0 else None,
+        lesion=(
+            _draw_birads_lesion(rng, cls, dims)
+            if variant == "birads"
+            else (_draw_lesion(rng, cls, dims) if cls > 0 else None)
+        ),
         shift=np.zeros(dims),
     )
 
@@ -229,9 +299,37 @@ def _modulation(les: _Lesion, local: list[np.ndarray]) -> np.ndarray:
 
 
 def _render(
+    scene: _Scene,
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    size: int,
+    supersample: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw speckle and render one view to (uint8 image (1, *shape), uint8 mask).
+
+    With ``supersample`` k > 1 the view is rendered at k times the resolution and
+    averaged over k x k (x k) blocks, the mask by majority, as a lower-resolution
+    scan of the same tissue would average its speckle.
+    """
+    if supersample == 1:
+        img, mask = _render_float(scene, rng, shape, size)
+    else:
+        k = int(supersample)
+        img, mask = _render_float(scene, rng, tuple(n * k for n in shape), size * k)
+        blocks = [x for n in shape for x in (n, k)]
+        axes = tuple(range(1, 2 * len(shape), 2))
+        img = img.reshape(blocks).mean(axes)
+        frac = mask.reshape(blocks).mean(axes, dtype=np.float32)
+        mask = (frac >= 0.5).astype(np.uint8)
+        if frac.any() and not mask.any():  # a lesion smaller than half a pixel
+            mask[np.unravel_index(np.argmax(frac), frac.shape)] = 1
+    return np.round(img).astype(np.uint8)[None], mask
+
+
+def _render_float(
     scene: _Scene, rng: np.random.Generator, shape: tuple[int, ...], size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw speckle and render one view to (uint8 image (1, *shape), uint8 mask)."""
+    """The view as a float image in display units [0, 255] and a uint8 mask."""
     d, da = scene.dims, _depth_axis(scene.dims)
     grid = [
         ((np.arange(n, dtype=np.float32) + 0.5) / size + float(s)).reshape(
@@ -290,30 +388,46 @@ def _render(
     env = np.hypot(re, im)
     env /= np.sqrt(np.mean(env**2))
     db = 20.0 * np.log10(echo * env + 1e-4)  # log compression, 48 dB display range
-    img = np.clip((db + 36.0) * (255.0 / 48.0), 0.0, 255.0)
-    return np.round(img).astype(np.uint8)[None], mask
+    return np.clip((db + 36.0) * (255.0 / 48.0), 0.0, 255.0), mask
 
 
 def phantom_sample(
-    rng: np.random.Generator, cls: int, size: int = 64, dims: int = 2, depth: int | None = None
+    rng: np.random.Generator,
+    cls: int,
+    size: int = 64,
+    dims: int = 2,
+    depth: int | None = None,
+    variant: str = "shape",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One random phantom image of a given class.
 
     Args:
         rng: Source of randomness (the sample is a pure function of its state).
-        cls: 0 "none", 1 "smooth" or 2 "irregular".
+        cls: Class index of the variant (``shape``: 0 "none", 1 "smooth",
+            2 "irregular"; ``birads``: 0 "benign", 1 "malignant").
         size: Height and width (and depth for 3D unless ``depth`` is given).
         dims: 2 for images, 3 for volumes.
         depth: Number of slices D of a 3D volume; defaults to ``size``.
+        variant: ``shape`` or ``birads`` (see the module docstring).
 
     Returns:
         ``(image, mask)``: uint8 (1, size, size) or (1, D, size, size), and a uint8
         0/1 lesion mask of the spatial shape (all zero for class 0).
     """
     shape = _check_shape(size, dims, depth)
-    if cls not in (0, 1, 2):
-        raise PhantomError(f"phantom class must be 0, 1 or 2, got {cls!r}")
-    return _render(_draw_scene(rng, int(cls), dims), rng, shape, shape[-1])
+    names, _ = _variant(variant)
+    if cls not in range(len(names)):
+        raise PhantomError(
+            f"phantom class of variant {variant!r} must be in 0..{len(names) - 1}, got {cls!r}"
+        )
+    scene = _draw_scene(rng, int(cls), dims, variant)
+    return _render(scene, rng, shape, shape[-1], _SUPERSAMPLE[variant])
+
+
+def _variant(variant: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    if variant not in VARIANTS:
+        raise PhantomError(f"phantom variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    return VARIANTS[variant]
 
 
 def _check_shape(size: int, dims: int, depth: int | None) -> tuple[int, ...]:
@@ -331,11 +445,11 @@ def _check_shape(size: int, dims: int, depth: int | None) -> tuple[int, ...]:
     return (int(d), int(size), int(size))
 
 
-def _block_counts(balance: tuple[float, ...]) -> np.ndarray:
+def _block_counts(balance: tuple[float, ...], n_classes: int = 3) -> np.ndarray:
     """Patients per class in a block of ``_BLOCK``, by largest remainder."""
     w = np.asarray(balance, dtype=np.float64)
-    if w.shape != (3,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise PhantomError(f"class_balance needs 3 non-negative weights, got {balance!r}")
+    if w.shape != (n_classes,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise PhantomError(f"class_balance needs {n_classes} non-negative weights, got {balance!r}")
     exact = w / w.sum() * _BLOCK
     counts = np.floor(exact).astype(np.int64)
     extra = np.argsort(-(exact - counts), kind="stable")[: _BLOCK - counts.sum()]
@@ -344,10 +458,13 @@ def _block_counts(balance: tuple[float, ...]) -> np.ndarray:
 
 
 def patient_classes(
-    n_patients: int, seed: int, class_balance: tuple[float, ...] = DEFAULT_CLASS_BALANCE
+    n_patients: int,
+    seed: int,
+    class_balance: tuple[float, ...] = DEFAULT_CLASS_BALANCE,
+    n_classes: int = 3,
 ) -> np.ndarray:
     """Class of each patient: shuffled blocks of 20 with the given balance."""
-    pattern = np.repeat(np.arange(3), _block_counts(class_balance))
+    pattern = np.repeat(np.arange(n_classes), _block_counts(class_balance, n_classes))
     blocks = [
         np.random.default_rng(
             np.random.SeedSequence([seed, _KEY_CLASS], spawn_key=(b,))
@@ -365,8 +482,9 @@ def generate_phantom(
     dims: int = 2,
     seed: int = 0,
     images_per_patient: int = 2,
-    class_balance: tuple[float, float, float] = DEFAULT_CLASS_BALANCE,
+    class_balance: tuple[float, ...] | None = None,
     depth: int | None = None,
+    variant: str = "shape",
     overwrite: bool = False,
 ) -> Path:
     """Write a procedural phantom dataset as an sslbench HDF5 file (atomically).
@@ -378,8 +496,12 @@ def generate_phantom(
         dims: 2 for (1, size, size) images, 3 for (1, D, size, size) volumes.
         seed: Seed of every image and of the train/val/test split.
         images_per_patient: Consecutive images sharing a patient id, class and scene.
-        class_balance: Weights of classes none / smooth / irregular.
+        class_balance: Weights of the variant's classes (default: the variant's,
+            none / smooth / irregular 25/40/35 % or benign / malignant 50/50 %).
         depth: Slices D of 3D volumes (default ``size``).
+        variant: ``shape`` (3 classes by lesion shape, lesions of 0.07-0.18 of the
+            width) or ``birads`` (benign / malignant by orientation and margin,
+            every image with a lesion of radius 0.24-0.32 of the width; the demo's task).
         overwrite: Replace an existing file.
 
     Returns:
@@ -399,15 +521,17 @@ def generate_phantom(
     if int(seed) != seed or seed < 0:
         raise PhantomError(f"phantom seed must be a non-negative integer, got {seed!r}")
     ipp, seed, size = int(images_per_patient), int(seed), shape[-1]
+    names, default_balance = _variant(variant)
+    balance = tuple(default_balance if class_balance is None else class_balance)
     patient = np.arange(n) // ipp
-    labels = patient_classes(int(patient[-1]) + 1, seed, class_balance)[patient]
+    labels = patient_classes(int(patient[-1]) + 1, seed, balance, len(names))[patient]
     pids = np.array([f"phantom-{p:05d}" for p in patient], dtype=object)
     split = make_split(labels, pids, seed=seed)
     meta = DatasetMeta(
         name="phantom" if dims == 2 else "phantom3d",
         modality="synthetic-ultrasound-phantom",
         spacing=[1.0] * dims,
-        class_names=list(CLASS_NAMES),
+        class_names=list(names),
         mask_class_names=list(MASK_CLASS_NAMES),
         source="sslbench procedural phantom",
         licence="Apache-2.0 (generated)",
@@ -421,9 +545,11 @@ def generate_phantom(
             "depth": shape[0] if dims == 3 else None,
             "seed": seed,
             "images_per_patient": ipp,
-            "class_balance": [float(w) for w in class_balance],
+            "class_balance": [float(w) for w in balance],
             "class_block": _BLOCK,
             "split": "make_split(labels, patient_ids, seed)",
+            # the default variant's files stay byte-identical to version 1's
+            **({} if variant == "shape" else {"variant": variant}),
         },
     )
     with H5Writer(
@@ -440,11 +566,11 @@ def generate_phantom(
             p, v = int(patient[i]), i % ipp
             if v == 0 or scene is None:
                 ss = np.random.SeedSequence([seed, _KEY_SCENE], spawn_key=(p,))
-                scene = _draw_scene(np.random.default_rng(ss), int(labels[i]), dims)
+                scene = _draw_scene(np.random.default_rng(ss), int(labels[i]), dims, variant)
             rng = np.random.default_rng(
                 np.random.SeedSequence([seed, _KEY_SCENE], spawn_key=(p, v))
             )
-            image, mask = _render(_view(scene, rng), rng, shape, size)
+            image, mask = _render(_view(scene, rng), rng, shape, size, _SUPERSAMPLE[variant])
             writer.write(
                 i,
                 image,

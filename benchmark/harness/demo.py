@@ -1,10 +1,15 @@
 """``sslbench demo``: the main job end to end on the built-in phantom data.
 
 It runs the shipped ``demo`` experiment (``benchmark/experiments/demo.yaml``):
-phantom data, a small DDPM trained on its train split and sampled, SimCLR
-pretraining on real / synthetic / mixed images, classification and
-segmentation sweeps with scratch and supervised baselines, and the
-leaderboard, with W&B offline runs. ``--quick`` runs the smaller
+the phantom's ``birads`` variant (benign / malignant by lesion orientation and
+margin, a lesion mask in every image), a small DDPM trained on its train split
+and sampled, SimCLR pretraining on real / synthetic / mixed images,
+classification and segmentation at 10 % of the labels against scratch, a
+supervised baseline with every label, and the leaderboard, with W&B offline
+runs; the summary ends with the findings block generated from the leaderboard.
+Its targets (supervised AUC >= 0.95 and Dice >= 0.7; every pretrained arm above
+scratch with an interval that excludes 0) are checked on every CI run by
+``tests/benchmark/harness/test_demo_targets.py``. ``--quick`` runs the smaller
 ``phantom-tiny`` grid instead (the tox ``smoke`` environment). Like every
 ``sslbench run``, it resumes where it stopped.
 """

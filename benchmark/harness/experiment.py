@@ -155,7 +155,7 @@ EVALUATE_DEFAULTS: dict[str, Any] = {
 STATISTICS_KEYS = ("resamples", "confidence")
 TASK_KEYS = ("spec", "dataset", "adapters", "image_size")
 DATASET_KINDS = ("phantom", "convert", "path")
-PHANTOM_KEYS = ("n", "size", "dims", "seed", "images_per_patient", "depth")
+PHANTOM_KEYS = ("n", "size", "dims", "seed", "images_per_patient", "depth", "variant")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

@@ -63,6 +63,19 @@ def test_phantom_info_and_json(tmp_path: Path) -> None:
     assert js["attributes"]["content_hash"] == read_meta(out)["content_hash"]
 
 
+def test_phantom_birads_variant(tmp_path: Path) -> None:
+    out = tmp_path / "birads.h5"
+    proc = sslbench(
+        "data", "phantom", "-o", str(out), "-n", "40", "--size", "32", "--variant", "birads"
+    )
+    assert proc.returncode == 0, proc.stderr
+    meta = read_meta(out)
+    assert meta["class_names"] == ["benign", "malignant"] and meta["extra"]["variant"] == "birads"
+    bad = sslbench("data", "phantom", "-o", str(tmp_path / "x.h5"), "--variant", "nope")
+    assert bad.returncode != 0 and "--variant" in bad.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
 def test_existing_output_refused_without_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "ph.h5"
     assert sslbench("data", "phantom", "-o", str(out), "-n", "24", "--size", "32").returncode == 0

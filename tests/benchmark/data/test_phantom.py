@@ -165,6 +165,8 @@ def test_too_few_patients_leaves_no_file(tmp_path):
         {"dims": 3, "depth": 4},
         {"class_balance": (1.0, -1.0, 1.0)},
         {"class_balance": (1.0, 1.0)},
+        {"variant": "birads", "class_balance": (1.0, 1.0, 1.0)},
+        {"variant": "nope"},
     ],
 )
 def test_bad_arguments(tmp_path, kwargs):
@@ -277,3 +279,61 @@ def test_dataloader_workers_match_single_process(p2d):
             assert a[key].dtype == b[key].dtype
             assert torch.equal(a[key], b[key]), key
         assert a["patient_id"] == b["patient_id"]
+
+
+@pytest.fixture(scope="module")
+def birads(tmp_path_factory):
+    """The demo's variant: 400 images of 32 px, benign / malignant."""
+    path = generate_phantom(
+        tmp_path_factory.mktemp("birads") / "birads.h5", n=400, size=32, variant="birads"
+    )
+    return path, load(path)
+
+
+def _orientation(masks: np.ndarray) -> np.ndarray:
+    """Depth extent / lateral extent of each 2D mask (rows are depth)."""
+    rows, cols = masks.any(2).sum(1), masks.any(1).sum(1)
+    return rows / np.maximum(cols, 1)
+
+
+def test_birads_variant_meta_and_every_image_has_a_lesion(birads):
+    path, d = birads
+    meta = read_meta(path)
+    assert meta["class_names"] == ["benign", "malignant"]
+    assert meta["extra"]["variant"] == "birads" and meta["extra"]["class_balance"] == [0.5, 0.5]
+    assert np.bincount(d["labels"]).tolist() == [200, 200]
+    assert (d["masks"].reshape(400, -1).sum(1) > 0).all()
+    # the default variant's files carry no variant key (byte-identical to version 1)
+    assert (
+        "variant" not in read_meta(generate_phantom(path.with_name("s.h5"), n=30, size=32))["extra"]
+    )
+
+
+def test_birads_classes_are_shape_not_brightness(birads):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    _, d = birads
+    labels, masks = d["labels"], d["masks"]
+    # the class is in the lesion's orientation and margin ...
+    tall, comp = _orientation(masks), _compactness(masks)
+    assert roc_auc_score(labels, tall) > 0.95
+    assert np.median(comp[labels == 1]) > 1.15 * np.median(comp[labels == 0])
+    # ... and not in the lesion's size (areas overlap) ...
+    area = masks.reshape(400, -1).sum(1)
+    assert 0.3 < roc_auc_score(labels, area) < 0.75
+    # ... nor in trivial image statistics: mean, darkest pixels, spread
+    x = d["images"].reshape(400, -1).astype(np.float64)
+    stats = np.stack([x.mean(1), np.percentile(x, 5, axis=1), x.std(1)], 1)
+    stats = (stats - stats.mean(0)) / stats.std(0)
+    assert LogisticRegression().fit(stats, labels).score(stats, labels) < 0.7
+
+
+def test_birads_sample_and_supersampled_masks():
+    for cls in (0, 1):
+        image, mask = phantom_sample(np.random.default_rng(cls), cls, size=32, variant="birads")
+        assert image.shape == (1, 32, 32) and mask.any()
+        again = phantom_sample(np.random.default_rng(cls), cls, size=32, variant="birads")
+        np.testing.assert_array_equal(image, again[0])
+    with pytest.raises(PhantomError, match="variant 'birads'"):
+        phantom_sample(np.random.default_rng(0), 2, variant="birads")
