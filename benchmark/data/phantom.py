@@ -122,24 +122,38 @@ def _unit(rng: np.random.Generator, k: int, d: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+_Outline = tuple[int, np.ndarray, np.ndarray, int, float]
+
+
+def _smooth_outline(rng: np.random.Generator, max_lobes: int, max_amp: float) -> _Outline:
+    """Outline parameters of a smooth lesion, 40 % slightly lobulated:
+    ``(waves k, frequencies, amplitudes, spikes 0, strength 1)``."""
+    k = int(rng.integers(1, max_lobes + 1)) if rng.random() < 0.4 else 0
+    return k, rng.uniform(1.0, 3.0, k), rng.uniform(0.02, max_amp, k), 0, 1.0
+
+
+def _irregular_outline(
+    rng: np.random.Generator, spike_p: float, strength: tuple[float, float]
+) -> _Outline:
+    """Outline parameters of an irregular lesion: low- and high-frequency waves, spikes
+    with probability ``spike_p``, all scaled by a strength drawn from ``strength``."""
+    k_lo, k_hi = int(rng.integers(2, 5)), int(rng.integers(3, 9))
+    freqs = np.concatenate([rng.uniform(1.5, 4.0, k_lo), rng.uniform(5.0, 12.0, k_hi)])
+    amps = np.concatenate([rng.uniform(0.05, 0.15, k_lo), rng.uniform(0.02, 0.06, k_hi)])
+    n_spikes = int(rng.integers(6, 15)) if rng.random() < spike_p else 0
+    return k_lo + k_hi, freqs, amps, n_spikes, float(rng.uniform(*strength))
+
+
 def _draw_lesion(rng: np.random.Generator, cls: int, dims: int) -> _Lesion:
     da = _depth_axis(dims)
     centre = rng.uniform(0.28, 0.72, dims)
     centre[da] = rng.uniform(0.3, 0.65)
     radius = rng.uniform(0.07, 0.18)
     axes = radius * np.exp(rng.normal(0.0, 0.22, dims))
-    irregularity = 1.0
     if cls == 1:  # smooth; some slightly lobulated
-        k = int(rng.integers(1, 4)) if rng.random() < 0.4 else 0
-        freqs, amps = rng.uniform(1.0, 3.0, k), rng.uniform(0.02, 0.1, k)
-        n_spikes = 0
+        k, freqs, amps, n_spikes, irregularity = _smooth_outline(rng, max_lobes=3, max_amp=0.1)
     else:  # irregular: low + high frequency waves, often spikes, of varying strength
-        k_lo, k_hi = int(rng.integers(2, 5)), int(rng.integers(3, 9))
-        freqs = np.concatenate([rng.uniform(1.5, 4.0, k_lo), rng.uniform(5.0, 12.0, k_hi)])
-        amps = np.concatenate([rng.uniform(0.05, 0.15, k_lo), rng.uniform(0.02, 0.06, k_hi)])
-        k = k_lo + k_hi
-        n_spikes = int(rng.integers(6, 15)) if rng.random() < 0.6 else 0
-        irregularity = float(rng.uniform(0.3, 1.0))
+        k, freqs, amps, n_spikes, irregularity = _irregular_outline(rng, 0.6, (0.3, 1.0))
     waves = (_unit(rng, k, dims), freqs, amps * irregularity, rng.uniform(0, 2 * np.pi, k))
     spikes = (
         _unit(rng, n_spikes, dims),
@@ -178,16 +192,9 @@ def _draw_birads_lesion(rng: np.random.Generator, cls: int, dims: int) -> _Lesio
     axes = np.full(dims, radius * ratio ** (-1.0 / dims))
     axes[da] = radius * ratio ** ((dims - 1.0) / dims)
     if cls == 0:
-        k = int(rng.integers(1, 3)) if rng.random() < 0.4 else 0
-        freqs, amps = rng.uniform(1.0, 3.0, k), rng.uniform(0.02, 0.08, k)
-        n_spikes, strength = 0, 1.0
+        k, freqs, amps, n_spikes, strength = _smooth_outline(rng, max_lobes=2, max_amp=0.08)
     else:
-        k_lo, k_hi = int(rng.integers(2, 5)), int(rng.integers(3, 9))
-        freqs = np.concatenate([rng.uniform(1.5, 4.0, k_lo), rng.uniform(5.0, 12.0, k_hi)])
-        amps = np.concatenate([rng.uniform(0.05, 0.15, k_lo), rng.uniform(0.02, 0.06, k_hi)])
-        k = k_lo + k_hi
-        n_spikes = int(rng.integers(6, 15)) if rng.random() < 0.7 else 0
-        strength = float(rng.uniform(0.5, 1.0))
+        k, freqs, amps, n_spikes, strength = _irregular_outline(rng, 0.7, (0.5, 1.0))
     return _Lesion(
         centre,
         axes,
@@ -412,7 +419,8 @@ def phantom_sample(
 
     Returns:
         ``(image, mask)``: uint8 (1, size, size) or (1, D, size, size), and a uint8
-        0/1 lesion mask of the spatial shape (all zero for class 0).
+        0/1 lesion mask of the spatial shape (all zero for class 0 "none" of the
+        ``shape`` variant; every ``birads`` image has a lesion).
     """
     shape = _check_shape(size, dims, depth)
     names, _ = _variant(variant)
