@@ -50,6 +50,7 @@ from benchmark.core.allocator import tune_allocator
 from benchmark.core.device import resolve_device
 from benchmark.core.errors import SSLBenchError
 from benchmark.core.io import atomic_path, atomic_write_json, atomic_write_text, provenance
+from benchmark.core.optim import adam
 from pretrain import distributed
 from pretrain.augment import make_views
 from pretrain.checkpoint import save_encoder
@@ -59,6 +60,7 @@ from pretrain.methods import METHODS, create_method
 from pretrain.methods.base import resolve_recipe, scaled_lr
 from pretrain.monitor import DEFAULT_MARGIN, KNNMonitor, health, monitor_steps, resize_images
 from pretrain.sources import create_source
+from pretrain.strength import check_strength, with_strength
 
 STATE = "state.pt"
 CONFIG = "config.json"
@@ -100,6 +102,15 @@ class PretrainConfig:
         real: Real dataset file (its train split is used).
         synthetic: Synthetic dataset file.
         synthetic_ratio: Fraction of synthetic images per batch for ``mixed``.
+        mixing_mode: ``mixed``'s mode: ``replace`` (synthetic images take the place of
+            real ones in a batch of ``batch_size``) or ``add`` (they are added on top of
+            the ``batch_size`` real images; :mod:`pretrain.sources.mixed`).
+        real_weight: ``mixed``'s sampling weight of real against synthetic images
+            (AdaInf's repeat factor of the real set; 1 leaves ``synthetic_ratio`` as is).
+        pool_size: Size of the synthetic pool: None (all samples), an int (the first
+            N) or ``matched`` (as many as the real file's train split).
+        strength: Augmentation strength of the method's views (:mod:`pretrain.strength`):
+            ``standard``, ``weak`` (AdaInf's preset) or a number scaling every deviation.
         steps: Number of optimizer steps.
         batch_size: Images per step (compute matching: steps x batch_size).
         image_size: Spatial size of the views fed to the encoder.
@@ -130,6 +141,10 @@ class PretrainConfig:
     real: str | None = None
     synthetic: str | None = None
     synthetic_ratio: float = 0.5
+    mixing_mode: str = "replace"
+    real_weight: float = 1.0
+    pool_size: int | str | None = None
+    strength: str | float = "standard"
     steps: int = 100
     batch_size: int = 64
     image_size: int = 64
@@ -155,6 +170,7 @@ class PretrainConfig:
             raise SSLBenchError(
                 f"steps must be > 0 and batch_size > 1 (got {self.steps}, {self.batch_size})"
             )
+        check_strength(self.strength)
         if self.channels_last not in ("auto", "on", "off"):
             raise SSLBenchError(
                 f"channels_last must be auto, on or off, got {self.channels_last!r}"
@@ -203,7 +219,7 @@ def build_optimizer(
     lr = scaled_lr(config, batch_size)
     name = config["optimizer"]
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(config["adam_beta1"], config["adam_beta2"]))
+        return adam(groups, lr=lr, betas=(config["adam_beta1"], config["adam_beta2"]))
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=config["momentum"])
     from lightly.utils.lars import LARS
@@ -254,7 +270,15 @@ class Trainer:
             batch_size=config.batch_size,
             seed=config.seed,
             device=str(self.device),
+            mode=config.mixing_mode,
+            real_weight=config.real_weight,
+            pool_size=config.pool_size,
         )
+        if self.source.step_size % self.dist.world_size:
+            raise SSLBenchError(
+                f"{self.source.step_size} images per step (mode {config.mixing_mode}) do not "
+                f"divide across {self.dist.world_size} processes"
+            )
         in_chans = int(self.source.image_shape[0])
         encoder = create_encoder(
             config.encoder, in_chans=in_chans, img_size=config.image_size, **config.encoder_config
@@ -271,7 +295,9 @@ class Trainer:
         # Module.to accepts memory_format at run time; torch's stubs do not declare it.
         self.method.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
         distributed.broadcast_module(self.method, self.dist)
-        self.recipes = self.method.view_recipes(config.image_size)
+        self.recipes = [
+            with_strength(r, config.strength) for r in self.method.view_recipes(config.image_size)
+        ]
         self.optimizer = build_optimizer(self.method, self.method.config, config.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(config.steps, self.method.config["warmup_fraction"])
@@ -328,7 +354,9 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a saved state; its config must match but for :data:`RUN_CONTROL_KEYS`."""
-        saved = {k: v for k, v in state["config"].items() if k not in RUN_CONTROL_KEYS}
+        # a key missing from an older state predates its option: the default was in force
+        older = {**PretrainConfig().to_dict(), **state["config"]}
+        saved = {k: v for k, v in older.items() if k not in RUN_CONTROL_KEYS}
         now = {k: v for k, v in self.config.to_dict().items() if k not in RUN_CONTROL_KEYS}
         if saved != now:
             diff = sorted(k for k in {*saved, *now} if saved.get(k) != now.get(k))
@@ -378,7 +406,7 @@ class Trainer:
         torch.manual_seed(seed + dist_info.rank)  # dropout, masks and other global-RNG draws
         gen = torch.Generator(device=self.device).manual_seed(seed)
         shard = (dist_info.rank, dist_info.world_size) if dist_info.enabled else None
-        images = self.source.batch(step, dist_info.rows(self.config.batch_size))
+        images = self.source.batch(step, dist_info.rows(self.source.step_size))
         views = [
             v.contiguous(memory_format=self.memory_format)
             for v in make_views(images, self.recipes, gen, shard)
@@ -451,7 +479,7 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 self.train_time += dt
                 self.step += 1
-                ips = cfg.batch_size / dt
+                ips = self.source.step_size / dt
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{logs['loss']:.4f}",
@@ -473,7 +501,7 @@ class Trainer:
     @property
     def chance(self) -> float | None:
         """The method's chance loss at this batch size (None where it has none)."""
-        return type(self.method).chance_loss(self.method.config, self.config.batch_size)
+        return type(self.method).chance_loss(self.method.config, self.source.step_size)
 
     def health(self) -> dict[str, Any]:
         """The run's health verdict (:func:`pretrain.monitor.health`)."""
@@ -512,7 +540,7 @@ class Trainer:
         cfg = self.config
         bn_recalibration = self.dense_statistics()
         last = self.history[-1] if self.history else {}
-        images_seen = cfg.steps * cfg.batch_size
+        images_seen = cfg.steps * self.source.step_size
         summary = {
             "method": cfg.method,
             "method_config": self.method.config,

@@ -219,6 +219,10 @@ class SweepConfig:
         seeds: Evaluation seeds (subsets, training and scratch initialisation).
         output: Output folder (records, feature cache, summaries).
         baselines: Any of ``scratch``, ``supervised`` and ``external``.
+        supervised_seeds: Seeds of the ``supervised`` baseline (default: ``seeds``).
+            The full-label reference enters no paired comparison, so a sweep may
+            give it fewer seeds than the compared arms (its interval then
+            resamples those seeds only; the leaderboard shows the count).
         data_root: Root for relative dataset paths of the spec.
         device: ``cpu``, ``cuda`` or ``auto``.
         overrides: Adapter options ``{"key": v}`` (every adapter having it) or
@@ -246,6 +250,7 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     output: str = "results"
     baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
+    supervised_seeds: list[int] | None = None
     data_root: str | None = None
     device: str = "cpu"
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -261,7 +266,10 @@ class SweepConfig:
     init: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
+        out = json.loads(json.dumps(asdict(self), default=str))
+        if out["supervised_seeds"] is None:  # the default: records keep their old config
+            del out["supervised_seeds"]
+        return out
 
 
 @dataclass
@@ -294,6 +302,11 @@ def adapter_configs(
         for n in targets:
             opts[n][key] = value
     return {n: dict(ADAPTERS.create(n, **o).config) for n, o in opts.items()}
+
+
+def supervised_seeds(cfg: SweepConfig) -> list[int]:
+    """The seeds of a sweep's ``supervised`` cells (``supervised_seeds``, else ``seeds``)."""
+    return list(cfg.seeds if cfg.supervised_seeds is None else cfg.supervised_seeds)
 
 
 def supervised_adapter(spec: TaskSpec) -> str:
@@ -360,7 +373,7 @@ def plan_cells(spec: TaskSpec, source: EncoderSource, cfg: SweepConfig) -> list[
     ]
     if sup:
         src = EncoderSource.scratch(source.name, source.args, "supervised")
-        for s in cfg.seeds:
+        for s in supervised_seeds(cfg):
             twin = next(
                 (
                     c
@@ -482,6 +495,8 @@ def run_sweep(cfg: SweepConfig, on_cell: Callable[[Cell, str], None] | None = No
     start = time.perf_counter()
     cfg.fractions = parse_fractions(cfg.fractions)
     cfg.seeds = parse_seeds(cfg.seeds)
+    if cfg.supervised_seeds is not None:
+        cfg.supervised_seeds = parse_seeds(cfg.supervised_seeds)
     spec = sweep_spec(cfg)
     spec.check_registries()
     source = sweep_source(cfg)
@@ -493,7 +508,7 @@ def run_sweep(cfg: SweepConfig, on_cell: Callable[[Cell, str], None] | None = No
         for s in cfg.seeds:
             runner.subsets[(f, s)] = task.cell(f, s)
     if any(c.fraction == 1.0 for c in cells):
-        for s in cfg.seeds:
+        for s in sorted(set(cfg.seeds) | set(supervised_seeds(cfg))):
             runner.subsets.setdefault((1.0, s), task.cell(1.0, s))
     records, paths, failures = [], [], []
     ran = skipped = reused = 0

@@ -10,6 +10,26 @@ from benchmark.cli.args import parse_assignments
 from benchmark.core.errors import SSLBenchError
 
 
+def _strength(text: str) -> str | float:
+    """``--strength``: a name (standard, weak) or a number >= 0."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _pool_size(text: str) -> int | str:
+    """``--pool-size``: a positive int, ``matched`` or ``all``."""
+    if text in ("matched", "all"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive int, 'matched' or 'all', got {text!r}"
+        ) from None
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -40,6 +60,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         "real": args.data,
         "synthetic": args.synthetic,
         "synthetic_ratio": args.ratio,
+        "mixing_mode": args.mode,
+        "real_weight": args.real_weight,
+        "pool_size": args.pool_size,
+        "strength": args.strength,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "image_size": args.size,
@@ -117,6 +141,25 @@ def add_pretrain_command(sub: Any) -> None:
     p.add_argument("--synthetic", help="synthetic dataset .h5")
     p.add_argument("--source", help="real | synthetic | mixed (default real)")
     p.add_argument("--ratio", type=float, help="synthetic fraction per batch for mixed")
+    p.add_argument(
+        "--mode",
+        choices=["replace", "add"],
+        help="mixed: synthetic images replace real ones in the batch (default) or are added",
+    )
+    p.add_argument(
+        "--real-weight", type=float, help="mixed: sampling weight of real images (default 1)"
+    )
+    p.add_argument(
+        "--strength",
+        type=_strength,
+        help="augmentation strength: standard (default), weak (AdaInf's preset) or a number",
+    )
+    p.add_argument(
+        "--pool-size",
+        type=_pool_size,
+        help="synthetic pool: N (the first N samples), matched (the real train split's size)"
+        " or all (default)",
+    )
     p.add_argument("--method", help="SSL method (sslbench list methods)")
     p.add_argument("--encoder", help="encoder (sslbench list encoders)")
     p.add_argument("--steps", type=int, help="optimizer steps")

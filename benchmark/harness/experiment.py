@@ -41,6 +41,7 @@ Layout (every section but ``name`` and ``datasets`` is optional; see
       fractions: [0.05, 0.1, 0.25, 0.5, 1.0]
       seeds: [0, 1, 2, 3, 4]
       baselines: [scratch, supervised]   # + external: the encoders' arms with external weights
+      supervised_seeds: null        # seeds of the full-label supervised reference (default: seeds)
       external:                     # encoder -> init weights (one or a list) of `external`
         resnet18: timm:resnet18.a1_in1k   # timm tag (needs the internet) or a state-dict file
       overrides: {finetune.epochs: 30}
@@ -142,12 +143,24 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     "amp": "auto",
     "checkpoint_every": 50,
     "nproc_per_node": 1,  # > 1: data-parallel processes under torchrun (not in job keys)
+    "modes": ["replace"],  # mixed arms: synthetic images replace real ones, or are added
+    "real_weight": 1.0,  # mixed arms: sampling weight of real images (AdaInf's repeat)
+    "pool_size": None,  # synthetic pool: null (all), N, or matched (the real train split)
+    "strengths": ["standard"],  # augmentation strengths of the views (pretrain.strength)
+}
+#: Pretraining options left out of the saved experiment at their default (older hashes hold).
+PRETRAIN_OPTIONAL = {
+    "modes": ["replace"],
+    "real_weight": 1.0,
+    "pool_size": None,
+    "strengths": ["standard"],
 }
 EVALUATE_DEFAULTS: dict[str, Any] = {
     "tasks": [],
     "fractions": [0.05, 0.1, 0.25, 0.5, 1.0],
     "seeds": [0, 1, 2, 3, 4],
     "baselines": ["scratch", "supervised"],
+    "supervised_seeds": None,
     "external": {},
     "overrides": {},
     "statistics": {"resamples": 2000, "confidence": 0.95},
@@ -421,6 +434,7 @@ def _check_pretrain(exp: dict[str, Any], where: str, base_dir: Path) -> None:
     if any(not 0.0 < r < 1.0 for r in pre["ratios"]):
         raise ExperimentError(f"{w}.ratios: mixed ratios lie in (0, 1), got {pre['ratios']}")
     pre["seeds"] = _int_list(pre["seeds"], f"{w}.seeds")
+    _check_mixing(pre, w)
     for key in ("steps", "batch_size", "image_size", "nproc_per_node"):
         if not isinstance(pre[key], int) or pre[key] < 1:
             raise ExperimentError(f"{w}.{key}: must be a positive integer, got {pre[key]!r}")
@@ -432,6 +446,39 @@ def _check_pretrain(exp: dict[str, Any], where: str, base_dir: Path) -> None:
     needing = [s for s in pre["sources"] if SOURCES.get(s).uses_synthetic]
     if needing and exp["generator"] is None:
         raise ExperimentError(f"{w}.sources: {' and '.join(needing)} need a 'generator'")
+
+
+def _check_mixing(pre: dict[str, Any], w: str) -> None:
+    """``modes``, ``real_weight``, ``pool_size`` (:mod:`pretrain.sources.mixed`) and
+    ``strengths`` (:mod:`pretrain.strength`)."""
+    from pretrain.sources.mixed import MODES
+
+    pre["modes"] = [str(m) for m in _as_list(pre["modes"])]
+    if not pre["modes"] or len(set(pre["modes"])) != len(pre["modes"]):
+        raise ExperimentError(f"{w}.modes: give distinct modes of {list(MODES)}")
+    for mode in pre["modes"]:
+        check_name("mixing mode", mode, list(MODES), f"{w}.modes")
+    weight = pre["real_weight"]
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+        raise ExperimentError(f"{w}.real_weight: must be a number > 0, got {weight!r}")
+    pre["real_weight"] = float(weight)
+    size = pre["pool_size"]
+    if size not in (None, "all", "matched") and (
+        isinstance(size, bool) or not isinstance(size, int) or size < 1
+    ):
+        raise ExperimentError(
+            f"{w}.pool_size: null (all samples), a positive int or 'matched', got {size!r}"
+        )
+    pre["pool_size"] = None if size == "all" else size
+    from pretrain.strength import check_strength
+
+    try:
+        pre["strengths"] = [check_strength(v) for v in _as_list(pre["strengths"])]
+    except SSLBenchError as exc:
+        raise ExperimentError(f"{w}.strengths: {exc}") from None
+    pre["strengths"] = ["standard" if v == 1.0 else v for v in pre["strengths"]]
+    if not pre["strengths"] or len(set(map(str, pre["strengths"]))) != len(pre["strengths"]):
+        raise ExperimentError(f"{w}.strengths: give distinct strengths, got {pre['strengths']}")
 
 
 def _int_list(value: Any, where: str) -> list[int]:
@@ -483,6 +530,12 @@ def _check_evaluate(exp: dict[str, Any], where: str, base_dir: Path) -> None:
     ev["baselines"] = _as_list(ev["baselines"] or [])
     for name in ev["baselines"]:
         check_name("baseline", str(name), list(BASELINES), f"{w}.baselines")
+    if ev["supervised_seeds"] is not None:
+        ev["supervised_seeds"] = _int_list(ev["supervised_seeds"], f"{w}.supervised_seeds")
+        if "supervised" not in ev["baselines"]:
+            raise ExperimentError(
+                f"{w}.supervised_seeds: given, but 'supervised' is not in {w}.baselines"
+            )
     _check_external(exp, ev, w, base_dir)
     if not isinstance(ev["overrides"], dict):
         raise ExperimentError(f"{w}.overrides: expected a mapping of adapter options")
@@ -571,6 +624,11 @@ def _check_statistics(exp: dict[str, Any], ev: dict[str, Any], w: str) -> None:
         )
 
 
+def _without_defaults(section: dict[str, Any], optional: dict[str, Any]) -> dict[str, Any]:
+    """A section without the options that sit at their default (newer options)."""
+    return {k: v for k, v in section.items() if k not in optional or v != optional[k]}
+
+
 def experiment_hash(exp: Experiment) -> str:
     """The hash of a resolved experiment (recorded in every output of a run)."""
     return digest(exp.to_dict())
@@ -610,6 +668,10 @@ class PretrainSection:
     amp: str
     checkpoint_every: int
     nproc_per_node: int
+    modes: list[str] = field(default_factory=lambda: ["replace"])
+    real_weight: float = 1.0
+    pool_size: int | str | None = None
+    strengths: list[str | float] = field(default_factory=lambda: ["standard"])
 
 
 @dataclass
@@ -636,6 +698,7 @@ class EvaluateSection:
     baselines: list[str]
     overrides: dict[str, Any]
     statistics: dict[str, Any] = field(default_factory=dict)
+    supervised_seeds: list[int] | None = None
     external: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -670,17 +733,22 @@ class Experiment:
 
     def to_dict(self) -> dict[str, Any]:
         """The plain mapping (the layout of an experiment file, every default filled in;
-        an empty ``evaluate.external`` is left out, so older experiments keep their hash)."""
+        an empty ``evaluate.external`` and an unset ``evaluate.supervised_seeds`` are left
+        out, so older experiments keep their hash)."""
         evaluate = dataclasses.asdict(self.evaluate) if self.evaluate else None
         if evaluate is not None and not evaluate["external"]:
             del evaluate["external"]
+        if evaluate is not None and evaluate["supervised_seeds"] is None:
+            del evaluate["supervised_seeds"]
         return {
             "description": self.description,
             "profile": self.profile,
             "device": self.device,
             "datasets": copy.deepcopy(self.datasets),
             "generator": dataclasses.asdict(self.generator) if self.generator else None,
-            "pretrain": dataclasses.asdict(self.pretrain) if self.pretrain else None,
+            "pretrain": _without_defaults(dataclasses.asdict(self.pretrain), PRETRAIN_OPTIONAL)
+            if self.pretrain
+            else None,
             "evaluate": evaluate,
             "wandb": dataclasses.asdict(self.wandb),
             "name": self.name,

@@ -27,6 +27,7 @@ the file's location travels in ``run``. This module only plans the jobs;
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,10 +134,28 @@ def dataset_size(entry: dict[str, Any]) -> int | None:
     return int(opts["size"]) if "size" in opts else None
 
 
-def strategy_label(source: str, ratio: float | None, method: str, encoder: str, seed: int) -> str:
-    """``mixed0.5-simclr-resnet18-s0`` (a ratio-swept source carries its ratio)."""
+def strategy_label(
+    source: str,
+    ratio: float | None,
+    method: str,
+    encoder: str,
+    seed: int,
+    mode: str = "replace",
+    real_weight: float = 1.0,
+    strength: str | float = "standard",
+) -> str:
+    """``mixed0.5-simclr-resnet18-s0`` (a ratio-swept source carries its ratio; a mixed arm
+    in mode ``add`` carries ``add``, a real weight other than 1 ``w<weight>``, a strength
+    other than standard its label: ``mixed0.5add-w10-simclr-weak-resnet18-s0``)."""
+    from pretrain.strength import strength_label
+
     src = f"{source}{ratio:g}" if ratio is not None else source
-    return f"{src}-{method}-{encoder}-s{seed}"
+    if mode != "replace":
+        src += mode
+    if real_weight != 1.0:
+        src += f"-w{real_weight:g}"
+    views = strength_label(strength)
+    return f"{src}-{method}{'-' + views if views else ''}-{encoder}-s{seed}"
 
 
 def _data_job(name: str, entry: dict[str, Any], results: Path) -> Job:
@@ -239,11 +258,15 @@ def _pretrain_jobs(
     for source in pre.sources:
         src = SOURCES.get(source)
         ratios: list[float | None] = list(pre.ratios) if src.takes_ratio else [None]
-        for ratio in ratios:
+        modes = list(pre.modes) if src.takes_ratio else ["replace"]
+        weight = pre.real_weight if src.takes_ratio else 1.0
+        for ratio, mode, strength in itertools.product(ratios, modes, pre.strengths):
             for method in pre.methods:
                 for encoder in pre.encoders:
                     for seed in pre.seeds:
-                        label = strategy_label(source, ratio, method, encoder, seed)
+                        label = strategy_label(
+                            source, ratio, method, encoder, seed, mode, weight, strength
+                        )
                         synthetic = synth if src.uses_synthetic else None
                         enc_cfg, init_run = _keyed_init(pre.encoder_config.get(encoder, {}))
                         cfg = {
@@ -262,6 +285,15 @@ def _pretrain_jobs(
                             "real": dj.key if src.uses_real else None,
                             "synthetic": synthetic.key if synthetic else None,
                         }
+                        # options at their default stay out of the key (older keys hold)
+                        if mode != "replace":
+                            cfg["mixing_mode"] = mode
+                        if weight != 1.0:
+                            cfg["real_weight"] = weight
+                        if src.uses_synthetic and pre.pool_size is not None:
+                            cfg["pool_size"] = pre.pool_size
+                        if strength != "standard":
+                            cfg["strength"] = strength
                         if not src.uses_real:
                             # the kNN monitor (and so the health verdict in pretrain.json)
                             # reads the experiment's dataset; real and mixed runs name it
@@ -377,13 +409,20 @@ def _plan_evaluation(
                 c = cells(task.adapters, "scratch") if "scratch" in ev.baselines else []
                 if "supervised" in ev.baselines:
                     sup = supervised_adapter(spec)
-                    c += [[sup, "supervised", 1.0, s] for s in ev.seeds]
+                    sup_seeds = ev.seeds if ev.supervised_seeds is None else ev.supervised_seeds
+                    c += [[sup, "supervised", 1.0, s] for s in sup_seeds]
                 est = sum(cell_cost(a, f) + n / SPEED["extract_img_s"] for a, _, f, _ in c)
                 # the scratch / supervised encoder is built as pretraining would build it,
                 # so its construction arguments are part of the key (input channels come
                 # from the dataset, whose key is in ``tcfg``)
                 architecture = {"name": arch, "args": _baseline_args(pre, arch)}
-                bcfg = {**tcfg, "baselines": random_arms, "architecture": architecture}
+                bcfg: dict[str, Any] = {
+                    **tcfg,
+                    "baselines": random_arms,
+                    "architecture": architecture,
+                }
+                if "supervised" in random_arms and ev.supervised_seeds is not None:
+                    bcfg["supervised_seeds"] = ev.supervised_seeds  # (unset: keys unchanged)
                 if "scratch" in random_arms and _frozen(task.adapters):
                     # the frozen-feature scratch arm is the random init with batch norms
                     # calibrated on the train split (issue 23): sweeps keyed before it rerun

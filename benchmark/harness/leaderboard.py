@@ -56,6 +56,7 @@ from benchmark.harness.stats import (
     paired_comparison,
     summarize,
 )
+from pretrain.strength import strength_label
 
 SCHEMA = "sslbench-leaderboard/2"
 CURRENT_SCHEMA = "sslbench-cell/2"
@@ -135,13 +136,23 @@ def strategy_of(record: dict[str, Any]) -> dict[str, Any]:
     ratio = cfg.get("synthetic_ratio") if source == "mixed" else None
     method = meta.get("method", cfg.get("method", "?"))
     src = f"mixed {ratio:g}" if ratio is not None else source
+    mode, weight = cfg.get("mixing_mode", "replace"), cfg.get("real_weight", 1.0)
+    extra: dict[str, Any] = {}
+    if source == "mixed" and (mode, weight) != ("replace", 1.0):
+        # e.g. "mixed+add 0.5 x10": synthetic images added on top, real images weighted 10
+        src = f"mixed+{mode} {ratio:g}" + (f" x{weight:g}" if weight != 1.0 else "")
+        extra = {"mode": mode, "real_weight": weight}
+    views = strength_label(cfg.get("strength", "standard"))
+    if views:  # e.g. "simclr-weak": the method's views at another strength
+        extra["strength"] = views
     return {
-        "strategy": f"{src} / {method} / {arch}",
+        "strategy": f"{src} / {method}{'-' + views if views else ''} / {arch}",
         "kind": "pretrained",
         "source": source,
         "ratio": ratio,
         "method": method,
         "encoder": arch,
+        **extra,
     }
 
 
@@ -197,6 +208,9 @@ def _row_order(row: dict[str, Any]) -> tuple[Any, ...]:
         row.get("method", ""),
         SOURCE_ORDER.get(row.get("source", ""), 9),
         row.get("ratio") or 0.0,
+        row.get("mode") or "",
+        row.get("real_weight") or 1.0,
+        row.get("strength") or "",
     )
 
 
@@ -312,15 +326,31 @@ def _case_interval(records: list[dict[str, Any]], stats_kw: dict[str, Any]) -> d
         ci = casestats.cell_interval_from_records(records, **stats_kw)
     except StatsInputError as exc:
         return {"interval_note": str(exc)}
+    low, high = _clip(ci["low"], ci["high"], records[0].get("primary_metric"))
     out = {
-        "ci_low": _r(ci["low"]),
-        "ci_high": _r(ci["high"]),
+        "ci_low": _r(low),
+        "ci_high": _r(high),
         "deterministic": bool(ci["deterministic"]),
         "n_cases": ci["n_cases"],
     }
+    if (low, high) != (ci["low"], ci["high"]):
+        out["ci_clipped"] = True
     if ci.get("reason"):
         out["interval_note"] = ci["reason"]
     return out
+
+
+def _clip(low: Any, high: Any, metric: str | None) -> tuple[Any, Any]:
+    """An interval clipped to its metric's range (``Metric.bounds``, e.g. [0, 1] for AUC
+    and Dice). The seed level's t interval is symmetric and can leave the range (a Dice
+    of 0 on some seeds and 0.8 on others); clipping never drops a value the mean can
+    take, so the interval covers what it covered before."""
+    from tasks.metrics import METRICS
+
+    if metric is None or metric not in METRICS or low is None or high is None:
+        return low, high
+    lo, hi = METRICS.get(metric).bounds
+    return min(max(low, lo), hi), max(min(high, hi), lo)
 
 
 def _curve(row: dict[str, Any], task: str, adapter: str, fractions: list[float]) -> list[Any]:
@@ -358,6 +388,8 @@ def _ranking(tasks: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str
                         "fraction_to_match_scratch_full": _r(match),
                     }
                 )
+            if all(e["aulc"] is None for e in entries):
+                continue  # one fraction per strategy: no curve, nothing to rank
             sign = -1.0 if t["higher_is_better"] else 1.0
             entries.sort(
                 key=lambda e: (e["aulc"] is None, sign * (e["aulc"] or 0.0), e["strategy"])
@@ -384,8 +416,13 @@ def _comparisons(
         if r["kind"] != "pretrained":
             continue
         refs = [("scratch", f"scratch / {r['encoder']}")]
-        if r["source"] != "real":
-            refs.append(("real", f"real / {r['method']} / {r['encoder']}"))
+        views = f"-{r['strength']}" if r.get("strength") else ""
+        real = f"real / {r['method']}{views} / {r['encoder']}"
+        if views and (real not in by_name or real == r["strategy"]):
+            real = f"real / {r['method']} / {r['encoder']}"  # the standard-strength real arm
+        if r["strategy"] != real:
+            # a real arm at another strength is compared with the standard one
+            refs.append(("real-standard" if r["source"] == "real" else "real", real))
         for task, t in tasks.items():
             for adapter in t["adapters"]:
                 for frac in t["fractions"]:
@@ -492,6 +529,7 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
         ]
     flagged = any(c.get("first_weights_kept") for r in board["rows"] for c in r["cells"].values())
     same = any(c.get("deterministic") for r in board["rows"] for c in r["cells"].values())
+    clipped = any(c.get("ci_clipped") for r in board["rows"] for c in r["cells"].values())
     for task, t in board["tasks"].items():
         direction = "higher is better" if t["higher_is_better"] else "lower is better"
         lines += ["", f"## {task}: {t['primary_metric']} ({direction})", ""]
@@ -510,10 +548,18 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
                 if same
                 else ""
             )
+            + (" Intervals are clipped to the metric's range." if clipped else "")
         )
-        lines.append("")
         cols = [f"{a}@{f:g}" for a in t["adapters"] for f in t["fractions"]]
         keys = [f"{task}/{c}" for c in cols]
+        n_seeds = [len(r["cells"].get(k, {}).get("seeds", [])) for r in board["rows"] for k in keys]
+        most = max(n_seeds, default=0)
+        if any(0 < n < most for n in n_seeds):
+            lines[-1] += (
+                f" (k seeds): a cell with fewer evaluation seeds than the others ({most}); "
+                "its interval resamples those seeds only."
+            )
+        lines.append("")
         best: dict[str, float] = {}
         for k in keys:
             means = [
@@ -555,6 +601,8 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
                 )
                 flag = f" ⚑{c['first_weights_kept']}" if c.get("first_weights_kept") else ""
                 flag += " ≡" if c.get("deterministic") else ""
+                k_seeds = len(c.get("seeds", []))
+                flag += f" ({k_seeds} seeds)" if 0 < k_seeds < most else ""
                 cells.append(f"{m}{ci}{flag}")
             name = r["strategy"] + health_flag(r)
             if any(r["cells"].get(k, {}).get("bn_calibrated") for k in keys):

@@ -189,6 +189,11 @@ def run_pretrain(job: Job, ctx: Context) -> dict[str, Any]:
         cfg["encoder_config"] = {**cfg["encoder_config"], "init": job.run["init"]}
     data = str(ctx.output(job, "data")["path"])
     synthetic = ctx.output(job, "generate/sample")["path"] if cfg["synthetic"] else None
+    if cfg.get("pool_size") == "matched" and not cfg["real"]:
+        # a synthetic-only arm matches its pool to the dataset's train split
+        from pretrain.sources.base import resolve_pool_size
+
+        cfg["pool_size"] = resolve_pool_size("matched", data, cfg["source"])
     config = PretrainConfig(
         **{
             **cfg,
@@ -243,6 +248,7 @@ def run_evaluate(job: Job, ctx: Context) -> dict[str, Any]:
         seeds=list(cfg["seeds"]),
         output=job.run["output"],
         baselines=list(cfg["baselines"]),
+        supervised_seeds=cfg.get("supervised_seeds"),
         device=ctx.device,
         overrides=overrides_for(cfg["overrides"], cfg["adapters"], cfg["spec"], cfg["baselines"]),
         cache_dir=str(ctx.results / "cache" / "features"),

@@ -54,6 +54,7 @@ from benchmark.core.io import (
     provenance,
     sha256_file,
 )
+from benchmark.core.optim import adam
 from benchmark.data.dataset import H5Dataset
 from benchmark.data.h5format import compute_content_hash, open_h5, read_split
 from pretrain.generators.base import (
@@ -219,7 +220,7 @@ class DDPMTrainer:
             torch.manual_seed(config.seed)  # initial weights
             self.model = build_unet(self.model_config).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = adam(self.model.parameters(), decoupled=False, lr=config.lr)
         warmup = max(1, config.warmup_steps)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup)

@@ -69,7 +69,13 @@ class Pool:
     """
 
     def __init__(
-        self, kind: str, path: str | Path, split: str | None, seed: int, device: torch.device
+        self,
+        kind: str,
+        path: str | Path,
+        split: str | None,
+        seed: int,
+        device: torch.device,
+        limit: int | None = None,
     ) -> None:
         self.kind = kind
         self.path = Path(path)
@@ -79,7 +85,18 @@ class Pool:
         self.content_hash = str(ds.meta.get("content_hash", ""))
         self.image_shape = tuple(int(s) for s in ds.image_shape)
         self.dtype = str(ds.image_dtype)
-        self.images = torch.from_numpy(np.ascontiguousarray(ds.raw_images())).to(device)
+        images = ds.raw_images()
+        self.available = int(images.shape[0])
+        if limit is not None:
+            if not 0 < limit <= self.available:
+                where = f"{split} images" if split else "images"
+                raise DataError(
+                    f"{self.path}: pool_size {limit} asked for, but the file has "
+                    f"{self.available} {where}"
+                )
+            images = images[:limit]  # the first N: generated samples are i.i.d. draws
+        self.limit = limit
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
         self.size = int(self.images.shape[0])
         self._perms: dict[int, np.ndarray] = {}
 
@@ -110,7 +127,7 @@ class Pool:
         return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out = {
             "path": str(self.path),
             "content_hash": self.content_hash,
             "split": self.split or "all",
@@ -118,6 +135,9 @@ class Pool:
             "image_shape": list(self.image_shape),
             "dtype": self.dtype,
         }
+        if self.limit is not None:  # only then: descriptions of whole pools are unchanged
+            out["pool_of"] = self.available
+        return out
 
 
 class Source:
@@ -151,16 +171,36 @@ class Source:
         self.seed = int(seed)
         self.device = torch.device(device)
         self.synthetic_ratio = 0.0
+        self.mode = "replace"
+        self.real_weight = 1.0
         self.parts: dict[str, tuple[Pool, int]] = {}
         self.steps_done = 0
 
+    @property
+    def step_size(self) -> int:
+        """Images per step: ``batch_size``, plus the added ones of ``mixed`` in mode ``add``."""
+        return sum(count for _, count in self.parts.values()) or self.batch_size
+
     # -- construction helpers ------------------------------------------
-    def _add_pool(self, kind: str, path: str | Path | None, count: int) -> Pool:
+    def _add_pool(
+        self,
+        kind: str,
+        path: str | Path | None,
+        count: int,
+        pool_size: int | str | None = None,
+        real: str | Path | None = None,
+    ) -> Pool:
+        """Load a pool that gives ``count`` images per batch.
+
+        ``pool_size`` (synthetic pools): None or ``all`` for every sample, an int for the
+        first N, ``matched`` for as many as the train split of the ``real`` file.
+        """
         if path is None:
             raise SourceError(f"source {self.name!r} needs a {kind} dataset file (none was given)")
         path = Path(path)
         split = _pool_split(kind, path)
-        pool = Pool(kind, path, split, self.seed, self.device)
+        limit = resolve_pool_size(pool_size, real, self.name)
+        pool = Pool(kind, path, split, self.seed, self.device, limit)
         if pool.size < count:
             where = f"{split} images" if split else "images"
             raise DataError(
@@ -186,10 +226,10 @@ class Source:
             (pool, pool.indices(step, count)) for pool, count in self.parts.values() if count > 0
         ]
         self.steps_done = max(self.steps_done, step + 1)
-        positions = np.arange(self.batch_size)
+        positions = np.arange(self.step_size)
         if len(parts) > 1:  # interleave the parts (nothing may rely on batch positions)
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, _SHUFFLE_TAG, step]))
-            positions = rng.permutation(self.batch_size)
+            positions = rng.permutation(self.step_size)
         if rows is not None:
             positions = positions[rows]
         if len(parts) == 1:
@@ -217,7 +257,7 @@ class Source:
         the pool). Parts a source does not use report zeros.
         """
         steps = self.steps_done if steps is None else int(steps)
-        out: dict[str, Any] = {"steps": steps, "images_seen": steps * self.batch_size}
+        out: dict[str, Any] = {"steps": steps, "images_seen": steps * self.step_size}
         for kind in _POOL_IDS:
             pool, count = self.parts.get(kind, (None, 0))
             seen = steps * count
@@ -248,6 +288,8 @@ class Source:
             "seed": self.seed,
             "per_batch": {kind: count for kind, (_, count) in self.parts.items()},
         }
+        if (self.mode, self.real_weight) != ("replace", 1.0):  # else: as before modes
+            out.update(mode=self.mode, real_weight=self.real_weight, step_size=self.step_size)
         for kind, (pool, _) in self.parts.items():
             out[kind] = pool.describe()
         return out
@@ -259,13 +301,18 @@ class Source:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; refuses a state of a different source or data."""
         mine, theirs = self.describe(), state.get("describe", {})
-        for key in ("name", "synthetic_ratio", "batch_size", "seed"):
-            if theirs.get(key) != mine[key]:
-                raise SourceError(
-                    f"source state does not match: {key} was {theirs.get(key)!r}, now {mine[key]!r}"
-                )
+        implied = {"mode": "replace", "real_weight": 1.0}  # left out of descriptions
+        for key in ("name", "synthetic_ratio", "batch_size", "seed", "mode", "real_weight"):
+            was, now = theirs.get(key, implied.get(key)), mine.get(key, implied.get(key))
+            if was != now:
+                raise SourceError(f"source state does not match: {key} was {was!r}, now {now!r}")
         for kind in self.parts:
             info, old = mine[kind], theirs.get(kind, {})
+            if old.get("pool_size") != info["pool_size"]:
+                raise SourceError(
+                    f"source state does not match: the {kind} pool had {old.get('pool_size')} "
+                    f"images, now {info['pool_size']}"
+                )
             if old.get("content_hash") != info["content_hash"]:
                 raise DataError(
                     f"{info['path']}: content hash differs from the one the run "
@@ -294,6 +341,35 @@ SOURCES: Registry[type[Source]] = Registry(
 )
 
 
+def resolve_pool_size(
+    pool_size: int | str | None, real: str | Path | None, source: str
+) -> int | None:
+    """The number of images of a synthetic pool: None for all of them (see ``_add_pool``).
+
+    Raises:
+        SourceError: An unknown value, or ``matched`` without a real file.
+    """
+    if pool_size is None or pool_size == "all":
+        return None
+    if pool_size == "matched":
+        if real is None:
+            raise SourceError(
+                f"source {source!r}: pool_size 'matched' needs the real dataset file, whose "
+                "train split gives the size"
+            )
+        with open_h5(Path(real)) as f:
+            n = int(np.sum(read_split(f) == "train"))
+        if n == 0:
+            raise DataError(f"{real}: no 'train' split to match the synthetic pool size to")
+        return n
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        raise SourceError(
+            f"source {source!r}: pool_size must be a positive int, 'matched' or 'all', got "
+            f"{pool_size!r}"
+        )
+    return int(pool_size)
+
+
 def create_source(
     name: str,
     *,
@@ -303,8 +379,12 @@ def create_source(
     batch_size: int,
     seed: int,
     device: str | torch.device = "cpu",
+    mode: str = "replace",
+    real_weight: float = 1.0,
+    pool_size: int | str | None = None,
 ) -> Source:
-    """Build a registered source; files a source does not use are ignored."""
+    """Build a registered source; files and options a source does not use are ignored
+    (``mode`` and ``real_weight`` are ``mixed``'s, ``pool_size`` the synthetic pool's)."""
     source = SOURCES.create(
         name,
         real=real,
@@ -313,6 +393,9 @@ def create_source(
         batch_size=batch_size,
         seed=seed,
         device=device,
+        mode=mode,
+        real_weight=real_weight,
+        pool_size=pool_size,
     )
     assert isinstance(source, Source)
     return source

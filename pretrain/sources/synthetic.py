@@ -12,7 +12,11 @@ from pretrain.sources.base import SOURCES, Source
 
 @SOURCES.register("synthetic")
 class SyntheticSource(Source):
-    """A generated-image file: its train samples, or all if none is marked train."""
+    """A generated-image file: its train samples, or all if none is marked train.
+
+    ``pool_size`` keeps the first N of them (an int), as many as the real file's train
+    split (``matched``: the pool-matched arm, ``real`` gives the file) or all (None).
+    """
 
     name = "synthetic"
     uses_synthetic = True
@@ -21,6 +25,8 @@ class SyntheticSource(Source):
         self,
         *,
         synthetic: str | Path | None = None,
+        real: str | Path | None = None,
+        pool_size: int | str | None = None,
         batch_size: int,
         seed: int,
         device: str | torch.device = "cpu",
@@ -28,4 +34,4 @@ class SyntheticSource(Source):
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, device=device)
         self.synthetic_ratio = 1.0
-        self._add_pool("synthetic", synthetic, self.batch_size)
+        self._add_pool("synthetic", synthetic, self.batch_size, pool_size=pool_size, real=real)

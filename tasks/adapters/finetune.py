@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from benchmark.core.errors import SSLBenchError
+from benchmark.core.optim import adam
 from pretrain.augment import ViewRecipe, augment_batch
 from pretrain.encoders import Encoder
 from tasks.adapters.base import ADAPTERS, Adapter, CellData, CellResult, classification_cases
@@ -276,7 +277,7 @@ class FinetuneAdapter(Adapter):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         model = Classifier(copy.deepcopy(encoder), data.num_classes).to(device)
-        opt = torch.optim.AdamW(_param_groups(model, lr_encoder, cfg))
+        opt = adam(_param_groups(model, lr_encoder, cfg))
         base_lrs = [g["lr"] for g in opt.param_groups]
         bs = min(int(cfg["batch_size"]), len(tr_y))
         warmup = int(cfg["warmup_epochs"]) * plan.per_epoch

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
 from benchmark.core.errors import DataError, SSLBenchError
+from benchmark.core.optim import adam
 from benchmark.data.dataset import H5Dataset
 from pretrain.encoders import Encoder
 from tasks.adapters.base import ADAPTERS, Adapter, CellData, CellResult, segmentation_cases
@@ -250,12 +251,7 @@ class SegmentationAdapter(Adapter):
         ]
         if not model.freeze_encoder:
             groups.append({"params": list(model.encoder.parameters()), "lr": encoder_lr})
-        try:  # the fused kernel is ~10x faster than foreach on a CPU (torch >= 2.4)
-            opt: torch.optim.Optimizer = torch.optim.AdamW(
-                groups, weight_decay=cfg["weight_decay"], fused=True
-            )
-        except (RuntimeError, TypeError, ValueError):
-            opt = torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
+        opt = adam(groups, weight_decay=cfg["weight_decay"])
         warm = min(steps, round(cfg["warmup_epochs"] * plan.per_epoch))
 
         def factor(step: int) -> float:

@@ -5,6 +5,8 @@ Every entry of :data:`METRICS` is a :class:`Metric`: a callable
 
 * ``higher_is_better``: direction used for model selection and reports;
 * ``task``: ``"classification"`` or ``"segmentation"``;
+* ``bounds``: the range of its values (``(0, 1)`` unless registered otherwise);
+  the leaderboard clips intervals to it;
 * ``needs``: what the second argument must be: ``"scores"`` (per-class scores
   or probabilities ``(N, C)``, or ``(N,)`` positive-class scores for binary
   AUC), ``"labels"`` (predicted classes ``(N,)``; ``(N, C)`` scores are
@@ -54,6 +56,7 @@ class Metric:
         task: ``"classification"`` or ``"segmentation"``.
         needs: ``"scores"``, ``"labels"`` or ``"masks"`` (see the module docstring).
         description: One line for listings.
+        bounds: The range of the metric's values, ``(low, high)``; ``inf`` for none.
     """
 
     name: str
@@ -62,6 +65,7 @@ class Metric:
     task: str = "classification"
     needs: str = "labels"
     description: str = ""
+    bounds: tuple[float, float] = (0.0, 1.0)
 
     def __call__(self, y_true: Any, y_score_or_pred: Any, **kw: Any) -> float:
         return float(self.fn(y_true, y_score_or_pred, **kw))
@@ -87,12 +91,13 @@ def register_metric(
     task: str = "classification",
     needs: str = "labels",
     aliases: tuple[str, ...] = (),
+    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> Callable[[MetricFn], Metric]:
     """Decorator registering a function as a :class:`Metric` in :data:`METRICS`."""
 
     def decorator(fn: MetricFn) -> Metric:
         doc = (fn.__doc__ or "").strip().splitlines()
-        metric = Metric(name, fn, higher_is_better, task, needs, doc[0] if doc else "")
+        metric = Metric(name, fn, higher_is_better, task, needs, doc[0] if doc else "", bounds)
         METRICS.register(name, aliases=aliases)(metric)
         return metric
 

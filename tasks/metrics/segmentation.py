@@ -236,7 +236,9 @@ def fp_rate_empty(y_true: Any, y_pred: Any, **kw: Any) -> float:
     return _aggregate("fp_rate_empty", y_true, y_pred, **kw)
 
 
-@register_metric("hd95", higher_is_better=False, task="segmentation", needs="masks")
+@register_metric(
+    "hd95", higher_is_better=False, task="segmentation", needs="masks", bounds=(0.0, math.inf)
+)
 def hd95(y_true: Any, y_pred: Any, **kw: Any) -> float:
     """Mean HD95 (pixels) over non-empty ground truths; a missed lesion = image diagonal."""
     return _aggregate("hd95", y_true, y_pred, **kw)

@@ -273,3 +273,102 @@ def test_bad_arguments(real_h5: Path, kw: dict[str, Any], match: str) -> None:
     src = create_source("real", real=real_h5, batch_size=2, seed=0)
     with pytest.raises(SSLBenchError, match="step"):
         src.batch(-1)
+
+
+# -- mixing modes, real weight, pool size (issue 20) ---------------------------------
+def test_add_mode_keeps_the_real_only_stream(real_h5: Path, synth_h5: Path) -> None:
+    """Mode ``add``: every batch holds the real-only arm's real images (same pool stream,
+    so the real pool is seen exactly as often) plus synthetic images on top."""
+    real = create_source("real", real=real_h5, batch_size=4, seed=3)
+    added = create_source("mixed", real=real_h5, synthetic=synth_h5, synthetic_ratio=0.5,
+                          mode="add", batch_size=4, seed=3)  # fmt: skip
+    assert added.step_size == 8 and real.step_size == 4
+    for step in range(7):
+        values = ids(added.batch(step))
+        assert len(values) == 8
+        assert sorted(v for v in values if v < 100) == sorted(ids(real.batch(step)))
+        assert sum(v >= 100 for v in values) == 4
+    st, ref = added.stats(steps=7), real.stats(steps=7)
+    assert st["images_seen"] == 56 and st["images_seen_real"] == ref["images_seen_real"] == 28
+    assert st["epochs_real"] == ref["epochs_real"]
+    assert added.describe()["mode"] == "add" and added.describe()["step_size"] == 8
+    # replace mode at the default weight describes itself as before modes existed
+    assert "mode" not in create_source("mixed", real=real_h5, synthetic=synth_h5,
+                                       batch_size=4, seed=3).describe()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mode", "ratio", "weight", "expected"),
+    [
+        ("replace", 0.5, 1.0, (5, 5)),
+        ("replace", 0.5, 4.0, (8, 2)),  # q = 0.5 / (0.5 + 4 x 0.5) = 0.2
+        ("add", 0.5, 1.0, (10, 10)),
+        ("add", 0.5, 10.0, (10, 1)),  # AdaInf's 10x real: q = 1/11, 10 q / (1 - q) = 1
+        ("add", 0.25, 1.0, (10, 3)),  # round(10 x 0.25 / 0.75)
+    ],
+)
+def test_real_weight_sets_the_synthetic_share(
+    real_h5: Path, synth_h5: Path, mode: str, ratio: float, weight: float, expected: tuple
+) -> None:
+    assert mixed_counts(ratio, 10, mode, weight) == expected
+    src = create_source("mixed", real=real_h5, synthetic=synth_h5, synthetic_ratio=ratio,
+                        mode=mode, real_weight=weight, batch_size=10, seed=0)  # fmt: skip
+    for step in range(4):
+        values = ids(src.batch(step))
+        assert (sum(v < 100 for v in values), sum(v >= 100 for v in values)) == expected
+
+
+def test_pool_size_keeps_the_first_samples(real_h5: Path, tmp_path: Path) -> None:
+    """``pool_size``: the first N synthetic samples, or as many as the real train split
+    (``matched``); recorded with the size of the file it was taken from."""
+    big = write_h5(tmp_path / "big.h5", [100 + i for i in range(20)], ["train"] * 20)
+    four = create_source("synthetic", synthetic=big, pool_size=4, batch_size=4, seed=0)
+    assert {v for s in range(6) for v in ids(four.batch(s))} == {100, 101, 102, 103}
+    assert four.describe()["synthetic"]["pool_size"] == 4
+    assert four.describe()["synthetic"]["pool_of"] == 20
+    matched = create_source("synthetic", synthetic=big, real=real_h5, pool_size="matched",
+                            batch_size=4, seed=0)  # fmt: skip
+    assert matched.stats(steps=1)["pool_synthetic"] == N_TRAIN
+    assert {v for s in range(6) for v in ids(matched.batch(s))} == set(range(100, 100 + N_TRAIN))
+    mixed = create_source("mixed", real=real_h5, synthetic=big, pool_size="matched",
+                          batch_size=4, seed=0)  # fmt: skip
+    assert mixed.stats(steps=1)["pool_synthetic"] == N_TRAIN
+    whole = create_source("synthetic", synthetic=big, pool_size="all", batch_size=4, seed=0)
+    assert "pool_of" not in whole.describe()["synthetic"]
+
+
+@pytest.mark.parametrize(
+    ("kw", "error", "match"),
+    [
+        ({"pool_size": 11}, DataError, "pool_size 11 asked for, but the file has 10"),
+        ({"pool_size": "matched"}, DataError, "pool_size 12 asked for"),  # 12 real > 10
+        ({"pool_size": 0}, SSLBenchError, "pool_size must be a positive int"),
+        ({"pool_size": "half"}, SSLBenchError, "pool_size must be a positive int"),
+        ({"mode": "inflate"}, SSLBenchError, r"mode must be one of \['replace', 'add'\]"),
+        ({"mode": "add", "synthetic_ratio": 1.0}, SSLBenchError, "must be < 1"),
+        ({"real_weight": 0.0}, SSLBenchError, "real_weight must be > 0"),
+    ],
+)
+def test_bad_mixing_options(
+    real_h5: Path, synth_h5: Path, kw: dict[str, Any], error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        create_source("mixed", real=real_h5, synthetic=synth_h5, batch_size=4, seed=0, **kw)
+
+
+def test_matched_pool_needs_the_real_file(synth_h5: Path) -> None:
+    with pytest.raises(SSLBenchError, match="'matched' needs the real dataset file"):
+        create_source("synthetic", synthetic=synth_h5, pool_size="matched", batch_size=4, seed=0)
+
+
+def test_resume_refuses_another_mode_or_pool(real_h5: Path, synth_h5: Path) -> None:
+    kw: dict[str, Any] = {"real": real_h5, "synthetic": synth_h5, "batch_size": 4, "seed": 0}
+    replace = create_source("mixed", **kw)
+    replace.batch(0)
+    with pytest.raises(SSLBenchError, match="mode was 'replace', now 'add'"):
+        create_source("mixed", mode="add", **kw).load_state_dict(replace.state_dict())
+    with pytest.raises(SSLBenchError, match="synthetic pool had 10 images, now 5"):
+        create_source("mixed", pool_size=5, **kw).load_state_dict(replace.state_dict())
+    again = create_source("mixed", **kw)
+    again.load_state_dict(replace.state_dict())
+    assert again.steps_done == 1

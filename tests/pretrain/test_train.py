@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -197,6 +198,27 @@ def test_mixed_source_records_usage(tmp_path: Path) -> None:
     text = json.dumps(usage)
     assert "synthetic" in text and "real" in text
     assert res.summary["images_seen"] == 16
+
+
+def test_added_synthetic_images_enlarge_the_step_not_the_recipe(tmp_path: Path) -> None:
+    """Mode ``add``: 4 real + 4 synthetic images per step; the recipe (learning rate) is
+    the real-only arm's batch of 4, the chance loss that of the 8 images the loss saw."""
+    syn = tiny_file(tmp_path / "syn.h5", n=40, value=7)
+    kw = dict(source="mixed", synthetic=str(syn), checkpoint_every=0, knn_every=-1)
+    added = pretrain(config(tmp_path, mixing_mode="add", strength="weak", **kw), tmp_path / "a",
+                     progress=False).summary  # fmt: skip
+    replaced = pretrain(config(tmp_path, **kw), tmp_path / "r", progress=False).summary
+    assert added["images_seen"] == 4 * 8 and replaced["images_seen"] == 4 * 4
+    assert added["data_usage"]["images_seen_real"] == 4 * 4
+    assert added["effective_lr"] == replaced["effective_lr"]
+    assert added["loss_chance"] == pytest.approx(math.log(2 * 8 - 1))
+    assert replaced["loss_chance"] == pytest.approx(math.log(2 * 4 - 1))
+    assert added["source"]["mode"] == "add" and added["config"]["mixing_mode"] == "add"
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["mixing_mode"] == "add" and saved["pool_size"] is None
+    assert saved["strength"] == "weak" and replaced["config"]["strength"] == "standard"
+    with pytest.raises(SSLBenchError, match="strength: expected one of"):
+        pretrain(config(tmp_path, strength="strong"), tmp_path / "bad", progress=False)
 
 
 @pytest.mark.slow

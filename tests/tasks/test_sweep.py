@@ -180,6 +180,20 @@ def test_supervised_baseline_reuses_identical_scratch_cell(root: Path, tmp_path:
     assert only.records[1]["adapter"]["name"] == "finetune" and only.records[1]["fraction"] == 1.0
 
 
+def test_supervised_seeds_give_the_reference_its_own_seeds(root: Path, tmp_path: Path) -> None:
+    """The supervised reference runs at ``supervised_seeds`` only; the compared arms keep
+    every seed; the records say which seeds were asked for."""
+    result = run_sweep(config(root, tmp_path, adapters=["knn"], fractions=[0.5], seeds=[0, 1],
+                              baselines=["scratch", "supervised"], supervised_seeds=[1]))  # fmt: skip
+    cells = sorted((r["baseline"] or "encoder", r["seed"]) for r in result.records)
+    assert cells == [("encoder", 0), ("encoder", 1), ("scratch", 0), ("scratch", 1),
+                     ("supervised", 1)]  # fmt: skip
+    assert all(r["config"]["supervised_seeds"] == [1] for r in result.records)
+    default = run_sweep(config(root, tmp_path / "d", adapters=["knn"], fractions=[0.5],
+                               seeds=[0], baselines=[]))  # fmt: skip
+    assert "supervised_seeds" not in default.records[0]["config"]
+
+
 def test_sweep_input_errors(root: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such checkpoint"):
         run_sweep(config(root, tmp_path, encoder=str(root / "missing")))

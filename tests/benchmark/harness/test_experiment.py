@@ -76,6 +76,16 @@ def test_profile_defaults_and_overrides() -> None:
         (lambda r: r.update(datasets={"x": {"path": "missing.h5"}}), "does not exist"),
         (lambda r: r.update(profile="gpu-ful"), "did you mean 'gpu-full'"),
         (lambda r: r.pop("generator"), "need a 'generator'"),
+        (lambda r: r["evaluate"].update(supervised_seeds=[]), "supervised_seeds: seeds must be"),
+        (lambda r: r["pretrain"].update(modes=["inflate"]), "unknown mixing mode 'inflate'"),
+        (lambda r: r["pretrain"].update(modes=[]), "give distinct modes"),
+        (lambda r: r["pretrain"].update(real_weight=0), "real_weight: must be a number > 0"),
+        (lambda r: r["pretrain"].update(pool_size="half"), "pool_size: null"),
+        (lambda r: r["evaluate"].update(supervised_seeds=[0, 0]), "distinct"),
+        (
+            lambda r: r["evaluate"].update(baselines=["scratch"], supervised_seeds=[0]),
+            "'supervised' is not in",
+        ),
     ],
 )
 def test_bad_experiments_fail_with_a_clear_message(tmp_path: Path, edit, message: str) -> None:
@@ -135,6 +145,13 @@ def test_typed_experiment_round_trips_and_keeps_its_hash() -> None:
     again = Experiment.from_dict(yaml.safe_load(yaml.safe_dump(exp.to_dict())))
     assert again == exp
     assert experiment_hash(again) == experiment_hash(exp)
+    # an unset supervised_seeds is left out of the mapping (older experiments keep their
+    # hash); a set one round-trips
+    assert "supervised_seeds" not in exp.to_dict()["evaluate"]
+    fewer = load_experiment(TINY, ["evaluate.supervised_seeds=[1]"])
+    assert fewer.evaluate is not None and fewer.evaluate.supervised_seeds == [1]
+    assert Experiment.from_dict(yaml.safe_load(yaml.safe_dump(fewer.to_dict()))) == fewer
+    assert experiment_hash(fewer) != experiment_hash(exp)
 
 
 @pytest.mark.parametrize(

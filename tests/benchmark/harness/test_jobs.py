@@ -39,6 +39,32 @@ def test_baselines_rerun_when_their_encoder_changes(tmp_path: Path, edit: str) -
         assert args["drop_path_rate"] == 0.1
 
 
+def test_supervised_seeds_plan_fewer_reference_cells(tmp_path: Path) -> None:
+    """``evaluate.supervised_seeds`` gives the full-label supervised reference its own
+    seeds: only the baselines job changes (key and cells), every other key stays."""
+    exp = load_experiment(TINY)
+    assert exp.evaluate is not None and len(exp.evaluate.seeds) > 1
+    jobs = {j.id: j for j in plan_jobs(exp, tmp_path)}
+    fewer = {
+        j.id: j
+        for j in plan_jobs(load_experiment(TINY, ["evaluate.supervised_seeds=[1]"]), tmp_path)
+    }
+    changed = [i for i in jobs if jobs[i].key != fewer[i].key]
+    assert (
+        changed == [i for i in jobs if i.endswith("/baselines-resnet18")] and BASELINES in changed
+    )
+    sup = [c for c in jobs[BASELINES].cells if c[1] == "supervised"]
+    assert [c[3] for c in sup] == exp.evaluate.seeds
+    assert [c for c in fewer[BASELINES].cells if c[1] == "supervised"] == [
+        [sup[0][0], "supervised", 1.0, 1]
+    ]
+    assert [c for c in fewer[BASELINES].cells if c[1] == "scratch"] == [
+        c for c in jobs[BASELINES].cells if c[1] == "scratch"
+    ]
+    assert fewer[BASELINES].config["supervised_seeds"] == [1]
+    assert "supervised_seeds" not in jobs[BASELINES].config
+
+
 def test_every_job_key_is_the_hash_of_its_config(tmp_path: Path) -> None:
     """Data, generator and pretraining keys hash exactly their config (label aside); the
     locations a stage reads come from ``run`` or its dependencies, never the experiment."""
@@ -119,3 +145,59 @@ def test_estimates_use_component_facts(tmp_path: Path) -> None:
     b = big["pretrain/real-simclr-resnet50-s0"].estimate_s
     ratio = ENCODERS.get("resnet50").cost / ENCODERS.get("resnet18").cost
     assert b == pytest.approx(s * ratio)
+
+
+def test_mixing_modes_real_weight_and_pool_size_are_arms_with_their_own_keys(
+    tmp_path: Path,
+) -> None:
+    """``pretrain.modes`` sweeps the mixed arms (``mixed0.5`` and ``mixed0.5add``); the
+    default options stay out of the keys, so the replace arm keeps its old key; the real
+    weight and the pool size enter the keys of the arms they change, and only those."""
+    base = {j.id: j for j in plan_jobs(load_experiment(TINY), tmp_path)}
+    edits = [
+        "pretrain.modes=[replace, add]",
+        "pretrain.real_weight=10",
+        "pretrain.pool_size=matched",
+    ]
+    jobs = {j.id: j for j in plan_jobs(load_experiment(TINY, edits), tmp_path)}
+    mixed = sorted(i for i in jobs if i.startswith("pretrain/mixed"))
+    assert mixed == [
+        "pretrain/mixed0.5-w10-simclr-resnet18-s0",
+        "pretrain/mixed0.5-w10-vicreg-resnet18-s0",
+        "pretrain/mixed0.5add-w10-simclr-resnet18-s0",
+        "pretrain/mixed0.5add-w10-vicreg-resnet18-s0",
+    ]
+    add = jobs["pretrain/mixed0.5add-w10-simclr-resnet18-s0"].config
+    assert (add["mixing_mode"], add["real_weight"], add["pool_size"]) == ("add", 10.0, "matched")
+    replace = jobs["pretrain/mixed0.5-w10-simclr-resnet18-s0"].config
+    assert "mixing_mode" not in replace and replace["real_weight"] == 10.0
+    assert jobs["pretrain/synthetic-simclr-resnet18-s0"].config["pool_size"] == "matched"
+    assert "real_weight" not in jobs["pretrain/synthetic-simclr-resnet18-s0"].config
+    real = "pretrain/real-simclr-resnet18-s0"
+    assert "pool_size" not in jobs[real].config and jobs[real].key == base[real].key
+    # the default mode alone plans exactly the jobs and keys of before
+    same = {
+        j.id: j.key
+        for j in plan_jobs(load_experiment(TINY, ["pretrain.modes=[replace]"]), tmp_path)
+    }
+    assert same == {i: j.key for i, j in base.items()}
+
+
+def test_strengths_are_an_axis_of_every_arm(tmp_path: Path) -> None:
+    """``pretrain.strengths`` sweeps every arm; standard arms keep their labels and keys."""
+    base = {j.id: j.key for j in plan_jobs(load_experiment(TINY), tmp_path)}
+    jobs = {
+        j.id: j
+        for j in plan_jobs(
+            load_experiment(TINY, ["pretrain.strengths=[standard, weak, 0.5]"]), tmp_path
+        )
+    }
+    pre = sorted(i for i in jobs if i.startswith("pretrain/real-simclr"))
+    assert pre == [
+        "pretrain/real-simclr-resnet18-s0",
+        "pretrain/real-simclr-s0.5-resnet18-s0",
+        "pretrain/real-simclr-weak-resnet18-s0",
+    ]
+    assert jobs["pretrain/real-simclr-weak-resnet18-s0"].config["strength"] == "weak"
+    assert jobs["pretrain/mixed0.5-simclr-s0.5-resnet18-s0"].config["strength"] == 0.5
+    assert all(jobs[i].key == k for i, k in base.items() if i.startswith("pretrain/"))

@@ -113,3 +113,50 @@ def test_files_are_regenerated_identically(tmp_path: Path) -> None:
     md = (a / "LEADERBOARD.md").read_text()
     assert "| mixed 0.5 / simclr / resnet18 | **0.642**" in md
     assert "![learning curves of t](curves_t.png)" in md
+
+
+def test_added_and_weighted_mixed_arms_are_rows_of_their_own() -> None:
+    """A mixed arm in mode ``add`` with real weight 10 is its own row (after the replace
+    arm), labelled from its encoder's config, and is compared with real-only and scratch."""
+    recs = []
+    for seed in range(3):
+        recs.append(record("real-simclr", 0.1, seed, 0.70 + 0.01 * seed))
+        recs.append(record("scratch", 0.1, seed, 0.60 + 0.01 * seed))
+        recs.append(record("mixed-simclr", 0.1, seed, 0.72 + 0.01 * seed))
+        added = record("mixed-simclr", 0.1, seed, 0.75 + 0.01 * seed)
+        added["encoder"]["id"] = f"added-{seed}"
+        added["encoder"]["metadata"]["config"].update(mixing_mode="add", real_weight=10.0)
+        recs.append(added)
+    board = aggregate(recs)
+    names = [r["strategy"] for r in board["rows"]]
+    assert names.index("mixed 0.5 / simclr / resnet18") < names.index(
+        "mixed+add 0.5 x10 / simclr / resnet18"
+    )
+    row = next(r for r in board["rows"] if r["strategy"].startswith("mixed+add"))
+    assert (row["mode"], row["real_weight"]) == ("add", 10.0)
+    refs = {c["reference_kind"] for c in board["comparisons"] if c["strategy"] == row["strategy"]}
+    assert refs == {"scratch", "real"}
+
+
+def test_weak_view_arms_are_compared_with_their_real_counterpart() -> None:
+    """A weak-view mixed arm is compared with the weak-view real arm (same views), and the
+    weak-view real arm with the standard one (reference kind ``real-standard``)."""
+    recs = []
+    for seed in range(3):
+        for strategy, value, strength in (
+            ("real-simclr", 0.70, None), ("real-simclr", 0.71, "weak"),
+            ("mixed-simclr", 0.73, "weak"), ("scratch", 0.6, None),
+        ):  # fmt: skip
+            rec = record(strategy, 0.1, seed, value + 0.01 * seed)
+            if strength:
+                rec["encoder"]["id"] += "-weak"
+                rec["encoder"]["metadata"]["config"]["strength"] = strength
+            recs.append(rec)
+    board = aggregate(recs)
+    names = {r["strategy"] for r in board["rows"]}
+    assert {"real / simclr-weak / resnet18", "mixed 0.5 / simclr-weak / resnet18"} <= names
+    refs = {(c["strategy"], c["reference_kind"], c["reference"]) for c in board["comparisons"]}
+    assert ("mixed 0.5 / simclr-weak / resnet18", "real", "real / simclr-weak / resnet18") in refs
+    assert (
+        "real / simclr-weak / resnet18", "real-standard", "real / simclr / resnet18"
+    ) in refs  # fmt: skip

@@ -107,3 +107,24 @@ def test_headline_block_quotes_the_best_gain_at_the_smallest_fraction() -> None:
     assert lines[0].endswith("-> better")
     assert not any("did not learn" in x for x in lines)
     assert headline({"comparisons": [], "tasks": {}}) == []
+
+
+def test_intervals_are_clipped_to_the_metric_range_and_say_so() -> None:
+    """Two seeds far apart near AUC 1: the seed level's t interval passes 1; the cell's
+    interval stops at 1, the cell says it was clipped and the table says so once."""
+    recs = [current("real-simclr", 0.1, s, shift) for s, shift in ((0, 0.98), (1, 0.6))]
+    recs += [current("scratch", 0.1, s, 0.1) for s in (0, 1)]
+    board = aggregate(recs)
+    cell = next(r for r in board["rows"] if r["kind"] == "pretrained")["cells"]["t/linear@0.1"]
+    assert cell["ci_high"] == 1.0 and cell["ci_clipped"] is True
+    assert cell["ci_low"] < cell["mean"] < 1.0
+    scratch = next(r for r in board["rows"] if r["kind"] == "scratch")["cells"]["t/linear@0.1"]
+    assert "ci_clipped" not in scratch  # inside the range: left as computed
+    text = render_markdown(board, "demo", {"records": 4})
+    assert text.count("Intervals are clipped to the metric's range.") == 1
+    # HD95 has no upper bound: only its lower one (0) clips
+    from benchmark.harness.leaderboard import _clip
+
+    assert _clip(-3.0, 250.0, "hd95") == (0.0, 250.0)
+    assert _clip(-0.1, 1.2, "dice") == (0.0, 1.0)
+    assert _clip(-0.1, 1.2, "unknown-metric") == (-0.1, 1.2)

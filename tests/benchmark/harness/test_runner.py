@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 from benchmark.harness.experiment import EXPERIMENT_DIR, load_experiment
@@ -237,3 +239,33 @@ def test_dry_run_lists_jobs_and_an_estimate(tmp_path: Path) -> None:
     )
     assert "estimated time" in proc.stdout
     assert not results.exists()
+
+
+@pytest.mark.slow
+def test_added_and_pool_matched_arms_run_end_to_end(tmp_path: Path) -> None:
+    """``pretrain.modes=[add]`` and ``pool_size=matched`` through the runner: the synthetic
+    arm's pool is the size of the real train split (resolved for a synthetic-only arm from
+    the dataset), the added arm's steps hold 8 real + 8 synthetic images, and the leaderboard
+    labels the arm."""
+    results = tmp_path / "results"
+    proc = cli(
+        "run", str(TINY),
+        "pretrain.sources=[synthetic, mixed]", "pretrain.methods=[simclr]",
+        "pretrain.modes=[add]", "pretrain.pool_size=matched", "generator.samples=80",
+        "evaluate.tasks=[{spec: phantom-cls, dataset: phantom, adapters: [linear], image_size: 32}]",
+        "evaluate.baselines=[]", "evaluate.fractions=[1.0]",
+        "-o", str(results), "--no-progress",
+        timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = next((results / "data").glob("*.h5"))
+    with h5py.File(data) as f:
+        n_train = int(np.sum(f["split"][:].astype(str) == "train"))
+    syn = json.loads(next((results / "pretrain").glob("synthetic-*/pretrain.json")).read_text())
+    assert syn["source"]["synthetic"]["pool_size"] == n_train < 80
+    assert syn["source"]["synthetic"]["pool_of"] == 80 and syn["config"]["pool_size"] == n_train
+    add = json.loads(next((results / "pretrain").glob("mixed0.5add-*/pretrain.json")).read_text())
+    assert add["source"]["per_batch"] == {"real": 8, "synthetic": 8}
+    assert add["images_seen"] == 3 * 16 and add["source"]["synthetic"]["pool_size"] == n_train
+    board = json.loads((results / "leaderboard" / "leaderboard.json").read_text())
+    assert "mixed+add 0.5 / simclr / resnet18" in {r["strategy"] for r in board["rows"]}

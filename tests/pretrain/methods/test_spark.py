@@ -264,4 +264,5 @@ def test_exported_encoder_has_dense_batch_norm_statistics(tmp_path: Path) -> Non
     calibrate_batch_norm(again, pool.to_float(pool.raw_images()), split="train")
     for name, value in again.state_dict().items():
         if "running_" in name:
-            assert torch.allclose(saved.state_dict()[name], value, atol=1e-5), name
+            # float32 means of 12 images: equal up to summation order (relative 1e-4)
+            assert torch.allclose(saved.state_dict()[name], value, rtol=1e-4, atol=1e-5), name
