@@ -102,9 +102,10 @@ class PretrainConfig:
         real: Real dataset file (its train split is used).
         synthetic: Synthetic dataset file.
         synthetic_ratio: Fraction of synthetic images per batch for ``mixed``.
-        mixing_mode: ``mixed``'s mode: ``replace`` (synthetic images take the place of
-            real ones in a batch of ``batch_size``) or ``add`` (they are added on top of
-            the ``batch_size`` real images; :mod:`pretrain.sources.mixed`).
+        mixing_mode: ``mixed``'s mode (:mod:`pretrain.sources.mixed`): ``replace``
+            (``synthetic_ratio`` of every batch is synthetic) or ``add`` (the synthetic
+            pool added to the real one, the union sampled with real images weighted
+            ``real_weight``; ``synthetic_ratio`` unused, None). Same batch size either way.
         real_weight: ``mixed``'s sampling weight of real against synthetic images
             (AdaInf's repeat factor of the real set; 1 leaves ``synthetic_ratio`` as is).
         pool_size: Size of the synthetic pool: None (all samples), an int (the first
@@ -140,7 +141,7 @@ class PretrainConfig:
     source: str = "real"
     real: str | None = None
     synthetic: str | None = None
-    synthetic_ratio: float = 0.5
+    synthetic_ratio: float | None = 0.5
     mixing_mode: str = "replace"
     real_weight: float = 1.0
     pool_size: int | str | None = None
@@ -274,11 +275,6 @@ class Trainer:
             real_weight=config.real_weight,
             pool_size=config.pool_size,
         )
-        if self.source.step_size % self.dist.world_size:
-            raise SSLBenchError(
-                f"{self.source.step_size} images per step (mode {config.mixing_mode}) do not "
-                f"divide across {self.dist.world_size} processes"
-            )
         in_chans = int(self.source.image_shape[0])
         encoder = create_encoder(
             config.encoder, in_chans=in_chans, img_size=config.image_size, **config.encoder_config
@@ -549,6 +545,9 @@ class Trainer:
             "synthetic_ratio": cfg.synthetic_ratio
             if cfg.source == "mixed"
             else (1.0 if cfg.source == "synthetic" else 0.0),
+            # the synthetic images of every batch over its size (mode add: from the pools)
+            "synthetic_share": self.source.parts.get("synthetic", (None, 0))[1]
+            / self.source.step_size,
             "steps": cfg.steps,
             "batch_size": cfg.batch_size,
             "images_seen": images_seen,

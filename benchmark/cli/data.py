@@ -71,6 +71,30 @@ def _cmd_data_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_curate(args: argparse.Namespace) -> int:
+    from benchmark.data.curation import CURATORS, curate_file
+
+    options = {
+        k: v for k, v in (("threshold", args.threshold), ("scope", args.scope)) if v is not None
+    }
+    curator = CURATORS.create(args.method, **options)
+    start = time.perf_counter()
+    record = curate_file(
+        args.input, args.output, curator, drop_near=args.drop_near_real, overwrite=args.overwrite
+    )
+    print(
+        f"wrote {args.output} in {time.perf_counter() - start:.1f}s: {args.method} "
+        f"{record['options']} kept {record['train_kept']} of {record['train_in']} train "
+        f"{record['unit']}s ({100 * record['kept_fraction']:.1f} %); val / test unchanged"
+        + (
+            f"; {record['dropped_near_real']} near-duplicates of real train images dropped"
+            if args.drop_near_real
+            else ""
+        )
+    )
+    return 0
+
+
 # -- discovery -----------------------------------------------------------------
 def _cmd_list(args: argparse.Namespace) -> int:
     from benchmark.core.registry import unknown_name_error
@@ -93,6 +117,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 #: Packages imported by :func:`load_plugins` so that their components register.
 PLUGIN_PACKAGES: list[str] = [
     "benchmark.data.converters",
+    "benchmark.data.curation",
     "pretrain.encoders",
     "pretrain.sources",
     "pretrain.methods",
@@ -158,6 +183,31 @@ def add_data_commands(sub: Any) -> None:
     )
     ph.add_argument("--overwrite", action="store_true")
     ph.set_defaults(handler=_cmd_data_phantom)
+
+    cur = dsub.add_parser(
+        "curate",
+        help="prune redundant train images before SSL pretraining (Less is More)",
+        description="Keep the train images a curator selects (dhash: Less is More's Hash-N); "
+        "val / test samples are copied unchanged. A 3D file is curated as its slices and "
+        "written as the 2D file of those slices.",
+    )
+    cur.add_argument("input", help="sslbench .h5 file")
+    cur.add_argument("-o", "--output", required=True, help="output .h5 file")
+    cur.add_argument("--method", default="dhash", help="curator (sslbench list curators)")
+    cur.add_argument("--threshold", type=int, help="dhash: largest redundant Hamming distance (6)")
+    cur.add_argument(
+        "--scope",
+        choices=("volume", "dataset"),
+        help="dhash: compare within a volume / patient (default) or across the train split",
+    )
+    cur.add_argument(
+        "--drop-near-real",
+        metavar="REAL_H5",
+        help="first drop images that near-duplicate a train image of this real file "
+        "(memorisation filter for synthetic files)",
+    )
+    cur.add_argument("--overwrite", action="store_true")
+    cur.set_defaults(handler=_cmd_data_curate)
 
     ls = sub.add_parser("list", help="list registered components by kind")
     ls.add_argument("kind", nargs="?", help="only this kind (e.g. converters, methods)")

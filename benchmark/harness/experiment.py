@@ -147,6 +147,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     "real_weight": 1.0,  # mixed arms: sampling weight of real images (AdaInf's repeat)
     "pool_size": None,  # synthetic pool: null (all), N, or matched (the real train split)
     "strengths": ["standard"],  # augmentation strengths of the views (pretrain.strength)
+    "inflation": None,  # adainf: + a mixed arm per ratio with AdaInf's add / x10 / weak views
 }
 #: Pretraining options left out of the saved experiment at their default (older hashes hold).
 PRETRAIN_OPTIONAL = {
@@ -154,6 +155,7 @@ PRETRAIN_OPTIONAL = {
     "real_weight": 1.0,
     "pool_size": None,
     "strengths": ["standard"],
+    "inflation": None,
 }
 EVALUATE_DEFAULTS: dict[str, Any] = {
     "tasks": [],
@@ -444,6 +446,7 @@ def _check_pretrain(exp: dict[str, Any], where: str, base_dir: Path) -> None:
             f"{pre['nproc_per_node']} processes"
         )
     needing = [s for s in pre["sources"] if SOURCES.get(s).uses_synthetic]
+    needing += ["inflation"] if pre["inflation"] else []
     if needing and exp["generator"] is None:
         raise ExperimentError(f"{w}.sources: {' and '.join(needing)} need a 'generator'")
 
@@ -473,12 +476,14 @@ def _check_mixing(pre: dict[str, Any], w: str) -> None:
     from pretrain.strength import check_strength
 
     try:
-        pre["strengths"] = [check_strength(v) for v in _as_list(pre["strengths"])]
+        pre["strengths"] = [check_strength(v, f"{w}.strengths") for v in _as_list(pre["strengths"])]
     except SSLBenchError as exc:
-        raise ExperimentError(f"{w}.strengths: {exc}") from None
+        raise ExperimentError(str(exc)) from None
     pre["strengths"] = ["standard" if v == 1.0 else v for v in pre["strengths"]]
     if not pre["strengths"] or len(set(map(str, pre["strengths"]))) != len(pre["strengths"]):
         raise ExperimentError(f"{w}.strengths: give distinct strengths, got {pre['strengths']}")
+    if pre["inflation"] is not None:
+        check_name("inflation preset", str(pre["inflation"]), ["adainf"], f"{w}.inflation")
 
 
 def _int_list(value: Any, where: str) -> list[int]:
@@ -672,6 +677,7 @@ class PretrainSection:
     real_weight: float = 1.0
     pool_size: int | str | None = None
     strengths: list[str | float] = field(default_factory=lambda: ["standard"])
+    inflation: str | None = None
 
 
 @dataclass

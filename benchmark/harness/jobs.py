@@ -146,7 +146,7 @@ def strategy_label(
 ) -> str:
     """``mixed0.5-simclr-resnet18-s0`` (a ratio-swept source carries its ratio; a mixed arm
     in mode ``add`` carries ``add``, a real weight other than 1 ``w<weight>``, a strength
-    other than standard its label: ``mixed0.5add-w10-simclr-weak-resnet18-s0``)."""
+    other than standard its label: ``mixedadd-w10-simclr-weak-resnet18-s0``)."""
     from pretrain.strength import strength_label
 
     src = f"{source}{ratio:g}" if ratio is not None else source
@@ -244,6 +244,36 @@ def _generator_jobs(exp: Experiment, results: Path, data: dict[str, Job]) -> lis
     return jobs
 
 
+#: AdaInf's inflated arm (Wang et al. 2024): the synthetic pool added to the real one, the
+#: real set weighted 10x (the official config repeats it 10 times: ``dup=10``) and weak
+#: views, at the baseline's steps and batch size. (mode, real weight, strength).
+ADAINF: tuple[str, float, str] = ("add", 10.0, "weak")
+
+
+def pretraining_arms(pre: Any) -> list[tuple[str, float | None, str, float, str | float]]:
+    """The grid's arms ``(source, ratio, mode, real_weight, strength)``, in planning order.
+
+    Sources x (ratios in mode ``replace``, or one arm in mode ``add``, whose share comes
+    from the pool sizes, for ratio-taking sources) x strengths, then, with ``inflation:
+    adainf``, the AdaInf arm (:data:`ADAINF`) if the grid does not hold it already.
+    """
+    from pretrain.sources import SOURCES
+
+    arms: list[tuple[str, float | None, str, float, str | float]] = []
+    for source in pre.sources:
+        takes = SOURCES.get(source).takes_ratio
+        weight = pre.real_weight if takes else 1.0
+        for mode in pre.modes if takes else ["replace"]:
+            ratios: list[float | None] = list(pre.ratios) if takes and mode == "replace" else [None]
+            for ratio, strength in itertools.product(ratios, pre.strengths):
+                arms.append((source, ratio, mode, weight, strength))
+    if pre.inflation == "adainf":
+        arm = ("mixed", None, *ADAINF)
+        if arm not in arms:
+            arms.append(arm)
+    return arms
+
+
 def _pretrain_jobs(
     exp: Experiment, results: Path, data: dict[str, Job], synth: Job | None
 ) -> dict[str, Job]:
@@ -255,72 +285,70 @@ def _pretrain_jobs(
     dj = data[pre.dataset]
     dims = _dims(exp.datasets[pre.dataset])
     encoders: dict[str, Job] = {}
-    for source in pre.sources:
+    for source, ratio, mode, weight, strength in pretraining_arms(pre):
         src = SOURCES.get(source)
-        ratios: list[float | None] = list(pre.ratios) if src.takes_ratio else [None]
-        modes = list(pre.modes) if src.takes_ratio else ["replace"]
-        weight = pre.real_weight if src.takes_ratio else 1.0
-        for ratio, mode, strength in itertools.product(ratios, modes, pre.strengths):
-            for method in pre.methods:
-                for encoder in pre.encoders:
-                    for seed in pre.seeds:
-                        label = strategy_label(
-                            source, ratio, method, encoder, seed, mode, weight, strength
-                        )
-                        synthetic = synth if src.uses_synthetic else None
-                        enc_cfg, init_run = _keyed_init(pre.encoder_config.get(encoder, {}))
-                        cfg = {
-                            "method": method,
-                            "encoder": encoder,
-                            "source": source,
-                            "synthetic_ratio": ratio if ratio is not None else 0.5,
-                            "steps": pre.steps,
-                            "batch_size": pre.batch_size,
-                            "image_size": pre.image_size,
-                            "seed": seed,
-                            "method_config": pre.method_config.get(method, {}),
-                            "encoder_config": enc_cfg,
-                            "amp": pre.amp,
-                            "checkpoint_every": pre.checkpoint_every,
-                            "real": dj.key if src.uses_real else None,
-                            "synthetic": synthetic.key if synthetic else None,
-                        }
-                        # options at their default stay out of the key (older keys hold)
-                        if mode != "replace":
-                            cfg["mixing_mode"] = mode
-                        if weight != 1.0:
-                            cfg["real_weight"] = weight
-                        if src.uses_synthetic and pre.pool_size is not None:
-                            cfg["pool_size"] = pre.pool_size
-                        if strength != "standard":
-                            cfg["strength"] = strength
-                        if not src.uses_real:
-                            # the kNN monitor (and so the health verdict in pretrain.json)
-                            # reads the experiment's dataset; real and mixed runs name it
-                            # in ``real`` already, so their keys are unchanged
-                            cfg["monitor_data"] = dj.key
-                        key = digest(cfg, 12)
-                        # every run reads the dataset: as its real source, or for the monitor
-                        deps = [dj.id] + ([synthetic.id] if synthetic else [])
-                        est = (
-                            pre.steps
-                            * pre.batch_size
-                            / SPEED["pretrain_img_s"]
-                            * _area(pre.image_size, dims)
-                            * ENCODERS.get(encoder).cost
-                        )
-                        job = Job(
-                            f"pretrain/{label}",
-                            "pretrain",
-                            key,
-                            deps,
-                            cfg,
-                            results / "pretrain" / f"{label}-{key}",
-                            run={"nproc_per_node": pre.nproc_per_node, **init_run},
-                            estimate_s=est,
-                        )
-                        job.config["label"] = label
-                        encoders[label] = job
+        for method in pre.methods:
+            for encoder in pre.encoders:
+                for seed in pre.seeds:
+                    label = strategy_label(
+                        source, ratio, method, encoder, seed, mode, weight, strength
+                    )
+                    synthetic = synth if src.uses_synthetic else None
+                    enc_cfg, init_run = _keyed_init(pre.encoder_config.get(encoder, {}))
+                    cfg = {
+                        "method": method,
+                        "encoder": encoder,
+                        "source": source,
+                        "synthetic_ratio": None
+                        if mode == "add"
+                        else (0.5 if ratio is None else ratio),
+                        "steps": pre.steps,
+                        "batch_size": pre.batch_size,
+                        "image_size": pre.image_size,
+                        "seed": seed,
+                        "method_config": pre.method_config.get(method, {}),
+                        "encoder_config": enc_cfg,
+                        "amp": pre.amp,
+                        "checkpoint_every": pre.checkpoint_every,
+                        "real": dj.key if src.uses_real else None,
+                        "synthetic": synthetic.key if synthetic else None,
+                    }
+                    # options at their default stay out of the key (older keys hold)
+                    if mode != "replace":
+                        cfg["mixing_mode"] = mode
+                    if weight != 1.0:
+                        cfg["real_weight"] = weight
+                    if src.uses_synthetic and pre.pool_size is not None:
+                        cfg["pool_size"] = pre.pool_size
+                    if strength != "standard":
+                        cfg["strength"] = strength
+                    if not src.uses_real:
+                        # the kNN monitor (and so the health verdict in pretrain.json)
+                        # reads the experiment's dataset; real and mixed runs name it
+                        # in ``real`` already, so their keys are unchanged
+                        cfg["monitor_data"] = dj.key
+                    key = digest(cfg, 12)
+                    # every run reads the dataset: as its real source, or for the monitor
+                    deps = [dj.id] + ([synthetic.id] if synthetic else [])
+                    est = (
+                        pre.steps
+                        * pre.batch_size
+                        / SPEED["pretrain_img_s"]
+                        * _area(pre.image_size, dims)
+                        * ENCODERS.get(encoder).cost
+                    )
+                    job = Job(
+                        f"pretrain/{label}",
+                        "pretrain",
+                        key,
+                        deps,
+                        cfg,
+                        results / "pretrain" / f"{label}-{key}",
+                        run={"nproc_per_node": pre.nproc_per_node, **init_run},
+                        estimate_s=est,
+                    )
+                    job.config["label"] = label
+                    encoders[label] = job
     return encoders
 
 

@@ -139,8 +139,11 @@ def strategy_of(record: dict[str, Any]) -> dict[str, Any]:
     mode, weight = cfg.get("mixing_mode", "replace"), cfg.get("real_weight", 1.0)
     extra: dict[str, Any] = {}
     if source == "mixed" and (mode, weight) != ("replace", 1.0):
-        # e.g. "mixed+add 0.5 x10": synthetic images added on top, real images weighted 10
-        src = f"mixed+{mode} {ratio:g}" + (f" x{weight:g}" if weight != 1.0 else "")
+        # "mixed+add x10": the synthetic pool added, real images weighted 10 (no ratio);
+        # "mixed 0.5 x4": replace at ratio 0.5 with real images weighted 4
+        src = (f"mixed+{mode}" if ratio is None else f"mixed {ratio:g}") + (
+            f" x{weight:g}" if weight != 1.0 else ""
+        )
         extra = {"mode": mode, "real_weight": weight}
     views = strength_label(cfg.get("strength", "standard"))
     if views:  # e.g. "simclr-weak": the method's views at another strength
@@ -207,8 +210,8 @@ def _row_order(row: dict[str, Any]) -> tuple[Any, ...]:
         row.get("encoder", ""),
         row.get("method", ""),
         SOURCE_ORDER.get(row.get("source", ""), 9),
+        row.get("mode") == "add",  # inflated arms after the replacing ones
         row.get("ratio") or 0.0,
-        row.get("mode") or "",
         row.get("real_weight") or 1.0,
         row.get("strength") or "",
     )
@@ -417,12 +420,13 @@ def _comparisons(
             continue
         refs = [("scratch", f"scratch / {r['encoder']}")]
         views = f"-{r['strength']}" if r.get("strength") else ""
-        real = f"real / {r['method']}{views} / {r['encoder']}"
+        real, kind = f"real / {r['method']}{views} / {r['encoder']}", "real"
         if views and (real not in by_name or real == r["strategy"]):
-            real = f"real / {r['method']} / {r['encoder']}"  # the standard-strength real arm
+            # no real arm at these views (or this is it): the standard-view real arm, a
+            # contrast of data and views together, kept out of the "vs real-only" findings
+            real, kind = f"real / {r['method']} / {r['encoder']}", "real-standard"
         if r["strategy"] != real:
-            # a real arm at another strength is compared with the standard one
-            refs.append(("real-standard" if r["source"] == "real" else "real", real))
+            refs.append((kind, real))
         for task, t in tasks.items():
             for adapter in t["adapters"]:
                 for frac in t["fractions"]:
@@ -529,7 +533,6 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
         ]
     flagged = any(c.get("first_weights_kept") for r in board["rows"] for c in r["cells"].values())
     same = any(c.get("deterministic") for r in board["rows"] for c in r["cells"].values())
-    clipped = any(c.get("ci_clipped") for r in board["rows"] for c in r["cells"].values())
     for task, t in board["tasks"].items():
         direction = "higher is better" if t["higher_is_better"] else "lower is better"
         lines += ["", f"## {task}: {t['primary_metric']} ({direction})", ""]
@@ -548,12 +551,16 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
                 if same
                 else ""
             )
-            + (" Intervals are clipped to the metric's range." if clipped else "")
         )
         cols = [f"{a}@{f:g}" for a in t["adapters"] for f in t["fractions"]]
         keys = [f"{task}/{c}" for c in cols]
         n_seeds = [len(r["cells"].get(k, {}).get("seeds", [])) for r in board["rows"] for k in keys]
         most = max(n_seeds, default=0)
+        if any(r["cells"].get(k, {}).get("ci_clipped") for r in board["rows"] for k in keys):
+            lines[-1] += (
+                " †: the interval left the metric's range (a symmetric seed-level interval "
+                "over few or spread-out seeds) and is clipped to it."
+            )
         if any(0 < n < most for n in n_seeds):
             lines[-1] += (
                 f" (k seeds): a cell with fewer evaluation seeds than the others ({most}); "
@@ -601,6 +608,7 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
                 )
                 flag = f" ⚑{c['first_weights_kept']}" if c.get("first_weights_kept") else ""
                 flag += " ≡" if c.get("deterministic") else ""
+                flag += " †" if c.get("ci_clipped") else ""
                 k_seeds = len(c.get("seeds", []))
                 flag += f" ({k_seeds} seeds)" if 0 < k_seeds < most else ""
                 cells.append(f"{m}{ci}{flag}")

@@ -178,7 +178,7 @@ class Source:
 
     @property
     def step_size(self) -> int:
-        """Images per step: ``batch_size``, plus the added ones of ``mixed`` in mode ``add``."""
+        """Images per step: the sum of the parts' images (``batch_size`` for every source)."""
         return sum(count for _, count in self.parts.values()) or self.batch_size
 
     # -- construction helpers ------------------------------------------
@@ -289,7 +289,7 @@ class Source:
             "per_batch": {kind: count for kind, (_, count) in self.parts.items()},
         }
         if (self.mode, self.real_weight) != ("replace", 1.0):  # else: as before modes
-            out.update(mode=self.mode, real_weight=self.real_weight, step_size=self.step_size)
+            out.update(mode=self.mode, real_weight=self.real_weight)
         for kind, (pool, _) in self.parts.items():
             out[kind] = pool.describe()
         return out
@@ -302,7 +302,7 @@ class Source:
         """Restore :meth:`state_dict`; refuses a state of a different source or data."""
         mine, theirs = self.describe(), state.get("describe", {})
         implied = {"mode": "replace", "real_weight": 1.0}  # left out of descriptions
-        for key in ("name", "synthetic_ratio", "batch_size", "seed", "mode", "real_weight"):
+        for key in ("name", "mode", "real_weight", "synthetic_ratio", "batch_size", "seed"):
             was, now = theirs.get(key, implied.get(key)), mine.get(key, implied.get(key))
             if was != now:
                 raise SourceError(f"source state does not match: {key} was {was!r}, now {now!r}")
@@ -375,7 +375,7 @@ def create_source(
     *,
     real: str | Path | None = None,
     synthetic: str | Path | None = None,
-    synthetic_ratio: float = 0.5,
+    synthetic_ratio: float | None = 0.5,
     batch_size: int,
     seed: int,
     device: str | torch.device = "cpu",

@@ -1,22 +1,23 @@
-"""``mixed``: real and synthetic images in every batch, replacing or added to the real ones.
+"""``mixed``: real and synthetic images in every batch, at a fixed ratio or by pool size.
 
-Two modes answer two questions (README, "Mixing modes"):
+Two modes answer two questions (README, "Mixing modes"); both keep the batch size
+``B`` and the number of steps of the real-only arm, so every arm gets the same
+compute (the project's rule, and AdaInf's protocol: its inflated runs keep the
+baseline's steps and batch size and enlarge the *dataset*):
 
-* ``replace`` (the default): a batch of ``B`` images holds ``round(q * B)`` synthetic
-  images and ``B - round(q * B)`` real ones. At the same steps x batch, the mixed arm
-  sees the same number of images as the real-only arm but fewer real ones: *is
-  different data better?*
-* ``add`` (data inflation, AdaInf): every batch holds the ``B`` real images of the
-  real-only arm's batch (the same stream: the real pool is seen exactly as often) plus
-  ``round(B * q / (1 - q))`` synthetic images on top, so a step has more images:
-  *does more (generated) data help on top of the real data?* Compute is matched by
-  steps, not by images; ``images_seen`` says how many each arm saw.
+* ``replace`` (the default): every batch holds exactly ``round(q * B)`` synthetic
+  images and the rest real, for a share ``q`` set by ``synthetic_ratio`` ``r``:
+  ``q = r / (r + w (1 - r))``. *Is different data better?*
+* ``add`` (data inflation, AdaInf): the synthetic pool is added to the real one and
+  the union is sampled uniformly with each real image weighted ``w`` (AdaInf's
+  ``dup``: the real set repeated ``w`` times). The share then follows from the pools,
+  ``q = N_syn / (w N_real + N_syn)``, and ``synthetic_ratio`` is not used. *Does a
+  larger (inflated) dataset help, and with which weight?* Each batch holds exactly
+  ``round(q * B)`` synthetic images (the expected composition, not a random one, so
+  the arm is a pure function of seed and step like every source).
 
-``q`` is the synthetic share of a batch: ``q = r / (r + w (1 - r))`` for the
-``synthetic_ratio`` ``r`` and ``real_weight`` ``w``, i.e. the share of synthetic
-images when the real pool is repeated ``w`` times against the synthetic pool mixed at
-``r`` (AdaInf repeats the real set 10x: ``w = 10``). ``w = 1`` (the default) leaves
-``q = r``, today's ``replace`` runs unchanged.
+``real_weight`` ``w = 1`` (the default) leaves ``replace`` runs exactly as before
+the option existed (``q = r``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from benchmark.core.errors import DataError
-from pretrain.sources.base import SOURCES, Source, SourceError
+from pretrain.sources.base import SOURCES, Pool, Source, SourceError
 
 #: The mixing modes of :class:`MixedSource`.
 MODES = ("replace", "add")
@@ -47,7 +48,7 @@ class MixedSource(Source):
         *,
         real: str | Path | None = None,
         synthetic: str | Path | None = None,
-        synthetic_ratio: float = 0.5,
+        synthetic_ratio: float | None = 0.5,
         mode: str = "replace",
         real_weight: float = 1.0,
         pool_size: int | str | None = None,
@@ -57,43 +58,59 @@ class MixedSource(Source):
         **_: Any,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, device=device)
-        if not 0.0 <= synthetic_ratio <= 1.0:
+        if mode not in MODES:
+            raise SourceError(f"source 'mixed': mode must be one of {list(MODES)}, got {mode!r}")
+        ratio = 0.0 if synthetic_ratio is None else float(synthetic_ratio)
+        if mode == "replace" and (synthetic_ratio is None or not 0.0 <= ratio <= 1.0):
             raise SourceError(
                 f"source 'mixed': synthetic_ratio must be in [0, 1], got {synthetic_ratio}"
             )
-        if mode not in MODES:
-            raise SourceError(f"source 'mixed': mode must be one of {list(MODES)}, got {mode!r}")
-        if mode == "add" and synthetic_ratio >= 1.0:
-            raise SourceError(
-                "source 'mixed': mode 'add' keeps every real image of the batch, so "
-                "synthetic_ratio must be < 1 (use the synthetic source for synthetic only)"
-            )
-        if not float(real_weight) > 0:
+        if isinstance(real_weight, bool) or not float(real_weight) > 0:
             raise SourceError(f"source 'mixed': real_weight must be > 0, got {real_weight!r}")
-        self.synthetic_ratio = float(synthetic_ratio)
         self.mode, self.real_weight = mode, float(real_weight)
-        n_real, n_syn = mixed_counts(self.synthetic_ratio, self.batch_size, mode, real_weight)
-        real_pool = self._add_pool("real", real, n_real)
-        syn_pool = self._add_pool("synthetic", synthetic, n_syn, pool_size=pool_size, real=real)
+        self.synthetic_ratio = ratio if mode == "replace" else 0.0
+        # the pools are loaded with no per-batch demand first: in mode add the
+        # composition depends on their sizes
+        real_pool = self._add_pool("real", real, 0)
+        syn_pool = self._add_pool("synthetic", synthetic, 0, pool_size=pool_size, real=real)
         if syn_pool.image_shape != real_pool.image_shape:
             raise DataError(
                 f"{syn_pool.path}: image shape {syn_pool.image_shape} differs from "
                 f"{real_pool.image_shape} of the real file {real_pool.path}"
             )
+        if mode == "add":  # the share of the weighted union (recorded as the ratio)
+            self.synthetic_ratio = pooled_share(real_pool.size, syn_pool.size, self.real_weight)
+            n_real, n_syn = mixed_counts(self.synthetic_ratio, self.batch_size)
+        else:
+            n_real, n_syn = mixed_counts(self.synthetic_ratio, self.batch_size, self.real_weight)
+        for pool, count in ((real_pool, n_real), (syn_pool, n_syn)):
+            self._check_count(pool, count)
+            self.parts[pool.kind] = (pool, count)
+
+    def _check_count(self, pool: Pool, count: int) -> None:
+        if pool.size < count:
+            where = f"{pool.split} images" if pool.split else "images"
+            raise DataError(
+                f"{pool.path}: only {pool.size} {where} but source 'mixed' takes {count} "
+                f"{pool.kind} images per batch (batch_size {self.batch_size}, "
+                f"synthetic_ratio {self.synthetic_ratio:g})"
+            )
 
 
 def synthetic_share(synthetic_ratio: float, real_weight: float = 1.0) -> float:
-    """``q = r / (r + w (1 - r))``: the synthetic share of a batch (module docstring)."""
+    """``q = r / (r + w (1 - r))``: the synthetic share of a batch in mode ``replace``."""
     r, w = float(synthetic_ratio), float(real_weight)
     return r / (r + w * (1.0 - r)) if r > 0 else 0.0
 
 
+def pooled_share(n_real: int, n_synthetic: int, real_weight: float = 1.0) -> float:
+    """``q = N_syn / (w N_real + N_syn)``: the synthetic share of a batch in mode ``add``."""
+    return n_synthetic / (real_weight * n_real + n_synthetic) if n_synthetic else 0.0
+
+
 def mixed_counts(
-    synthetic_ratio: float, batch_size: int, mode: str = "replace", real_weight: float = 1.0
+    synthetic_ratio: float, batch_size: int, real_weight: float = 1.0
 ) -> tuple[int, int]:
-    """(real, synthetic) images per batch (Python's ``round``; see the module docstring)."""
-    q = synthetic_share(synthetic_ratio, real_weight)
-    if mode == "add":
-        return batch_size, round(batch_size * q / (1.0 - q))
-    n_syn = round(q * batch_size)
+    """(real, synthetic) images per batch: ``round(q B)`` synthetic (Python's ``round``)."""
+    n_syn = round(synthetic_share(synthetic_ratio, real_weight) * batch_size)
     return batch_size - n_syn, n_syn

@@ -276,43 +276,43 @@ def test_bad_arguments(real_h5: Path, kw: dict[str, Any], match: str) -> None:
 
 
 # -- mixing modes, real weight, pool size (issue 20) ---------------------------------
-def test_add_mode_keeps_the_real_only_stream(real_h5: Path, synth_h5: Path) -> None:
-    """Mode ``add``: every batch holds the real-only arm's real images (same pool stream,
-    so the real pool is seen exactly as often) plus synthetic images on top."""
-    real = create_source("real", real=real_h5, batch_size=4, seed=3)
-    added = create_source("mixed", real=real_h5, synthetic=synth_h5, synthetic_ratio=0.5,
-                          mode="add", batch_size=4, seed=3)  # fmt: skip
-    assert added.step_size == 8 and real.step_size == 4
-    for step in range(7):
-        values = ids(added.batch(step))
-        assert len(values) == 8
-        assert sorted(v for v in values if v < 100) == sorted(ids(real.batch(step)))
-        assert sum(v >= 100 for v in values) == 4
-    st, ref = added.stats(steps=7), real.stats(steps=7)
-    assert st["images_seen"] == 56 and st["images_seen_real"] == ref["images_seen_real"] == 28
-    assert st["epochs_real"] == ref["epochs_real"]
-    assert added.describe()["mode"] == "add" and added.describe()["step_size"] == 8
+def test_add_mode_samples_the_weighted_union(real_h5: Path, synth_h5: Path) -> None:
+    """Mode ``add``: the synthetic pool added to the real one, real images weighted ``w``;
+    the share follows from the pools (12 real, 10 synthetic), the batch keeps its size and
+    ``synthetic_ratio`` is not used."""
+    kw: dict[str, Any] = {"real": real_h5, "synthetic": synth_h5, "mode": "add", "seed": 3}
+    union = create_source("mixed", synthetic_ratio=None, batch_size=11, **kw)
+    assert union.synthetic_ratio == pytest.approx(10 / 22)  # recorded: the pooled share
+    for step in range(6):
+        values = ids(union.batch(step))
+        assert len(values) == 11 and sum(v >= 100 for v in values) == 5  # round(11 x 10/22)
+    weighted = create_source("mixed", real_weight=10, batch_size=13, **kw)
+    assert weighted.synthetic_ratio == pytest.approx(10 / 130)
+    assert sum(v >= 100 for v in ids(weighted.batch(0))) == 1  # round(13 x 10/130)
+    smaller = create_source("mixed", pool_size=6, batch_size=12, **kw)
+    assert sum(v >= 100 for v in ids(smaller.batch(0))) == 4  # round(12 x 6/18)
+    real = create_source("real", real=real_h5, batch_size=11, seed=3)
+    assert union.stats(steps=7)["images_seen"] == real.stats(steps=7)["images_seen"] == 77
+    assert union.describe()["mode"] == "add" and union.describe()["real_weight"] == 1.0
     # replace mode at the default weight describes itself as before modes existed
     assert "mode" not in create_source("mixed", real=real_h5, synthetic=synth_h5,
                                        batch_size=4, seed=3).describe()  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("mode", "ratio", "weight", "expected"),
+    ("ratio", "weight", "expected"),
     [
-        ("replace", 0.5, 1.0, (5, 5)),
-        ("replace", 0.5, 4.0, (8, 2)),  # q = 0.5 / (0.5 + 4 x 0.5) = 0.2
-        ("add", 0.5, 1.0, (10, 10)),
-        ("add", 0.5, 10.0, (10, 1)),  # AdaInf's 10x real: q = 1/11, 10 q / (1 - q) = 1
-        ("add", 0.25, 1.0, (10, 3)),  # round(10 x 0.25 / 0.75)
+        (0.5, 1.0, (5, 5)),
+        (0.5, 4.0, (8, 2)),  # q = 0.5 / (0.5 + 4 x 0.5) = 0.2
+        (0.75, 3.0, (5, 5)),  # q = 0.75 / (0.75 + 0.75) = 0.5
     ],
 )
 def test_real_weight_sets_the_synthetic_share(
-    real_h5: Path, synth_h5: Path, mode: str, ratio: float, weight: float, expected: tuple
+    real_h5: Path, synth_h5: Path, ratio: float, weight: float, expected: tuple
 ) -> None:
-    assert mixed_counts(ratio, 10, mode, weight) == expected
+    assert mixed_counts(ratio, 10, weight) == expected
     src = create_source("mixed", real=real_h5, synthetic=synth_h5, synthetic_ratio=ratio,
-                        mode=mode, real_weight=weight, batch_size=10, seed=0)  # fmt: skip
+                        real_weight=weight, batch_size=10, seed=0)  # fmt: skip
     for step in range(4):
         values = ids(src.batch(step))
         assert (sum(v < 100 for v in values), sum(v >= 100 for v in values)) == expected
@@ -345,7 +345,7 @@ def test_pool_size_keeps_the_first_samples(real_h5: Path, tmp_path: Path) -> Non
         ({"pool_size": 0}, SSLBenchError, "pool_size must be a positive int"),
         ({"pool_size": "half"}, SSLBenchError, "pool_size must be a positive int"),
         ({"mode": "inflate"}, SSLBenchError, r"mode must be one of \['replace', 'add'\]"),
-        ({"mode": "add", "synthetic_ratio": 1.0}, SSLBenchError, "must be < 1"),
+        ({"synthetic_ratio": None}, SSLBenchError, "synthetic_ratio must be in"),
         ({"real_weight": 0.0}, SSLBenchError, "real_weight must be > 0"),
     ],
 )

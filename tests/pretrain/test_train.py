@@ -200,19 +200,21 @@ def test_mixed_source_records_usage(tmp_path: Path) -> None:
     assert res.summary["images_seen"] == 16
 
 
-def test_added_synthetic_images_enlarge_the_step_not_the_recipe(tmp_path: Path) -> None:
-    """Mode ``add``: 4 real + 4 synthetic images per step; the recipe (learning rate) is
-    the real-only arm's batch of 4, the chance loss that of the 8 images the loss saw."""
+def test_inflated_arm_keeps_the_budget_and_records_its_share(tmp_path: Path) -> None:
+    """Mode ``add`` (the synthetic pool added, real images weighted): the same steps,
+    batch, learning rate and chance loss as the replacing arm; the share comes from the
+    pools (12 real train images weighted 0.5 against 20 synthetic train images: 20/26)
+    and is recorded."""
     syn = tiny_file(tmp_path / "syn.h5", n=40, value=7)
-    kw = dict(source="mixed", synthetic=str(syn), checkpoint_every=0, knn_every=-1)
-    added = pretrain(config(tmp_path, mixing_mode="add", strength="weak", **kw), tmp_path / "a",
-                     progress=False).summary  # fmt: skip
+    kw = dict(source="mixed", synthetic=str(syn), checkpoint_every=0, knn_every=-1, batch_size=10)
+    added = pretrain(config(tmp_path, mixing_mode="add", synthetic_ratio=None, real_weight=0.5,
+                            strength="weak", **kw), tmp_path / "a", progress=False).summary  # fmt: skip
     replaced = pretrain(config(tmp_path, **kw), tmp_path / "r", progress=False).summary
-    assert added["images_seen"] == 4 * 8 and replaced["images_seen"] == 4 * 4
-    assert added["data_usage"]["images_seen_real"] == 4 * 4
+    assert added["images_seen"] == replaced["images_seen"] == 4 * 10
     assert added["effective_lr"] == replaced["effective_lr"]
-    assert added["loss_chance"] == pytest.approx(math.log(2 * 8 - 1))
-    assert replaced["loss_chance"] == pytest.approx(math.log(2 * 4 - 1))
+    assert added["loss_chance"] == replaced["loss_chance"] == pytest.approx(math.log(2 * 10 - 1))
+    assert added["source"]["per_batch"] == {"real": 2, "synthetic": 8}  # round(10 x 20/26)
+    assert added["synthetic_share"] == 0.8 and replaced["synthetic_share"] == 0.5
     assert added["source"]["mode"] == "add" and added["config"]["mixing_mode"] == "add"
     saved = json.loads((tmp_path / "a" / "config.json").read_text())
     assert saved["mixing_mode"] == "add" and saved["pool_size"] is None

@@ -34,6 +34,7 @@ def test_list_prints_every_kind() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "converters:" in proc.stdout and "  busi" in proc.stdout
     assert "encoders:" in proc.stdout and "  resnet18" in proc.stdout
+    assert "curators:" in proc.stdout and "  dhash" in proc.stdout
     only = sslbench("list", "converters")
     assert only.stdout.split() == sorted(only.stdout.split())
     assert "medmnist" in only.stdout.split()

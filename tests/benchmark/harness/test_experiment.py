@@ -81,6 +81,15 @@ def test_profile_defaults_and_overrides() -> None:
         (lambda r: r["pretrain"].update(modes=[]), "give distinct modes"),
         (lambda r: r["pretrain"].update(real_weight=0), "real_weight: must be a number > 0"),
         (lambda r: r["pretrain"].update(pool_size="half"), "pool_size: null"),
+        (lambda r: r["pretrain"].update(inflation="adainff"), "did you mean 'adainf'"),
+        (lambda r: r["pretrain"].update(strengths=["strong"]), "strengths: expected one of"),
+        (
+            lambda r: (
+                r.pop("generator"),
+                r["pretrain"].update(sources=["real"], inflation="adainf"),
+            ),
+            "inflation need a 'generator'",
+        ),
         (lambda r: r["evaluate"].update(supervised_seeds=[0, 0]), "distinct"),
         (
             lambda r: r["evaluate"].update(baselines=["scratch"], supervised_seeds=[0]),

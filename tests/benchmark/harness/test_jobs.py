@@ -150,7 +150,7 @@ def test_estimates_use_component_facts(tmp_path: Path) -> None:
 def test_mixing_modes_real_weight_and_pool_size_are_arms_with_their_own_keys(
     tmp_path: Path,
 ) -> None:
-    """``pretrain.modes`` sweeps the mixed arms (``mixed0.5`` and ``mixed0.5add``); the
+    """``pretrain.modes`` sweeps the mixed arms (``mixed0.5`` and ``mixedadd``); the
     default options stay out of the keys, so the replace arm keeps its old key; the real
     weight and the pool size enter the keys of the arms they change, and only those."""
     base = {j.id: j for j in plan_jobs(load_experiment(TINY), tmp_path)}
@@ -164,11 +164,12 @@ def test_mixing_modes_real_weight_and_pool_size_are_arms_with_their_own_keys(
     assert mixed == [
         "pretrain/mixed0.5-w10-simclr-resnet18-s0",
         "pretrain/mixed0.5-w10-vicreg-resnet18-s0",
-        "pretrain/mixed0.5add-w10-simclr-resnet18-s0",
-        "pretrain/mixed0.5add-w10-vicreg-resnet18-s0",
+        "pretrain/mixedadd-w10-simclr-resnet18-s0",  # no ratio: the pools set the share
+        "pretrain/mixedadd-w10-vicreg-resnet18-s0",
     ]
-    add = jobs["pretrain/mixed0.5add-w10-simclr-resnet18-s0"].config
+    add = jobs["pretrain/mixedadd-w10-simclr-resnet18-s0"].config
     assert (add["mixing_mode"], add["real_weight"], add["pool_size"]) == ("add", 10.0, "matched")
+    assert add["synthetic_ratio"] is None
     replace = jobs["pretrain/mixed0.5-w10-simclr-resnet18-s0"].config
     assert "mixing_mode" not in replace and replace["real_weight"] == 10.0
     assert jobs["pretrain/synthetic-simclr-resnet18-s0"].config["pool_size"] == "matched"
@@ -201,3 +202,22 @@ def test_strengths_are_an_axis_of_every_arm(tmp_path: Path) -> None:
     assert jobs["pretrain/real-simclr-weak-resnet18-s0"].config["strength"] == "weak"
     assert jobs["pretrain/mixed0.5-simclr-s0.5-resnet18-s0"].config["strength"] == 0.5
     assert all(jobs[i].key == k for i, k in base.items() if i.startswith("pretrain/"))
+
+
+def test_adainf_preset_adds_one_inflated_arm_per_ratio(tmp_path: Path) -> None:
+    """``inflation: adainf`` adds the mixed arm in mode add with the real set weighted 10x
+    and weak views (AdaInf's recipe) to an unchanged grid, per method / encoder / seed."""
+    base = {j.id: j.key for j in plan_jobs(load_experiment(TINY), tmp_path)}
+    jobs = {
+        j.id: j for j in plan_jobs(load_experiment(TINY, ["pretrain.inflation=adainf"]), tmp_path)
+    }
+    added = sorted(set(jobs) - set(base))
+    assert [i for i in added if i.startswith("pretrain/")] == [
+        "pretrain/mixedadd-w10-simclr-weak-resnet18-s0",
+        "pretrain/mixedadd-w10-vicreg-weak-resnet18-s0",
+    ]
+    cfg = jobs["pretrain/mixedadd-w10-simclr-weak-resnet18-s0"].config
+    assert (cfg["mixing_mode"], cfg["real_weight"], cfg["strength"]) == ("add", 10.0, "weak")
+    assert all(jobs[i].key == k for i, k in base.items() if i.startswith("pretrain/"))
+    # each inflated encoder is evaluated like the others
+    assert "evaluate/phantom-cls/mixedadd-w10-simclr-weak-resnet18-s0" in jobs

@@ -116,8 +116,9 @@ def test_files_are_regenerated_identically(tmp_path: Path) -> None:
 
 
 def test_added_and_weighted_mixed_arms_are_rows_of_their_own() -> None:
-    """A mixed arm in mode ``add`` with real weight 10 is its own row (after the replace
-    arm), labelled from its encoder's config, and is compared with real-only and scratch."""
+    """A mixed arm in mode ``add`` with real weight 10 (no ratio) is its own row (after
+    the replace arm), labelled from its encoder's config, compared with real-only and
+    scratch."""
     recs = []
     for seed in range(3):
         recs.append(record("real-simclr", 0.1, seed, 0.70 + 0.01 * seed))
@@ -125,12 +126,14 @@ def test_added_and_weighted_mixed_arms_are_rows_of_their_own() -> None:
         recs.append(record("mixed-simclr", 0.1, seed, 0.72 + 0.01 * seed))
         added = record("mixed-simclr", 0.1, seed, 0.75 + 0.01 * seed)
         added["encoder"]["id"] = f"added-{seed}"
-        added["encoder"]["metadata"]["config"].update(mixing_mode="add", real_weight=10.0)
+        added["encoder"]["metadata"]["config"].update(
+            mixing_mode="add", real_weight=10.0, synthetic_ratio=None
+        )
         recs.append(added)
     board = aggregate(recs)
     names = [r["strategy"] for r in board["rows"]]
     assert names.index("mixed 0.5 / simclr / resnet18") < names.index(
-        "mixed+add 0.5 x10 / simclr / resnet18"
+        "mixed+add x10 / simclr / resnet18"
     )
     row = next(r for r in board["rows"] if r["strategy"].startswith("mixed+add"))
     assert (row["mode"], row["real_weight"]) == ("add", 10.0)
@@ -160,3 +163,8 @@ def test_weak_view_arms_are_compared_with_their_real_counterpart() -> None:
     assert (
         "real / simclr-weak / resnet18", "real-standard", "real / simclr / resnet18"
     ) in refs  # fmt: skip
+    # without a weak-view real arm, the weak mixed arm meets the standard one under its own kind
+    alone = aggregate([r for r in recs if r["encoder"]["id"] != "real-simclr-0-weak"])
+    kinds = {(c["strategy"], c["reference_kind"]) for c in alone["comparisons"]}
+    assert ("mixed 0.5 / simclr-weak / resnet18", "real-standard") in kinds
+    assert ("mixed 0.5 / simclr-weak / resnet18", "real") not in kinds

@@ -121,7 +121,8 @@ def test_intervals_are_clipped_to_the_metric_range_and_say_so() -> None:
     scratch = next(r for r in board["rows"] if r["kind"] == "scratch")["cells"]["t/linear@0.1"]
     assert "ci_clipped" not in scratch  # inside the range: left as computed
     text = render_markdown(board, "demo", {"records": 4})
-    assert text.count("Intervals are clipped to the metric's range.") == 1
+    assert text.count("and is clipped to it.") == 1  # the legend, under its task
+    assert "1.000] †" in text
     # HD95 has no upper bound: only its lower one (0) clips
     from benchmark.harness.leaderboard import _clip
 

@@ -245,8 +245,8 @@ def test_dry_run_lists_jobs_and_an_estimate(tmp_path: Path) -> None:
 def test_added_and_pool_matched_arms_run_end_to_end(tmp_path: Path) -> None:
     """``pretrain.modes=[add]`` and ``pool_size=matched`` through the runner: the synthetic
     arm's pool is the size of the real train split (resolved for a synthetic-only arm from
-    the dataset), the added arm's steps hold 8 real + 8 synthetic images, and the leaderboard
-    labels the arm."""
+    the dataset), the added arm samples the union of the two pools (4 + 4 of a batch of 8),
+    and the leaderboard labels the arm."""
     results = tmp_path / "results"
     proc = cli(
         "run", str(TINY),
@@ -264,8 +264,9 @@ def test_added_and_pool_matched_arms_run_end_to_end(tmp_path: Path) -> None:
     syn = json.loads(next((results / "pretrain").glob("synthetic-*/pretrain.json")).read_text())
     assert syn["source"]["synthetic"]["pool_size"] == n_train < 80
     assert syn["source"]["synthetic"]["pool_of"] == 80 and syn["config"]["pool_size"] == n_train
-    add = json.loads(next((results / "pretrain").glob("mixed0.5add-*/pretrain.json")).read_text())
-    assert add["source"]["per_batch"] == {"real": 8, "synthetic": 8}
-    assert add["images_seen"] == 3 * 16 and add["source"]["synthetic"]["pool_size"] == n_train
+    add = json.loads(next((results / "pretrain").glob("mixedadd-*/pretrain.json")).read_text())
+    # the weighted union of two pools of n_train images at w = 1: half of every batch of 8
+    assert add["source"]["per_batch"] == {"real": 4, "synthetic": 4}
+    assert add["images_seen"] == 3 * 8 and add["source"]["synthetic"]["pool_size"] == n_train
     board = json.loads((results / "leaderboard" / "leaderboard.json").read_text())
-    assert "mixed+add 0.5 / simclr / resnet18" in {r["strategy"] for r in board["rows"]}
+    assert "mixed+add / simclr / resnet18" in {r["strategy"] for r in board["rows"]}
