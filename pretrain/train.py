@@ -402,7 +402,7 @@ class Trainer:
         torch.manual_seed(seed + dist_info.rank)  # dropout, masks and other global-RNG draws
         gen = torch.Generator(device=self.device).manual_seed(seed)
         shard = (dist_info.rank, dist_info.world_size) if dist_info.enabled else None
-        images = self.source.batch(step, dist_info.rows(self.source.step_size))
+        images = self.source.batch(step, dist_info.rows(self.config.batch_size))
         views = [
             v.contiguous(memory_format=self.memory_format)
             for v in make_views(images, self.recipes, gen, shard)
@@ -475,7 +475,7 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 self.train_time += dt
                 self.step += 1
-                ips = self.source.step_size / dt
+                ips = cfg.batch_size / dt
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{logs['loss']:.4f}",
@@ -497,7 +497,7 @@ class Trainer:
     @property
     def chance(self) -> float | None:
         """The method's chance loss at this batch size (None where it has none)."""
-        return type(self.method).chance_loss(self.method.config, self.source.step_size)
+        return type(self.method).chance_loss(self.method.config, self.config.batch_size)
 
     def health(self) -> dict[str, Any]:
         """The run's health verdict (:func:`pretrain.monitor.health`)."""
@@ -536,7 +536,7 @@ class Trainer:
         cfg = self.config
         bn_recalibration = self.dense_statistics()
         last = self.history[-1] if self.history else {}
-        images_seen = cfg.steps * self.source.step_size
+        images_seen = cfg.steps * cfg.batch_size
         summary = {
             "method": cfg.method,
             "method_config": self.method.config,
@@ -546,8 +546,7 @@ class Trainer:
             if cfg.source == "mixed"
             else (1.0 if cfg.source == "synthetic" else 0.0),
             # the synthetic images of every batch over its size (mode add: from the pools)
-            "synthetic_share": self.source.parts.get("synthetic", (None, 0))[1]
-            / self.source.step_size,
+            "synthetic_share": self.source.parts.get("synthetic", (None, 0))[1] / cfg.batch_size,
             "steps": cfg.steps,
             "batch_size": cfg.batch_size,
             "images_seen": images_seen,

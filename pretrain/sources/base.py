@@ -176,11 +176,6 @@ class Source:
         self.parts: dict[str, tuple[Pool, int]] = {}
         self.steps_done = 0
 
-    @property
-    def step_size(self) -> int:
-        """Images per step: the sum of the parts' images (``batch_size`` for every source)."""
-        return sum(count for _, count in self.parts.values()) or self.batch_size
-
     # -- construction helpers ------------------------------------------
     def _add_pool(
         self,
@@ -201,15 +196,19 @@ class Source:
         split = _pool_split(kind, path)
         limit = resolve_pool_size(pool_size, real, self.name)
         pool = Pool(kind, path, split, self.seed, self.device, limit)
-        if pool.size < count:
-            where = f"{split} images" if split else "images"
-            raise DataError(
-                f"{path}: only {pool.size} {where} but source {self.name!r} takes {count} "
-                f"{kind} images per batch (batch_size {self.batch_size}"
-                + (f", synthetic_ratio {self.synthetic_ratio})" if self.name == "mixed" else ")")
-            )
-        self.parts[kind] = (pool, count)
+        self._set_part(pool, count)
         return pool
+
+    def _set_part(self, pool: Pool, count: int) -> None:
+        """Take ``count`` images of ``pool`` per batch (error if the pool is smaller)."""
+        if pool.size < count:
+            where = f"{pool.split} images" if pool.split else "images"
+            raise DataError(
+                f"{pool.path}: only {pool.size} {where} but source {self.name!r} takes {count} "
+                f"{pool.kind} images per batch (batch_size {self.batch_size}"
+                + (f", synthetic_ratio {self.synthetic_ratio:g})" if self.name == "mixed" else ")")
+            )
+        self.parts[pool.kind] = (pool, count)
 
     # -- sampling -------------------------------------------------------
     def batch(self, step: int, rows: slice | None = None) -> torch.Tensor:
@@ -226,10 +225,10 @@ class Source:
             (pool, pool.indices(step, count)) for pool, count in self.parts.values() if count > 0
         ]
         self.steps_done = max(self.steps_done, step + 1)
-        positions = np.arange(self.step_size)
+        positions = np.arange(self.batch_size)
         if len(parts) > 1:  # interleave the parts (nothing may rely on batch positions)
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, _SHUFFLE_TAG, step]))
-            positions = rng.permutation(self.step_size)
+            positions = rng.permutation(self.batch_size)
         if rows is not None:
             positions = positions[rows]
         if len(parts) == 1:
@@ -257,7 +256,7 @@ class Source:
         the pool). Parts a source does not use report zeros.
         """
         steps = self.steps_done if steps is None else int(steps)
-        out: dict[str, Any] = {"steps": steps, "images_seen": steps * self.step_size}
+        out: dict[str, Any] = {"steps": steps, "images_seen": steps * self.batch_size}
         for kind in _POOL_IDS:
             pool, count = self.parts.get(kind, (None, 0))
             seen = steps * count

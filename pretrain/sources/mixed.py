@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from benchmark.core.errors import DataError
-from pretrain.sources.base import SOURCES, Pool, Source, SourceError
+from pretrain.sources.base import SOURCES, Source, SourceError
 
 #: The mixing modes of :class:`MixedSource`.
 MODES = ("replace", "add")
@@ -83,18 +83,8 @@ class MixedSource(Source):
             n_real, n_syn = mixed_counts(self.synthetic_ratio, self.batch_size)
         else:
             n_real, n_syn = mixed_counts(self.synthetic_ratio, self.batch_size, self.real_weight)
-        for pool, count in ((real_pool, n_real), (syn_pool, n_syn)):
-            self._check_count(pool, count)
-            self.parts[pool.kind] = (pool, count)
-
-    def _check_count(self, pool: Pool, count: int) -> None:
-        if pool.size < count:
-            where = f"{pool.split} images" if pool.split else "images"
-            raise DataError(
-                f"{pool.path}: only {pool.size} {where} but source 'mixed' takes {count} "
-                f"{pool.kind} images per batch (batch_size {self.batch_size}, "
-                f"synthetic_ratio {self.synthetic_ratio:g})"
-            )
+        self._set_part(real_pool, n_real)
+        self._set_part(syn_pool, n_syn)
 
 
 def synthetic_share(synthetic_ratio: float, real_weight: float = 1.0) -> float:

@@ -33,7 +33,6 @@ from benchmark.data.h5format import (
     decode_attrs,
     open_h5,
     read_duplicates,
-    read_meta,
     read_split,
     read_strings,
 )
@@ -178,8 +177,9 @@ def curate_file(
         raise DataError(f"{src}: no 'train' split to curate")
     grey = items.images[train, 0]
     near = np.zeros(len(grey), dtype=bool)
+    ref_meta: dict[str, Any] = {}
     if drop_near is not None:
-        ref, _, _, _ = _items(Path(drop_near))
+        ref, ref_meta, _, _ = _items(Path(drop_near))
         ref_train = ref.split == "train"
         if not ref_train.any():
             raise DataError(f"{drop_near}: no 'train' split to compare the images of {src} with")
@@ -193,7 +193,7 @@ def curate_file(
         "options": dict(curator.options),
         "input": {"path": src.name, "content_hash": meta.get("content_hash", "")},
         "near_real": (
-            {"path": Path(drop_near).name, "content_hash": read_meta(drop_near)["content_hash"]}
+            {"path": Path(drop_near).name, "content_hash": ref_meta.get("content_hash", "")}
             if drop_near is not None
             else None
         ),
