@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import struct
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -173,7 +174,10 @@ class Tracker:
             yield handle
         finally:
             if handle._run is not None:
+                sync_file = getattr(handle._run.settings, "sync_file", None)
                 handle._call("finish", handle._run.finish)
+                if self.mode == "offline" and sync_file:
+                    _wait_for_exit(Path(sync_file))
 
     def _init(self, name: str, job_type: str, config: dict[str, Any]) -> Any:
         try:
@@ -198,6 +202,37 @@ class Tracker:
 
 
 # -- reading offline run files ----------------------------------------------------------
+def _wait_for_exit(path: Path, timeout: float = 60.0) -> bool:
+    """Wait until an offline run file holds its ``exit`` record.
+
+    ``run.finish()`` returns when the W&B service has answered, which can be before its
+    writer has flushed the last records to disk (seen once on a loaded CI machine: the
+    last history row was missing from a file read right after ``finish``). Readers of
+    the run files (``read_offline_run``, ``wandb sync``) need the whole file, so the
+    tracker waits for the record that ends it, at most ``timeout`` seconds.
+
+    Returns:
+        Whether the record was found; a warning is printed otherwise.
+    """
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2 as pb  # type: ignore[attr-defined]
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for raw in _records(path):
+                rec = pb.Record()  # type: ignore[attr-defined]
+                rec.ParseFromString(raw)
+                if rec.WhichOneof("record_type") == "exit":
+                    return True
+        except (OSError, ValueError, DecodeError):
+            pass  # not written yet, or a record still being written
+        if time.monotonic() > deadline:
+            _warn("finish", TimeoutError(f"{path}: no exit record after {timeout:.0f} s"))
+            return False
+        time.sleep(0.05)
+
+
 _BLOCK = 32768
 _HEADER = 7  # ":W&B" + 2-byte magic + 1-byte version
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4

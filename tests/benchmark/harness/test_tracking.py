@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.harness.tracking import Tracker, TrackingWarning, read_offline_run, resolve_mode
+from benchmark.harness.tracking import (
+    Tracker,
+    TrackingWarning,
+    _records,
+    _wait_for_exit,
+    read_offline_run,
+    resolve_mode,
+)
 
 
 def test_offline_run_files_hold_config_history_and_summary(tmp_path: Path) -> None:
@@ -28,6 +35,22 @@ def test_offline_run_files_hold_config_history_and_summary(tmp_path: Path) -> No
     assert [h["loss"] for h in run["history"] if "loss" in h] == [2.0, 1.5]
     assert run["summary"]["final_loss"] == 1.5
     assert run["summary"]["cells._type"] == "table-file"
+
+
+def test_the_tracker_waits_for_the_exit_record(tmp_path: Path) -> None:
+    """A run file cut before its last records (an unflushed writer) is waited on, then
+    reported; the whole file is accepted at once."""
+    tracker = Tracker(mode="offline", dir=tmp_path)
+    with tracker.run("x", "pretrain", {}) as wb:
+        wb.log_history([{"step": 0, "loss": 2.0}, {"step": 1, "loss": 1.5}])
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    assert _wait_for_exit(run_file, timeout=0.0)
+    data = run_file.read_bytes()
+    cut = tmp_path / "cut.wandb"
+    cut.write_bytes(data[: len(data) - 8])  # the exit record, the last one, is torn
+    assert len(list(_records(cut))) == len(list(_records(run_file))) - 1
+    with pytest.warns(TrackingWarning, match="no exit record"):
+        assert not _wait_for_exit(cut, timeout=0.2)
 
 
 def test_disabled_mode_writes_nothing(tmp_path: Path) -> None:
