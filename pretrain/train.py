@@ -134,6 +134,8 @@ class PretrainConfig:
             its validation split the queries); default: ``real``.
         health_margin: Minimum rise of the monitor's kNN balanced accuracy from step 0
             to the end for the run to count as having learned.
+        curation: Provenance of a curated ``real`` pool (label, curator, options, kept
+            counts; :mod:`benchmark.data.curation`), recorded only: the pool is ``real``.
     """
 
     method: str = "simclr"
@@ -160,6 +162,7 @@ class PretrainConfig:
     knn_every: int = 0
     monitor_data: str | None = None
     health_margin: float = DEFAULT_MARGIN
+    curation: dict[str, Any] | None = None
 
     def validate(self) -> None:
         """Raise :class:`SSLBenchError` for values that cannot run."""

@@ -72,15 +72,23 @@ def _cmd_data_phantom(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_curate(args: argparse.Namespace) -> int:
-    from benchmark.data.curation import CURATORS, curate_file
+    from benchmark.data.curation import CURATORS, CurationError, curate_file
 
     options = {
         k: v for k, v in (("threshold", args.threshold), ("scope", args.scope)) if v is not None
     }
     curator = CURATORS.create(args.method, **options)
     start = time.perf_counter()
+    if args.no_prune and not args.drop_near_real:
+        raise CurationError("--no-prune keeps every image unless --drop-near-real is given")
     record = curate_file(
-        args.input, args.output, curator, drop_near=args.drop_near_real, overwrite=args.overwrite
+        args.input,
+        args.output,
+        curator,
+        drop_near=args.drop_near_real,
+        overwrite=args.overwrite,
+        unit=args.unit,
+        prune=not args.no_prune,
     )
     print(
         f"wrote {args.output} in {time.perf_counter() - start:.1f}s: {args.method} "
@@ -189,7 +197,8 @@ def add_data_commands(sub: Any) -> None:
         help="prune redundant train images before SSL pretraining (Less is More)",
         description="Keep the train images a curator selects (dhash: Less is More's Hash-N); "
         "val / test samples are copied unchanged. A 3D file is curated as its slices and "
-        "written as the 2D file of those slices.",
+        "written as the 2D file of those slices, or with --unit volume as whole volumes "
+        "(a 3D file, for 3D encoders).",
     )
     cur.add_argument("input", help="sslbench .h5 file")
     cur.add_argument("-o", "--output", required=True, help="output .h5 file")
@@ -205,6 +214,18 @@ def add_data_commands(sub: Any) -> None:
         metavar="REAL_H5",
         help="first drop images that near-duplicate a train image of this real file "
         "(memorisation filter for synthetic files)",
+    )
+    cur.add_argument(
+        "--unit",
+        choices=("slice", "volume"),
+        default="slice",
+        help="3D inputs: curate slices into a 2D file (default) or whole volumes (dhash: "
+        "with --scope dataset)",
+    )
+    cur.add_argument(
+        "--no-prune",
+        action="store_true",
+        help="only the --drop-near-real filter, no pruning of redundant images",
     )
     cur.add_argument("--overwrite", action="store_true")
     cur.set_defaults(handler=_cmd_data_curate)

@@ -122,7 +122,7 @@ def add_harness_commands(sub: Any) -> None:
     split = run.add_argument_group("split grid (e.g. a Slurm job array)")
     split.add_argument(
         "--stage",
-        help="run only this stage's jobs (data, generate, pretrain, evaluate, or a job-id "
+        help="run only this stage's jobs (data, generate, curate, pretrain, evaluate, or a job-id "
         "prefix such as generate/train); their dependencies must be done",
     )
     split.add_argument(

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmark.core.errors import SSLBenchError
+
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
@@ -52,6 +54,10 @@ def _bool_list(text: str) -> tuple[bool, ...]:
 def _cmd_train(args: argparse.Namespace) -> int:
     from pretrain.generators.ddpm_train import DDPMConfig, train_ddpm
 
+    if args.kind == "ldm":
+        return _train_ldm(args)
+    if args.set:
+        raise SSLBenchError("--set is for the ldm kind's options; the ddpm has its own flags")
     names = (
         "steps",
         "batch_size",
@@ -83,16 +89,56 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_ldm(args: argparse.Namespace) -> int:
+    """``synth train --kind ldm``: the shared flags and ``--set`` for the ldm's own options
+    (``ae_steps``, ``ae_channels``, ``latent_channels``, ``kl_weight``, ``profile``, ...)."""
+    import yaml
+
+    from pretrain.generators.ldm_train import LDMConfig, train_ldm
+
+    shared = [
+        *("steps", "batch_size", "lr", "channels", "attention_levels", "size", "seed"),
+        *("sample_every", "checkpoint_every", "ema_decay", "num_res_blocks"),
+        *("warmup_steps", "num_train_timesteps", "device"),
+    ]
+    if args.schedule is not None:
+        raise SSLBenchError(
+            "--schedule: the ldm uses the scaled-linear schedule of latent diffusion"
+        )
+    options = {k: getattr(args, k) for k in shared if getattr(args, k) is not None}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SSLBenchError(f"--set {item!r}: expected KEY=VALUE")
+        options[key.strip()] = yaml.safe_load(value)
+    config = LDMConfig.from_options(options)
+    start = time.perf_counter()
+    out = train_ldm(
+        args.data,
+        args.output,
+        config,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(f"generator checkpoint: {out} ({time.perf_counter() - start:.1f}s)")
+    return 0
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
+    from benchmark.core.io import read_json
+    from pretrain.generators import GENERATORS
     from pretrain.generators.base import write_synthetic
-    from pretrain.generators.ddpm import DDPMGenerator
 
     shape = None
     if args.like:
         from benchmark.data.h5format import read_meta
 
         shape = tuple(read_meta(args.like)["image_shape"])
-    gen = DDPMGenerator.load(
+    folder = Path(args.generator)
+    folder = folder.parent if folder.is_file() else folder
+    kind = (read_json(folder / "generator.json") or {}).get("generator", "ddpm")
+    gen = GENERATORS.get(kind).load(  # type: ignore[attr-defined]
         args.generator,
         scheduler=args.scheduler,
         steps=args.steps,
@@ -204,7 +250,21 @@ def add_synth_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     ssub = synth.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
 
-    t = ssub.add_parser("train", help="train a DDPM on the train split of a real file")
+    t = ssub.add_parser(
+        "train", help="train a DDPM (or a latent diffusion model) on the train split of a real file"
+    )
+    t.add_argument(
+        "--kind",
+        choices=("ddpm", "ldm"),
+        default="ddpm",
+        help="ddpm: pixel space (default); ldm: autoencoder + latent DDPM (Medical Diffusion)",
+    )
+    t.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="ldm options, e.g. --set ae_steps=600 --set profile=gpu (see LDMConfig)",
+    )
     t.add_argument("--data", required=True, help="real sslbench .h5 (train split only is read)")
     t.add_argument("-o", "--output", required=True, help="run / checkpoint folder")
     t.add_argument("--steps", type=int, help="optimizer steps (default 2000)")
@@ -230,7 +290,7 @@ def add_synth_command(subparsers: Any) -> argparse.ArgumentParser:
     _common(t)
     t.set_defaults(handler=_cmd_train)
 
-    s = ssub.add_parser("sample", help="sample a trained DDPM into an sslbench .h5")
+    s = ssub.add_parser("sample", help="sample a trained DDPM or LDM into an sslbench .h5")
     s.add_argument("generator", help="folder written by synth train (or its generator.pt)")
     s.add_argument("-n", type=int, required=True, help="number of images")
     s.add_argument("-o", "--output", required=True, help="output .h5")

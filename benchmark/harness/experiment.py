@@ -21,6 +21,8 @@ Layout (every section but ``name`` and ``datasets`` is optional; see
       sample_steps: 50              # DDIM steps
       seed: 0
       report: true                  # quality and memorisation report
+      drop_near_real: false         # true or {threshold: 6}: drop samples that near-
+                                    # duplicate a real train image (dhash+corr) before use
     pretrain:
       dataset: busi                 # real source (train split)
       sources: [real, synthetic, mixed]
@@ -34,6 +36,13 @@ Layout (every section but ``name`` and ``datasets`` is optional; see
       nproc_per_node: 1             # > 1: data-parallel under torchrun (same global batch)
       method_config: {simclr: {temperature: 0.2}}
       encoder_config: {}            # per encoder, e.g. {resnet18: {init: timm:resnet18.a1_in1k}}
+      modes: [replace]              # mixed arms: replace real images, or add synthetic ones
+      real_weight: 1.0              # mixed arms: sampling weight of real images (AdaInf)
+      pool_size: null               # synthetic pool: all, N or matched (the real train split)
+      strengths: [standard]         # view strengths: standard, weak (AdaInf) or a number
+      inflation: null               # adainf: + AdaInf's arm (add, real weight 10, weak views)
+      curation: [none]              # real pools: none and/or curators, e.g.
+                                    # {method: dhash, threshold: 6} (Less is More)
     evaluate:
       tasks:
         - {spec: busi-cls, dataset: busi, adapters: [linear, finetune]}
@@ -127,6 +136,7 @@ GENERATOR_DEFAULTS: dict[str, Any] = {
     "sample_steps": 50,
     "seed": 0,
     "report": True,
+    "drop_near_real": False,  # or true / {threshold, min_corr}: the memorisation filter
 }
 PRETRAIN_DEFAULTS: dict[str, Any] = {
     "dataset": None,
@@ -147,15 +157,13 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     "real_weight": 1.0,  # mixed arms: sampling weight of real images (AdaInf's repeat)
     "pool_size": None,  # synthetic pool: null (all), N, or matched (the real train split)
     "strengths": ["standard"],  # augmentation strengths of the views (pretrain.strength)
-    "inflation": None,  # adainf: + a mixed arm per ratio with AdaInf's add / x10 / weak views
+    "inflation": None,  # adainf: + AdaInf's arm (mode add, real weight 10, weak views)
+    "curation": [None],  # real pools: None (the full train split) and/or curator specs
 }
 #: Pretraining options left out of the saved experiment at their default (older hashes hold).
 PRETRAIN_OPTIONAL = {
-    "modes": ["replace"],
-    "real_weight": 1.0,
-    "pool_size": None,
-    "strengths": ["standard"],
-    "inflation": None,
+    k: PRETRAIN_DEFAULTS[k]
+    for k in ("modes", "real_weight", "pool_size", "strengths", "inflation", "curation")
 }
 EVALUATE_DEFAULTS: dict[str, Any] = {
     "tasks": [],
@@ -389,6 +397,7 @@ def _check_generator(exp: dict[str, Any], where: str, base_dir: Path) -> None:
     for key in ("samples", "sample_steps"):
         if not isinstance(gen[key], int) or gen[key] < 1:
             raise ExperimentError(f"{w}.{key}: must be a positive integer, got {gen[key]!r}")
+    _check_drop_near_real(gen, w)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -437,6 +446,7 @@ def _check_pretrain(exp: dict[str, Any], where: str, base_dir: Path) -> None:
         raise ExperimentError(f"{w}.ratios: mixed ratios lie in (0, 1), got {pre['ratios']}")
     pre["seeds"] = _int_list(pre["seeds"], f"{w}.seeds")
     _check_mixing(pre, w)
+    _check_curation(pre, w)
     for key in ("steps", "batch_size", "image_size", "nproc_per_node"):
         if not isinstance(pre[key], int) or pre[key] < 1:
             raise ExperimentError(f"{w}.{key}: must be a positive integer, got {pre[key]!r}")
@@ -484,6 +494,64 @@ def _check_mixing(pre: dict[str, Any], w: str) -> None:
         raise ExperimentError(f"{w}.strengths: give distinct strengths, got {pre['strengths']}")
     if pre["inflation"] is not None:
         check_name("inflation preset", str(pre["inflation"]), ["adainf"], f"{w}.inflation")
+
+
+def _check_curation(pre: dict[str, Any], w: str) -> None:
+    """``curation``: ``none`` and / or curator specs ``{method: dhash, **options}``, each
+    checked by building the curator (:mod:`benchmark.data.curation`)."""
+    from benchmark.data.curation import CURATORS
+    from pretrain.sources import SOURCES
+
+    out: list[dict[str, Any] | None] = []
+    for entry in _as_list(pre["curation"]):
+        if entry is None or entry == "none":
+            out.append(None)
+            continue
+        if isinstance(entry, str):
+            entry = {"method": entry}
+        if not isinstance(entry, dict):
+            raise ExperimentError(
+                f"{w}.curation: entries are none or {{method: NAME, OPTION: value}}, got {entry!r}"
+            )
+        method = str(entry.get("method", "dhash"))
+        check_name("curator", method, CURATORS.names(), f"{w}.curation")
+        options = {k: v for k, v in entry.items() if k != "method"}
+        try:
+            curator = CURATORS.create(method, **options)
+        except SSLBenchError as exc:
+            raise ExperimentError(f"{w}.curation: {exc}") from None
+        out.append({"method": method, **curator.options})
+    if not out or len({str(sorted(e.items())) if e else "none" for e in out}) != len(out):
+        raise ExperimentError(f"{w}.curation: give distinct entries, got {pre['curation']}")
+    if any(out) and not any(SOURCES.get(s).uses_real for s in _as_list(pre["sources"])):
+        raise ExperimentError(
+            f"{w}.curation: curation prunes the real pool, and no source in "
+            f"{_as_list(pre['sources'])} uses it"
+        )
+    pre["curation"] = out
+
+
+def _check_drop_near_real(gen: dict[str, Any], w: str) -> None:
+    """``drop_near_real``: false, true, or dhash options ``{threshold, min_corr}``."""
+    from benchmark.data.curation import CURATORS
+
+    value = gen["drop_near_real"]
+    if value is False or value is None:
+        gen["drop_near_real"] = False
+        return
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise ExperimentError(
+            f"{w}.drop_near_real: false, true or {{threshold: N, min_corr: C}}, got {value!r}"
+        )
+    if gen["dataset"] is None:
+        raise ExperimentError(f"{w}.drop_near_real: needs the generator's real 'dataset'")
+    try:
+        curator = CURATORS.create("dhash", **value)
+    except SSLBenchError as exc:
+        raise ExperimentError(f"{w}.drop_near_real: {exc}") from None
+    gen["drop_near_real"] = {k: curator.options[k] for k in ("threshold", "min_corr")}
 
 
 def _int_list(value: Any, where: str) -> list[int]:
@@ -653,6 +721,7 @@ class GeneratorSection:
     sample_steps: int
     seed: int
     report: bool
+    drop_near_real: bool | dict[str, Any] = False
 
 
 @dataclass
@@ -678,6 +747,7 @@ class PretrainSection:
     pool_size: int | str | None = None
     strengths: list[str | float] = field(default_factory=lambda: ["standard"])
     inflation: str | None = None
+    curation: list[dict[str, Any] | None] = field(default_factory=lambda: [None])
 
 
 @dataclass
@@ -751,7 +821,11 @@ class Experiment:
             "profile": self.profile,
             "device": self.device,
             "datasets": copy.deepcopy(self.datasets),
-            "generator": dataclasses.asdict(self.generator) if self.generator else None,
+            "generator": _without_defaults(
+                dataclasses.asdict(self.generator), {"drop_near_real": False}
+            )
+            if self.generator
+            else None,
             "pretrain": _without_defaults(dataclasses.asdict(self.pretrain), PRETRAIN_OPTIONAL)
             if self.pretrain
             else None,

@@ -153,7 +153,7 @@ def headline(board: dict[str, Any]) -> list[str]:
     Per task, at its smallest label fraction: the pretrained strategy with the largest
     gain over scratch (difference of means, its interval and its verdict), and how the
     synthetic / mixed strategies did against real-only pretraining there (verdict
-    counts); then the strategies whose encoders did not learn. Every number comes from
+    counts), and pruned real pools against the full pool; then the strategies whose encoders did not learn. Every number comes from
     the leaderboard's comparisons.
     """
     comps = [c for c in board.get("comparisons", []) if c.get("mean_diff") is not None]
@@ -182,6 +182,14 @@ def headline(board: dict[str, Any]) -> list[str]:
                 f"  synthetic / mixed vs real-only pretraining at {frac:g}: "
                 + ", ".join(f"{v} {n}" for v, n in counts.items())
                 + f" (of {len(real)} contrasts)"
+            )
+        pruned = [c for c in at if c.get("reference_kind") == "unpruned"]
+        if pruned:
+            counts = summary_counts([{"verdict": verdict(c, hib)} for c in pruned])
+            lines.append(
+                f"  pruned (Less is More) vs full real pool at {frac:g}: "
+                + ", ".join(f"{v} {n}" for v, n in counts.items())
+                + f" (of {len(pruned)} contrasts)"
             )
     bad = sorted(unhealthy_rows(board))
     if bad:

@@ -8,6 +8,7 @@ experiments never mix outputs::
     RESULTS/data/<dataset>-<key>.h5
     RESULTS/generator/<kind>-<key>/            (ddpm training run)
     RESULTS/synthetic/<kind>-<key>.h5          (+ <kind>-<key>-report/)
+    RESULTS/curated/<dataset>-<label>-<key>.h5 (a pruned real pool, Less is More)
     RESULTS/pretrain/<strategy>-<key>/         (encoder/ checkpoint)
     RESULTS/evaluate/<task>-<key>/records/...  (one JSON record per cell)
     RESULTS/cache/features/                    (frozen features, shared)
@@ -63,7 +64,7 @@ class Job:
 
     Attributes:
         id: Human-readable unique id, e.g. ``pretrain/real-simclr-resnet18-s0``.
-        stage: ``data``, ``generate``, ``pretrain`` or ``evaluate``.
+        stage: ``data``, ``generate``, ``curate``, ``pretrain`` or ``evaluate``.
         key: Hash of the settings that shape the outputs, which name the job's inputs
             by their keys: all of ``config`` for data, generator and pretraining jobs
             (the ``label`` aside); for a sweep, the task settings and its encoder's (or
@@ -143,10 +144,12 @@ def strategy_label(
     mode: str = "replace",
     real_weight: float = 1.0,
     strength: str | float = "standard",
+    curation: str | None = None,
 ) -> str:
     """``mixed0.5-simclr-resnet18-s0`` (a ratio-swept source carries its ratio; a mixed arm
     in mode ``add`` carries ``add``, a real weight other than 1 ``w<weight>``, a strength
-    other than standard its label: ``mixedadd-w10-simclr-weak-resnet18-s0``)."""
+    other than standard its label: ``mixedadd-w10-simclr-weak-resnet18-s0``; a curated
+    real pool its curator's label: ``real-dhash6-simclr-resnet18-s0``)."""
     from pretrain.strength import strength_label
 
     src = f"{source}{ratio:g}" if ratio is not None else source
@@ -154,6 +157,8 @@ def strategy_label(
         src += mode
     if real_weight != 1.0:
         src += f"-w{real_weight:g}"
+    if curation:
+        src += f"-{curation}"
     views = strength_label(strength)
     return f"{src}-{method}{'-' + views if views else ''}-{encoder}-s{seed}"
 
@@ -236,6 +241,8 @@ def _generator_jobs(exp: Experiment, results: Path, data: dict[str, Job]) -> lis
         "seed": gen.seed,
         "report": gen.report,
     }
+    if isinstance(gen.drop_near_real, dict):  # resolved from true / options; unset: as before
+        scfg["drop_near_real"] = {"curator": "dhash", **gen.drop_near_real}
     skey = digest(scfg, 12)
     per = gen.sample_steps / 50 / SPEED["ddim50_img_s"] if cls.has_sample_steps else 0.01
     est = gen.samples * per * _area(size, gdims) + (SPEED["report_s"] if gen.report else 0)
@@ -274,8 +281,47 @@ def pretraining_arms(pre: Any) -> list[tuple[str, float | None, str, float, str 
     return arms
 
 
+def _curation_jobs(exp: Experiment, results: Path, data: dict[str, Job]) -> dict[str, Job]:
+    """One ``curate/<label>`` job per curator spec of ``pretrain.curation``: the real
+    train split pruned (2D: images; 3D: whole volumes, so 3D encoders can use it)."""
+    from benchmark.data.curation import CURATORS
+
+    pre = exp.pretrain
+    assert pre is not None
+    dj = data[pre.dataset]
+    dims = _dims(exp.datasets[pre.dataset])
+    jobs: dict[str, Job] = {}
+    for spec in pre.curation:
+        if spec is None:
+            continue
+        options = {k: v for k, v in spec.items() if k != "method"}
+        curator = CURATORS.create(spec["method"], **options)
+        if dims == 3:
+            try:
+                curator.check_volumes()
+            except SSLBenchError as exc:
+                raise SSLBenchError(f"pretrain.curation: {exc}") from None
+        label = curator.label()
+        cfg = {
+            "curator": spec["method"],
+            "options": dict(curator.options),
+            "data": dj.key,
+            "unit": "volume" if dims == 3 else "image",
+            "label": label,
+        }
+        key = digest(cfg, 12)
+        est = _n_images(exp.datasets[pre.dataset]) * SPEED["convert_s_per_image"]
+        out = results / "curated" / f"{pre.dataset}-{label}-{key}.h5"
+        jobs[label] = Job(f"curate/{label}", "curate", key, [dj.id], cfg, out, estimate_s=est)
+    return jobs
+
+
 def _pretrain_jobs(
-    exp: Experiment, results: Path, data: dict[str, Job], synth: Job | None
+    exp: Experiment,
+    results: Path,
+    data: dict[str, Job],
+    synth: Job | None,
+    curated: dict[str, Job] | None = None,
 ) -> dict[str, Job]:
     from pretrain.encoders import ENCODERS
     from pretrain.sources import SOURCES
@@ -284,14 +330,30 @@ def _pretrain_jobs(
     assert pre is not None
     dj = data[pre.dataset]
     dims = _dims(exp.datasets[pre.dataset])
+    curated = curated or {}
+    pools: list[Job | None] = [None, *curated.values()]
     encoders: dict[str, Job] = {}
-    for source, ratio, mode, weight, strength in pretraining_arms(pre):
+    for (source, ratio, mode, weight, strength), pool in itertools.product(
+        pretraining_arms(pre), pools
+    ):
         src = SOURCES.get(source)
+        if pool is not None and not src.uses_real:
+            continue  # curation prunes the real pool only
+        if pool is None and src.uses_real and None not in pre.curation:
+            continue  # only curated real pools were asked for
         for method in pre.methods:
             for encoder in pre.encoders:
                 for seed in pre.seeds:
                     label = strategy_label(
-                        source, ratio, method, encoder, seed, mode, weight, strength
+                        source,
+                        ratio,
+                        method,
+                        encoder,
+                        seed,
+                        mode,
+                        weight,
+                        strength,
+                        pool.config["label"] if pool else None,
                     )
                     synthetic = synth if src.uses_synthetic else None
                     enc_cfg, init_run = _keyed_init(pre.encoder_config.get(encoder, {}))
@@ -322,6 +384,8 @@ def _pretrain_jobs(
                         cfg["pool_size"] = pre.pool_size
                     if strength != "standard":
                         cfg["strength"] = strength
+                    if pool is not None:  # the real pool is the curated file
+                        cfg["curation"] = {"label": pool.config["label"], "key": pool.key}
                     if not src.uses_real:
                         # the kNN monitor (and so the health verdict in pretrain.json)
                         # reads the experiment's dataset; real and mixed runs name it
@@ -330,6 +394,7 @@ def _pretrain_jobs(
                     key = digest(cfg, 12)
                     # every run reads the dataset: as its real source, or for the monitor
                     deps = [dj.id] + ([synthetic.id] if synthetic else [])
+                    deps += [pool.id] if pool is not None else []
                     est = (
                         pre.steps
                         * pre.batch_size
@@ -363,7 +428,9 @@ def plan_jobs(exp: Experiment, results: Path) -> list[Job]:
         synth = gen_jobs[-1]
     encoders: dict[str, Job] = {}
     if exp.pretrain is not None:
-        encoders = _pretrain_jobs(exp, results, data, synth)
+        curated = _curation_jobs(exp, results, data)
+        jobs += curated.values()
+        encoders = _pretrain_jobs(exp, results, data, synth, curated)
         jobs += encoders.values()
     if exp.evaluate is not None:
         jobs += _plan_evaluation(exp, results, data, encoders)

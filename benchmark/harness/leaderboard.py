@@ -148,6 +148,11 @@ def strategy_of(record: dict[str, Any]) -> dict[str, Any]:
     views = strength_label(cfg.get("strength", "standard"))
     if views:  # e.g. "simclr-weak": the method's views at another strength
         extra["strength"] = views
+    curation = cfg.get("curation") or {}
+    if curation:  # "real dhash6": the real pool pruned (Less is More)
+        src += f" {curation['label']}"
+        extra["curation"] = curation["label"]
+        extra["pool_kept"] = f"{curation['train_kept']}/{curation['train_in']}"
     return {
         "strategy": f"{src} / {method}{'-' + views if views else ''} / {arch}",
         "kind": "pretrained",
@@ -214,6 +219,7 @@ def _row_order(row: dict[str, Any]) -> tuple[Any, ...]:
         row.get("ratio") or 0.0,
         row.get("real_weight") or 1.0,
         row.get("strength") or "",
+        row.get("curation") or "",
     )
 
 
@@ -419,14 +425,20 @@ def _comparisons(
         if r["kind"] != "pretrained":
             continue
         refs = [("scratch", f"scratch / {r['encoder']}")]
-        views = f"-{r['strength']}" if r.get("strength") else ""
-        real, kind = f"real / {r['method']}{views} / {r['encoder']}", "real"
-        if views and (real not in by_name or real == r["strategy"]):
-            # no real arm at these views (or this is it): the standard-view real arm, a
-            # contrast of data and views together, kept out of the "vs real-only" findings
-            real, kind = f"real / {r['method']} / {r['encoder']}", "real-standard"
-        if r["strategy"] != real:
-            refs.append((kind, real))
+        if r.get("curation"):
+            # a pruned pool against the same arm on the full pool (Less is More's question),
+            # kept out of the "vs real-only" findings
+            full = r["strategy"].replace(f" {r['curation']} /", " /", 1)
+            refs.append(("unpruned", full))
+        else:
+            views = f"-{r['strength']}" if r.get("strength") else ""
+            real, kind = f"real / {r['method']}{views} / {r['encoder']}", "real"
+            if views and (real not in by_name or real == r["strategy"]):
+                # no real arm at these views (or this is it): the standard-view real arm, a
+                # contrast of data and views together, kept out of the "vs real-only" findings
+                real, kind = f"real / {r['method']} / {r['encoder']}", "real-standard"
+            if r["strategy"] != real:
+                refs.append((kind, real))
         for task, t in tasks.items():
             for adapter in t["adapters"]:
                 for frac in t["fractions"]:
@@ -613,6 +625,8 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
                 flag += f" ({k_seeds} seeds)" if 0 < k_seeds < most else ""
                 cells.append(f"{m}{ci}{flag}")
             name = r["strategy"] + health_flag(r)
+            if r.get("pool_kept"):  # a curated real pool: train images kept / of
+                name += f" (pool {r['pool_kept']})"
             if any(r["cells"].get(k, {}).get("bn_calibrated") for k in keys):
                 name += f" ({CALIBRATED_LABEL})"
             lines.append(f"| {name} | " + " | ".join(cells) + " |")

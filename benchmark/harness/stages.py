@@ -1,4 +1,4 @@
-"""How each kind of job runs: convert, generate, pretrain, evaluate.
+"""How each kind of job runs: convert, generate, curate, pretrain, evaluate.
 
 Each function takes the job and the run context and returns a small JSON-able
 summary of its outputs that the runner saves in the job's marker file. A stage
@@ -128,10 +128,16 @@ def run_generator_sample(job: Job, ctx: Context) -> dict[str, Any]:
             options.setdefault("like", str(like))
         gen = GENERATORS.create(cfg["kind"], **options)
     with ctx.tracker.run(job.id, "generate", cfg) as wb:
-        write_synthetic(
-            gen, cfg["samples"], job.out, seed=cfg["seed"], overwrite=True, progress=False
-        )
+        near = cfg.get("drop_near_real")
+        raw = job.out.with_name(job.out.stem + "-unfiltered.h5") if near else job.out
+        write_synthetic(gen, cfg["samples"], raw, seed=cfg["seed"], overwrite=True, progress=False)
         summary: dict[str, Any] = {"path": str(job.out), "samples": cfg["samples"]}
+        if near:
+            if like is None:
+                raise SSLBenchError(f"{job.id}: drop_near_real needs the generator's dataset")
+            summary["near_real_filter"] = _drop_near_real(raw, job.out, like, near)
+            summary["samples"] = summary["near_real_filter"]["train_kept"]
+            wb.summary({"near_real_dropped": summary["near_real_filter"]["dropped_near_real"]})
         if cfg["report"] and like is not None:
             from pretrain.generators.report import synth_report
 
@@ -145,6 +151,45 @@ def run_generator_sample(job: Job, ctx: Context) -> dict[str, Any]:
             if figure.exists():
                 wb.images({"real_vs_synthetic": figure})
     return summary
+
+
+def _drop_near_real(raw: Path, out: Path, real: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """Write ``raw``'s samples to ``out`` without those that near-duplicate a train image
+    of ``real`` (the dhash+corr memorisation filter; volumes compared whole); returns the
+    curation record (counts and options), which ``out`` also holds in its metadata."""
+    from benchmark.data.curation import CURATORS, curate_file
+
+    opts = {k: v for k, v in options.items() if k != "curator"}
+    curator = CURATORS.create(str(options.get("curator", "dhash")), scope="dataset", **opts)
+    record = curate_file(
+        raw, out, curator, drop_near=real, overwrite=True, unit="volume", prune=False
+    )
+    return record
+
+
+def run_curate(job: Job, ctx: Context) -> dict[str, Any]:
+    """Prune the real train split (Less is More) into the pool of the curated arms."""
+    from benchmark.data.curation import CURATORS, curate_file
+    from benchmark.data.h5format import compute_content_hash
+
+    cfg = job.config
+    data = Path(ctx.output(job, "data")["path"])
+    curator = CURATORS.create(cfg["curator"], **cfg["options"])
+    with ctx.tracker.run(job.id, "curate", cfg) as wb:
+        record = curate_file(
+            data,
+            job.out,
+            curator,
+            overwrite=True,
+            unit="volume" if cfg["unit"] == "volume" else "slice",
+        )
+        wb.summary({k: record[k] for k in ("train_in", "train_kept", "kept_fraction")})
+    return {
+        "path": str(job.out),
+        "content_hash": compute_content_hash(job.out),
+        "label": cfg["label"],
+        "curation": record,
+    }
 
 
 def _check_training_data(folder: Path, real: Path | None) -> None:
@@ -185,6 +230,15 @@ def run_pretrain(job: Job, ctx: Context) -> dict[str, Any]:
     from pretrain.train import PretrainConfig, pretrain
 
     cfg = {k: v for k, v in job.config.items() if k != "label"}
+    real = str(ctx.output(job, "data")["path"])
+    if cfg.get("curation"):  # the real pool is the curated file; its record is provenance
+        curated = ctx.output(job, "curate")
+        real = str(curated["path"])
+        keep = ("curator", "options", "unit", "train_in", "train_kept", "kept_fraction")
+        cfg["curation"] = {
+            "label": curated["label"],
+            **{k: curated["curation"][k] for k in keep},
+        }
     if job.run.get("init"):  # the key holds the weights' identity, ``run`` their location
         cfg["encoder_config"] = {**cfg["encoder_config"], "init": job.run["init"]}
     data = str(ctx.output(job, "data")["path"])
@@ -197,7 +251,7 @@ def run_pretrain(job: Job, ctx: Context) -> dict[str, Any]:
     config = PretrainConfig(
         **{
             **cfg,
-            "real": data if cfg["real"] else None,
+            "real": real if cfg["real"] else None,
             "synthetic": str(synthetic) if synthetic else None,
             # the labelled dataset of the kNN monitor, also for synthetic-only runs
             "monitor_data": data,
@@ -351,6 +405,7 @@ _STAGE_FN = {
     "data": run_data,
     "generate/train": run_generator_train,
     "generate/sample": run_generator_sample,
+    "curate": run_curate,
     "pretrain": run_pretrain,
     "evaluate": run_evaluate,
 }

@@ -7,8 +7,10 @@ keep; validation and test samples are always copied unchanged. A curated file is
 *pretraining pool*: evaluate on the original file, whose label-fraction subsets are
 drawn from the full train split. Curators work on 2D grey images; a 3D file is
 curated as its slices along depth (the unit of Less is More), and its output is then
-the 2D file of those slices (every val/test slice kept). Near-duplicate groups of a
-2D input are carried over, recounted on the kept samples (:func:`regroup`).
+the 2D file of those slices (every val/test slice kept), or, with ``unit="volume"``,
+as whole volumes (:meth:`Curator.select_volumes`: the output stays a 3D file that a
+3D encoder can pretrain on). Near-duplicate groups of a 2D input are carried over,
+recounted on the kept samples (:func:`regroup`).
 
 Each curator is one module of this package registering a :class:`Curator` in
 :data:`CURATORS` (``dhash`` is built in). :func:`curate_file` writes the output
@@ -74,6 +76,23 @@ class Curator:
         (the memorisation filter of synthetic images against the real train split)."""
         raise NotImplementedError
 
+    def check_volumes(self) -> None:
+        """Raise :class:`CurationError` unless the curator, with its options, can compare
+        whole volumes (called when an experiment is planned, before any work)."""
+        raise CurationError(f"curator {self.name!r} cannot compare whole volumes")
+
+    def select_volumes(self, volumes: np.ndarray) -> np.ndarray:
+        """A boolean keep-mask over grey volumes ``(N, D, H, W)``, compared whole."""
+        raise CurationError(f"curator {self.name!r} cannot compare whole volumes")
+
+    def near_volumes(self, volumes: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """Volumes that near-duplicate any ``reference`` volume (3D memorisation filter)."""
+        raise CurationError(f"curator {self.name!r} cannot compare whole volumes")
+
+    def label(self) -> str:
+        """A short name for row labels, e.g. ``dhash6`` (subclasses add their options)."""
+        return self.name
+
 
 CURATORS: Registry[type[Curator]] = Registry(
     "curators", "prune redundant training images before SSL pretraining (Less is More)"
@@ -96,9 +115,14 @@ class Slices:
 Duplicates = tuple[np.ndarray, dict[str, Any], np.ndarray | None]
 
 
-def _items(path: Path) -> tuple[Slices, dict[str, Any], int, Duplicates | None]:
-    """A file's samples as 2D items (volumes unrolled along depth), its attributes, its
-    spatial dims and its near-duplicate groups (2D files that have them)."""
+UNITS = ("slice", "volume")
+
+
+def _items(
+    path: Path, unroll: bool = True
+) -> tuple[Slices, dict[str, Any], int, Duplicates | None]:
+    """A file's samples as 2D items (volumes unrolled along depth unless ``unroll`` is
+    False), its attributes, its spatial dims and its near-duplicate groups (2D files)."""
     with open_h5(path) as f:
         meta = decode_attrs(f.attrs)
         images = f["images"][()]
@@ -110,9 +134,9 @@ def _items(path: Path) -> tuple[Slices, dict[str, Any], int, Duplicates | None]:
         groups, info = read_duplicates(f)
         dhash = f["dhash"][()] if "dhash" in f else None
     dims = images.ndim - 2
-    if dims == 2:
-        dup = (groups, info or {}, dhash) if groups is not None else None
-        return Slices(images, masks, labels, patients, split, sources, patients), meta, 2, dup
+    if dims == 2 or not unroll:
+        dup = (groups, info or {}, dhash) if groups is not None and dims == 2 else None
+        return Slices(images, masks, labels, patients, split, sources, patients), meta, dims, dup
     n, c, d = images.shape[:3]
     rep = np.repeat(np.arange(n), d)
     return (
@@ -159,19 +183,33 @@ def curate_file(
     *,
     drop_near: str | Path | None = None,
     overwrite: bool = False,
+    unit: str = "slice",
+    prune: bool = True,
 ) -> dict[str, Any]:
     """Curate the train split of ``src`` into ``out``; returns the ``curation`` record.
 
-    ``drop_near``: a real dataset file; train images of ``src`` that near-duplicate one
-    of its train images (:meth:`Curator.near`) are dropped first, the memorisation
-    filter for generated images (``src`` a synthetic file).
+    Args:
+        src: sslbench file (2D, or 3D).
+        out: Output file.
+        curator: The curator.
+        drop_near: A real dataset file; train images of ``src`` that near-duplicate one
+            of its train images (:meth:`Curator.near`) are dropped first, the
+            memorisation filter for generated images (``src`` a synthetic file).
+        overwrite: Replace an existing ``out``.
+        unit: 3D inputs: ``slice`` (curate the slices, write a 2D file: Less is More's
+            unit) or ``volume`` (compare whole volumes, write a 3D file). 2D: ignored.
+        prune: Run the curator's pruning (``False``: only the ``drop_near`` filter).
 
     Raises:
-        DataError: ``src`` is not a readable sslbench file, has no train split, or
-            ``out`` exists (without ``overwrite``).
+        DataError: ``src`` is not a readable sslbench file, has no train split, ``out``
+            exists (without ``overwrite``), or every train image would be dropped.
+        CurationError: An unknown ``unit``, or ``drop_near`` of other dimensions.
     """
     src = Path(src)
-    items, meta, dims, dup = _items(src)
+    if unit not in UNITS:
+        raise CurationError(f"curation unit must be one of {list(UNITS)}, got {unit!r}")
+    items, meta, dims, dup = _items(src, unroll=unit == "slice")
+    volumes = dims == 3 and unit == "volume"
     train = items.split == "train"
     if not train.any():
         raise DataError(f"{src}: no 'train' split to curate")
@@ -179,25 +217,45 @@ def curate_file(
     near = np.zeros(len(grey), dtype=bool)
     ref_meta: dict[str, Any] = {}
     if drop_near is not None:
-        ref, ref_meta, _, _ = _items(Path(drop_near))
+        ref, ref_meta, _, _ = _items(Path(drop_near), unroll=not volumes)
         ref_train = ref.split == "train"
         if not ref_train.any():
             raise DataError(f"{drop_near}: no 'train' split to compare the images of {src} with")
-        near = np.asarray(curator.near(grey, ref.images[ref_train, 0]), dtype=bool)
+        reference = ref.images[ref_train, 0]
+        if reference.shape[1:] != grey.shape[1:]:
+            raise CurationError(
+                f"{drop_near}: images of shape {list(reference.shape[1:])} cannot be compared "
+                f"with the {list(grey.shape[1:])} images of {src}"
+            )
+        find = curator.near_volumes if volumes else curator.near
+        near = np.asarray(find(grey, reference), dtype=bool)
     keep_train = ~near
-    keep_train[~near] = np.asarray(curator.select(grey[~near], items.units[train][~near]), bool)
+    if prune and (~near).any():
+        chosen = (
+            curator.select_volumes(grey[~near])
+            if volumes
+            else curator.select(grey[~near], items.units[train][~near])
+        )
+        keep_train[~near] = np.asarray(chosen, bool)
+    if not keep_train.any():
+        raise DataError(
+            f"{src}: curation would drop every one of its {len(keep_train)} train "
+            f"{'volumes' if volumes else 'images'}"
+            + (f" ({int(near.sum())} near-duplicates of {drop_near})" if drop_near else "")
+        )
     keep = ~train
     keep[np.flatnonzero(train)[keep_train]] = True
     record = {
         "curator": curator.name,
         "options": dict(curator.options),
+        "pruned": bool(prune),
         "input": {"path": src.name, "content_hash": meta.get("content_hash", "")},
         "near_real": (
             {"path": Path(drop_near).name, "content_hash": ref_meta.get("content_hash", "")}
             if drop_near is not None
             else None
         ),
-        "unit": "slice" if dims == 3 else "image",
+        "unit": ("volume" if volumes else "slice") if dims == 3 else "image",
         "train_in": int(train.sum()),
         "train_kept": int(keep_train.sum()),
         "train_dropped": int((~keep_train).sum()),
@@ -206,7 +264,7 @@ def curate_file(
     }
     fields: dict[str, Any] = {k: meta.get(k) for k in asdict(DatasetMeta("", "")) if k in meta}
     extra = {**(meta.get("extra") or {}), "curation": record}
-    if dims == 3:
+    if dims == 3 and not volumes:
         spacing = meta.get("spacing")
         fields["spacing"] = spacing[1:] if isinstance(spacing, list) else spacing
         extra["curation"]["slices_of"] = "depth axis of the input volumes"

@@ -179,3 +179,57 @@ def test_regroup_renumbers_and_drops_lonely_members() -> None:
     assert kept.tolist() == [0, -1, 0, -1, 1, 1, 1]
     assert counts == {"groups": 2, "images_in_groups": 5, "largest_group": 3}
     assert regroup(np.array([-1, 2]))[1] == {"groups": 0, "images_in_groups": 0, "largest_group": 0}
+
+
+def volumes_file(path: Path, volumes: list[np.ndarray], splits: list[str]) -> Path:
+    """A 3D file of grey volumes ``(D, 8, 9)`` (no labels), one patient each."""
+    with H5Writer(path, n=len(volumes), image_shape=(1, *volumes[0].shape),
+                  meta=DatasetMeta("vols", "test"), label_shape=None) as w:  # fmt: skip
+        for i, (v, split) in enumerate(zip(volumes, splits, strict=True)):
+            w.write(i, v[None], patient_id=f"v{i}", split=split)
+    return path
+
+
+def test_whole_volumes_are_pruned_by_their_mean_slice_distance(tmp_path: Path) -> None:
+    """``unit="volume"``: v1 is 4 bits per slice from v0 (dropped), v2 8 bits (kept), v3
+    0 bits on half its slices and 12 on the other half, a mean of 6 (dropped: inclusive);
+    the output stays 3D, and the val volume (a copy of v0) is kept."""
+    rng = np.random.default_rng(3)
+    base = [rng.random((8, 8)) > 0.5 for _ in range(4)]
+    vol = lambda bits: np.stack([coded(b) for b in bits])  # noqa: E731
+    v0 = vol(base)
+    v1 = vol([flipped(b, 4) for b in base])
+    v2 = vol([flipped(b, 8) for b in base])
+    v3 = vol([b if k % 2 else flipped(b, 12) for k, b in enumerate(base)])
+    src = volumes_file(tmp_path / "v.h5", [v0, v1, v2, v3, v0], ["train"] * 4 + ["val"])
+    curator = CURATORS.create("dhash", threshold=6, scope="dataset")
+    rec = curate_file(src, tmp_path / "out.h5", curator, unit="volume")
+    assert (rec["unit"], rec["train_in"], rec["train_kept"]) == ("volume", 4, 2)
+    out = H5Dataset(tmp_path / "out.h5")
+    assert out.image_shape == (1, 4, 8, 9)
+    assert out.patient_ids.tolist() == ["v0", "v2", "v4"]
+    # per-slice scope has no meaning for whole volumes: named before any work
+    with pytest.raises(SSLBenchError, match="set scope: dataset"):
+        curate_file(src, tmp_path / "x.h5", CURATORS.create("dhash"), unit="volume")
+    with pytest.raises(SSLBenchError, match="unit must be one of"):
+        curate_file(src, tmp_path / "x.h5", curator, unit="patient")
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_planted_copy_of_a_real_train_volume_is_dropped(tmp_path: Path) -> None:
+    """The 3D memorisation filter (``prune=False``: nothing else is dropped): a synthetic
+    set holding an exact copy of a real train volume loses exactly that volume; a filter
+    that would drop every sample is refused and writes nothing."""
+    rng = np.random.default_rng(4)
+    vol = lambda: np.stack([coded(rng.random((8, 8)) > 0.5) for _ in range(4)])  # noqa: E731
+    real_train, real_test = vol(), vol()
+    real = volumes_file(tmp_path / "real.h5", [real_train, real_test], ["train", "test"])
+    syn = volumes_file(tmp_path / "syn.h5", [vol(), real_train, vol(), real_test], ["train"] * 4)
+    curator = CURATORS.create("dhash", scope="dataset")
+    rec = curate_file(syn, tmp_path / "f.h5", curator, drop_near=real, unit="volume", prune=False)
+    assert (rec["dropped_near_real"], rec["train_kept"], rec["pruned"]) == (1, 3, False)
+    assert H5Dataset(tmp_path / "f.h5").patient_ids.tolist() == ["v0", "v2", "v3"]
+    copies = volumes_file(tmp_path / "copies.h5", [real_train, real_train], ["train"] * 2)
+    with pytest.raises(DataError, match="would drop every one of its 2 train volumes"):
+        curate_file(copies, tmp_path / "g.h5", curator, drop_near=real, unit="volume")
+    assert not (tmp_path / "g.h5").exists()

@@ -91,6 +91,22 @@ def test_profile_defaults_and_overrides() -> None:
             "inflation need a 'generator'",
         ),
         (lambda r: r["evaluate"].update(supervised_seeds=[0, 0]), "distinct"),
+        (lambda r: r["pretrain"].update(curation=[{"method": "dhsh"}]), "did you mean 'dhash'"),
+        (
+            lambda r: r["pretrain"].update(curation=["none", {"threshold": 70}]),
+            "curation: curator 'dhash': threshold must be an int in",
+        ),
+        (lambda r: r["pretrain"].update(curation=["none", None]), "curation: give distinct"),
+        (lambda r: r["pretrain"].update(curation=[3]), "curation: entries are none or"),
+        (
+            lambda r: r["pretrain"].update(sources=["synthetic"], curation=["dhash"]),
+            "no source in ['synthetic'] uses it",
+        ),
+        (
+            lambda r: r["generator"].update(drop_near_real={"threshold": -1}),
+            "drop_near_real: curator 'dhash': threshold must be",
+        ),
+        (lambda r: r["generator"].update(drop_near_real="yes"), "drop_near_real: false, true"),
         (
             lambda r: r["evaluate"].update(baselines=["scratch"], supervised_seeds=[0]),
             "'supervised' is not in",

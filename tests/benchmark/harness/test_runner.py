@@ -270,3 +270,85 @@ def test_added_and_pool_matched_arms_run_end_to_end(tmp_path: Path) -> None:
     assert add["images_seen"] == 3 * 8 and add["source"]["synthetic"]["pool_size"] == n_train
     board = json.loads((results / "leaderboard" / "leaderboard.json").read_text())
     assert "mixed+add / simclr / resnet18" in {r["strategy"] for r in board["rows"]}
+
+
+def test_dry_run_lists_the_arms_of_the_seed_paper_experiments(tmp_path: Path) -> None:
+    """The AdaInf and Less is More experiments plan their arms (no work is done)."""
+    proc = cli("run", "adainf-busi", "-o", str(tmp_path / "a"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    for job in ("pretrain/real-simclr-resnet18-s0", "pretrain/mixedadd-simclr-resnet18-s0",
+                "pretrain/mixedadd-w10-simclr-weak-resnet18-s0"):  # fmt: skip
+        assert job in proc.stdout
+    proc = cli("run", "lessismore-hippocampus", "-o", str(tmp_path / "l"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    for job in ("curate/dhash6d", "pretrain/real-simclr-resnet10_3d-s0",
+                "pretrain/real-dhash6d-simclr-resnet10_3d-s0"):  # fmt: skip
+        assert job in proc.stdout
+    assert not (tmp_path / "a").exists() and not (tmp_path / "l").exists()
+
+
+@pytest.mark.slow
+def test_lessismore_hippocampus_runs_end_to_end(tmp_path: Path) -> None:
+    """The shipped Less is More experiment on a reduced budget (3 SimCLR steps, a few
+    segmentation steps at one fraction): the curated pool is a 3D file of fewer train
+    volumes (147 of 166 at the shipped threshold), the pruned arm pretrains on it, and the
+    leaderboard compares it with the full pool."""
+    results = tmp_path / "results"
+    proc = cli(
+        "run", "lessismore-hippocampus",
+        "pretrain.steps=3", "pretrain.batch_size=4", "evaluate.fractions=[0.05]",
+        "evaluate.seeds=[0,1]", "evaluate.baselines=[]",
+        "evaluate.overrides={segmentation.epochs: 1, segmentation.batch_size: 4, "
+        "segmentation.min_steps: 2, segmentation.encoder_lr: [0.001]}",
+        "-o", str(results), "--no-progress",
+        timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (curated,) = (results / "curated").glob("hippocampus-dhash6d-*.h5")
+    with h5py.File(curated) as f:
+        split = f["split"][:].astype(str)
+        assert f["images"].ndim == 5  # whole volumes, for the 3D encoder
+    with h5py.File(next((results / "data").glob("*.h5"))) as f:
+        full = f["split"][:].astype(str)
+    kept, n = int(np.sum(split == "train")), int(np.sum(full == "train"))
+    assert 0 < kept < n and np.sum(split == "test") == np.sum(full == "test")
+    pruned = json.loads(
+        next((results / "pretrain").glob("real-dhash6d-*/pretrain.json")).read_text()
+    )
+    assert pruned["source"]["real"]["pool_size"] == kept
+    assert pruned["config"]["curation"]["train_kept"] == kept
+    board = json.loads((results / "leaderboard" / "leaderboard.json").read_text())
+    row = next(r for r in board["rows"] if r["strategy"].startswith("real dhash6d"))
+    assert row["pool_kept"] == f"{kept}/{n}"
+    (contrast,) = [c for c in board["comparisons"] if c["reference_kind"] == "unpruned"]
+    assert contrast["reference"] == "real / simclr / resnet10_3d"
+    assert f"(pool {kept}/{n})" in (results / "leaderboard" / "LEADERBOARD.md").read_text()
+
+
+@pytest.mark.slow
+def test_adainf_busi_runs_end_to_end(tmp_path: Path) -> None:
+    """The shipped AdaInf experiment on a reduced budget: the near-real filter runs on
+    the generated set (its counts recorded), and the real, vanilla-inflation and AdaInf
+    arms reach the leaderboard with their labels."""
+    results = tmp_path / "results"
+    proc = cli(
+        "run", "adainf-busi",
+        "generator.train={steps: 2, batch_size: 4, channels: [8, 8, 8], checkpoint_every: 2}",
+        "generator.samples=40", "generator.sample_steps=2", "generator.report=false",
+        "pretrain.steps=3", "pretrain.batch_size=8",
+        "evaluate.tasks=[{spec: busi-cls, dataset: busi, adapters: [linear]}]",
+        "evaluate.fractions=[1.0]", "evaluate.seeds=[0,1]", "evaluate.baselines=[]",
+        "-o", str(results), "--no-progress",
+        timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    marker = json.loads((results / "jobs" / "generate__sample.json").read_text())
+    near = marker["outputs"]["near_real_filter"]
+    assert near["train_in"] == 40 and near["pruned"] is False
+    assert near["train_kept"] == 40 - near["dropped_near_real"] == marker["outputs"]["samples"]
+    board = json.loads((results / "leaderboard" / "leaderboard.json").read_text())
+    assert {r["strategy"] for r in board["rows"]} == {
+        "real / simclr / resnet18",
+        "mixed+add / simclr / resnet18",
+        "mixed+add x10 / simclr-weak / resnet18",
+    }
