@@ -19,15 +19,15 @@ def _strength(text: str) -> str | float:
 
 
 def _pool_size(text: str) -> int | str:
-    """``--pool-size``: a positive int, ``matched`` or ``all``."""
-    if text in ("matched", "all"):
-        return text
+    """``--pool-size``: a positive int, ``matched`` or ``all`` (the sources' check)."""
+    from pretrain.sources.base import check_pool_size
+
+    value: int | str = int(text) if text.lstrip("-").isdigit() else text
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive int, 'matched' or 'all', got {text!r}"
-        ) from None
+        checked = check_pool_size(value, "--pool-size")
+    except SSLBenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return "all" if checked is None else checked
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:

@@ -475,14 +475,12 @@ def _check_mixing(pre: dict[str, Any], w: str) -> None:
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
         raise ExperimentError(f"{w}.real_weight: must be a number > 0, got {weight!r}")
     pre["real_weight"] = float(weight)
-    size = pre["pool_size"]
-    if size not in (None, "all", "matched") and (
-        isinstance(size, bool) or not isinstance(size, int) or size < 1
-    ):
-        raise ExperimentError(
-            f"{w}.pool_size: null (all samples), a positive int or 'matched', got {size!r}"
-        )
-    pre["pool_size"] = None if size == "all" else size
+    from pretrain.sources.base import check_pool_size
+
+    try:
+        pre["pool_size"] = check_pool_size(pre["pool_size"], f"{w}.pool_size")
+    except SSLBenchError as exc:
+        raise ExperimentError(str(exc)) from None
     from pretrain.strength import check_strength
 
     try:

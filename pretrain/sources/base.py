@@ -340,6 +340,23 @@ SOURCES: Registry[type[Source]] = Registry(
 )
 
 
+def check_pool_size(pool_size: Any, where: str) -> int | str | None:
+    """A ``pool_size`` value checked and normalised: None (``all`` too: every sample), a
+    positive int, or ``matched``. The one check of the source, the experiment and the CLI.
+
+    Raises:
+        SourceError: Any other value, named with ``where``.
+    """
+    if pool_size is None or pool_size in ("all", "matched"):
+        return None if pool_size == "all" else pool_size
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        raise SourceError(
+            f"{where} must be a positive int, 'matched' or 'all' (null: every sample), got "
+            f"{pool_size!r}"
+        )
+    return int(pool_size)
+
+
 def resolve_pool_size(
     pool_size: int | str | None, real: str | Path | None, source: str
 ) -> int | None:
@@ -348,7 +365,8 @@ def resolve_pool_size(
     Raises:
         SourceError: An unknown value, or ``matched`` without a real file.
     """
-    if pool_size is None or pool_size == "all":
+    pool_size = check_pool_size(pool_size, f"source {source!r}: pool_size")
+    if pool_size is None:
         return None
     if pool_size == "matched":
         if real is None:
@@ -361,11 +379,6 @@ def resolve_pool_size(
         if n == 0:
             raise DataError(f"{real}: no 'train' split to match the synthetic pool size to")
         return n
-    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-        raise SourceError(
-            f"source {source!r}: pool_size must be a positive int, 'matched' or 'all', got "
-            f"{pool_size!r}"
-        )
     return int(pool_size)
 
 

@@ -80,7 +80,7 @@ def test_profile_defaults_and_overrides() -> None:
         (lambda r: r["pretrain"].update(modes=["inflate"]), "unknown mixing mode 'inflate'"),
         (lambda r: r["pretrain"].update(modes=[]), "give distinct modes"),
         (lambda r: r["pretrain"].update(real_weight=0), "real_weight: must be a number > 0"),
-        (lambda r: r["pretrain"].update(pool_size="half"), "pool_size: null"),
+        (lambda r: r["pretrain"].update(pool_size="half"), "pool_size must be a positive int"),
         (lambda r: r["pretrain"].update(inflation="adainff"), "did you mean 'adainf'"),
         (lambda r: r["pretrain"].update(strengths=["strong"]), "strengths: expected one of"),
         (
