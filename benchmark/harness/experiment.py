@@ -501,9 +501,11 @@ def _check_curation(pre: dict[str, Any], w: str) -> None:
     from pretrain.sources import SOURCES
 
     out: list[dict[str, Any] | None] = []
+    labels: list[str] = []
     for entry in _as_list(pre["curation"]):
         if entry is None or entry == "none":
             out.append(None)
+            labels.append("none")
             continue
         if isinstance(entry, str):
             entry = {"method": entry}
@@ -519,9 +521,13 @@ def _check_curation(pre: dict[str, Any], w: str) -> None:
         except SSLBenchError as exc:
             raise ExperimentError(f"{w}.curation: {exc}") from None
         out.append({"method": method, **curator.options})
-    if not out or len({str(sorted(e.items())) if e else "none" for e in out}) != len(out):
+        labels.append(curator.label())
+    if not out or len(set(labels)) != len(labels):
+        # distinct pruning (labels name the options that prune: dhash6d, ...), not options
+        # that only the near-real filter reads
         raise ExperimentError(f"{w}.curation: give distinct entries, got {pre['curation']}")
-    if any(out) and not any(SOURCES.get(s).uses_real for s in _as_list(pre["sources"])):
+    uses_real = any(SOURCES.get(s).uses_real for s in _as_list(pre["sources"]))
+    if any(out) and not uses_real and not pre["inflation"]:
         raise ExperimentError(
             f"{w}.curation: curation prunes the real pool, and no source in "
             f"{_as_list(pre['sources'])} uses it"

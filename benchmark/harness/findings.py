@@ -153,8 +153,8 @@ def headline(board: dict[str, Any]) -> list[str]:
     Per task, at its smallest label fraction: the pretrained strategy with the largest
     gain over scratch (difference of means, its interval and its verdict), and how the
     synthetic / mixed strategies did against real-only pretraining there (verdict
-    counts), and pruned real pools against the full pool; then the strategies whose encoders did not learn. Every number comes from
-    the leaderboard's comparisons.
+    counts), and pruned real pools against the full pool; then the strategies whose
+    encoders did not learn. Every number comes from the leaderboard's comparisons.
     """
     comps = [c for c in board.get("comparisons", []) if c.get("mean_diff") is not None]
     lines = []

@@ -306,7 +306,6 @@ def _curation_jobs(exp: Experiment, results: Path, data: dict[str, Job]) -> dict
             "curator": spec["method"],
             "options": dict(curator.options),
             "data": dj.key,
-            "unit": "volume" if dims == 3 else "image",
             "label": label,
         }
         key = digest(cfg, 12)

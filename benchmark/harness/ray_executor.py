@@ -79,7 +79,7 @@ def _run_remote(
 
 
 def _resources(job: Job, options: RayOptions) -> dict[str, float]:
-    gpus = options.gpus_per_job if job.stage != "data" else 0.0
+    gpus = options.gpus_per_job if job.stage not in ("data", "curate") else 0.0
     return {"num_cpus": options.cpus_per_job, "num_gpus": gpus}
 
 

@@ -176,13 +176,8 @@ def run_curate(job: Job, ctx: Context) -> dict[str, Any]:
     data = Path(ctx.output(job, "data")["path"])
     curator = CURATORS.create(cfg["curator"], **cfg["options"])
     with ctx.tracker.run(job.id, "curate", cfg) as wb:
-        record = curate_file(
-            data,
-            job.out,
-            curator,
-            overwrite=True,
-            unit="volume" if cfg["unit"] == "volume" else "slice",
-        )
+        # whole volumes for 3D files (a 3D encoder pretrains on the pool); 2D files ignore it
+        record = curate_file(data, job.out, curator, overwrite=True, unit="volume")
         wb.summary({k: record[k] for k in ("train_in", "train_kept", "kept_fraction")})
     return {
         "path": str(job.out),
@@ -243,8 +238,10 @@ def run_pretrain(job: Job, ctx: Context) -> dict[str, Any]:
         cfg["encoder_config"] = {**cfg["encoder_config"], "init": job.run["init"]}
     data = str(ctx.output(job, "data")["path"])
     synthetic = ctx.output(job, "generate/sample")["path"] if cfg["synthetic"] else None
-    if cfg.get("pool_size") == "matched" and not cfg["real"]:
-        # a synthetic-only arm matches its pool to the dataset's train split
+    if cfg.get("pool_size") == "matched" and (not cfg["real"] or cfg.get("curation")):
+        # a synthetic-only arm matches its pool to the dataset's train split, and so does
+        # the synthetic part of a curated arm (not to the pruned pool: its unpruned
+        # reference must differ in the real pool only)
         from pretrain.sources.base import resolve_pool_size
 
         cfg["pool_size"] = resolve_pool_size("matched", data, cfg["source"])

@@ -222,10 +222,10 @@ def curate_file(
         if not ref_train.any():
             raise DataError(f"{drop_near}: no 'train' split to compare the images of {src} with")
         reference = ref.images[ref_train, 0]
-        if reference.shape[1:] != grey.shape[1:]:
+        if volumes and reference.shape[1] != grey.shape[1]:  # slices compared by depth
             raise CurationError(
-                f"{drop_near}: images of shape {list(reference.shape[1:])} cannot be compared "
-                f"with the {list(grey.shape[1:])} images of {src}"
+                f"{drop_near}: volumes of depth {reference.shape[1]} cannot be compared slice "
+                f"by slice with the depth-{grey.shape[1]} volumes of {src}"
             )
         find = curator.near_volumes if volumes else curator.near
         near = np.asarray(find(grey, reference), dtype=bool)

@@ -233,3 +233,23 @@ def test_a_planted_copy_of_a_real_train_volume_is_dropped(tmp_path: Path) -> Non
     with pytest.raises(DataError, match="would drop every one of its 2 train volumes"):
         curate_file(copies, tmp_path / "g.h5", curator, drop_near=real, unit="volume")
     assert not (tmp_path / "g.h5").exists()
+
+
+def test_near_real_filter_compares_2d_images_of_other_sizes(tmp_path: Path) -> None:
+    """2D images are hashed at a fixed size, so a synthetic set and a real file stored at
+    other sizes are compared as they are (a 2x upscaled copy is still found)."""
+    rng = np.random.default_rng(5)
+    a, b = rng.random((8, 8)) > 0.5, rng.random((8, 8)) > 0.5
+    syn = tmp_path / "syn.h5"
+    with H5Writer(syn, n=2, image_shape=(1, 8, 9), meta=DatasetMeta("syn", "test"),
+                  label_shape=None) as w:  # fmt: skip
+        w.write(0, coded(a)[None], patient_id="s0", split="train")
+        w.write(1, coded(b)[None], patient_id="s1", split="train")
+    real = tmp_path / "real.h5"
+    with H5Writer(real, n=1, image_shape=(1, 16, 18), meta=DatasetMeta("r", "test"),
+                  label_shape=None) as w:  # fmt: skip
+        w.write(0, np.kron(coded(a), np.ones((2, 2), np.uint8))[None], patient_id="r0",
+                split="train")  # fmt: skip
+    rec = curate_file(syn, tmp_path / "out.h5", CURATORS.create("dhash", scope="dataset"),
+                      drop_near=real, prune=False)  # fmt: skip
+    assert (rec["dropped_near_real"], rec["train_kept"]) == (1, 1)

@@ -97,6 +97,12 @@ def test_profile_defaults_and_overrides() -> None:
             "curation: curator 'dhash': threshold must be an int in",
         ),
         (lambda r: r["pretrain"].update(curation=["none", None]), "curation: give distinct"),
+        (
+            lambda r: r["pretrain"].update(
+                curation=[{"scope": "dataset"}, {"scope": "dataset", "min_corr": 0.9}]
+            ),
+            "curation: give distinct",
+        ),
         (lambda r: r["pretrain"].update(curation=[3]), "curation: entries are none or"),
         (
             lambda r: r["pretrain"].update(sources=["synthetic"], curation=["dhash"]),

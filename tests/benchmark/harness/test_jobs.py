@@ -221,3 +221,30 @@ def test_adainf_preset_adds_one_inflated_arm_per_ratio(tmp_path: Path) -> None:
     assert all(jobs[i].key == k for i, k in base.items() if i.startswith("pretrain/"))
     # each inflated encoder is evaluated like the others
     assert "evaluate/phantom-cls/mixedadd-w10-simclr-weak-resnet18-s0" in jobs
+
+
+def test_curation_prunes_the_real_pool_of_every_real_using_arm(tmp_path: Path) -> None:
+    """``pretrain.curation``: one ``curate/<label>`` job per curator; the real-using arms
+    (here only AdaInf's mixed arm) run on the full and the pruned pool, the synthetic-only
+    arm once; keys at the default (``[none]``) are those of before, and the curated arm's
+    key names its curate job's key."""
+    overrides = [
+        "pretrain.sources=[synthetic]",
+        "pretrain.inflation=adainf",
+        "pretrain.methods=[simclr]",
+    ]
+    base = keys(overrides, tmp_path)
+    cur = [*overrides, "pretrain.curation=[none, {method: dhash, scope: dataset}]"]
+    jobs = {j.id: j for j in plan_jobs(load_experiment(TINY, cur), tmp_path)}
+    assert {k: v for k, v in keys(cur, tmp_path).items() if k in base} == base
+    assert "curate/dhash6d" in jobs
+    pre = sorted(j for j in jobs if j.startswith("pretrain/"))
+    added = [j for j in pre if j not in base]
+    assert added == ["pretrain/mixedadd-w10-dhash6d-simclr-weak-resnet18-s0"]
+    arm = jobs[added[0]]
+    assert arm.config["curation"] == {"label": "dhash6d", "key": jobs["curate/dhash6d"].key}
+    assert "curate/dhash6d" in arm.deps
+    assert keys(["pretrain.curation=[none]"], tmp_path) == keys([], tmp_path)
+    only = keys([*overrides, "pretrain.curation=[{method: dhash, scope: dataset}]"], tmp_path)
+    assert "pretrain/mixedadd-w10-simclr-weak-resnet18-s0" not in only
+    assert "pretrain/synthetic-simclr-resnet18-s0" in only
