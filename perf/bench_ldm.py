@@ -179,7 +179,8 @@ def main() -> None:
             Path(args.shared) / "msd_hippocampus", data
         )
     ds = H5Dataset(data, split="train", keys=())
-    save_grid(ds.raw_images(np.arange(32)), out / "real_samples.png", scale=4)
+    real_u8 = (ds.to_float(ds.raw_images(np.arange(32))).numpy() * 255).round().astype(np.uint8)
+    save_grid(real_u8, out / "real_samples.png", scale=4)  # the MSD file stores floats in [0, 1]
     ds.close()
     seconds = args.minutes * 60
     results: dict[str, Any] = {"args": vars(args), "threads": torch.get_num_threads()}
