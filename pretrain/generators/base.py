@@ -3,10 +3,12 @@
 A *generator* is any source of synthetic images for self-supervised
 pretraining, following the question of Khader et al. 2022 (*Medical Diffusion*:
 does pretraining on diffusion-generated images help when labels are scarce?).
-Three kinds are registered in :data:`GENERATORS`:
+Four kinds are registered in :data:`GENERATORS`:
 
 * ``ddpm``: a denoising diffusion model (Ho et al. 2020) trained on the real
   train split, sampled with DDIM (Song et al. 2021) or ancestral DDPM steps;
+* ``ldm``: a latent diffusion model (an autoencoder, then a DDPM on its latents;
+  Rombach et al. 2022, as Khader et al. 2022), trained on the real train split;
 * ``phantom``: the built-in procedural ultrasound phantom;
 * ``import``: images produced by another tool, checked and converted.
 
