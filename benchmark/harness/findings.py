@@ -166,6 +166,8 @@ def headline(board: dict[str, Any]) -> list[str]:
         at = [c for c in mine if c["fraction"] == frac]
         metric = spec.get("primary_metric", "metric")
         scratch = [c for c in at if c.get("reference_kind") == "scratch"]
+        real = [c for c in at if c.get("reference_kind") == "real"]
+        pruned = [c for c in at if c.get("reference_kind") == "unpruned"]
         if scratch:
             best = max(scratch, key=lambda c: c["mean_diff"] if hib else -c["mean_diff"])
             lo, hi = best.get("diff_ci_low"), best.get("diff_ci_high")
@@ -175,7 +177,8 @@ def headline(board: dict[str, Any]) -> list[str]:
                 f"{best['strategy']} ({best['adapter']}) {_num(best['mean_diff'])}{ci} -> "
                 f"{verdict(best, hib)}"
             )
-        real = [c for c in at if c.get("reference_kind") == "real"]
+        elif real or pruned:  # no scratch arm: the contrasts below still name their task
+            lines.append(f"{task} ({metric}), {frac:g} of the labels (no scratch arm):")
         if real:
             counts = summary_counts([{"verdict": verdict(c, hib)} for c in real])
             lines.append(
@@ -183,7 +186,6 @@ def headline(board: dict[str, Any]) -> list[str]:
                 + ", ".join(f"{v} {n}" for v, n in counts.items())
                 + f" (of {len(real)} contrasts)"
             )
-        pruned = [c for c in at if c.get("reference_kind") == "unpruned"]
         if pruned:
             counts = summary_counts([{"verdict": verdict(c, hib)} for c in pruned])
             lines.append(

@@ -323,6 +323,9 @@ def test_lessismore_hippocampus_runs_end_to_end(tmp_path: Path) -> None:
     (contrast,) = [c for c in board["comparisons"] if c["reference_kind"] == "unpruned"]
     assert contrast["reference"] == "real / simclr / resnet10_3d"
     assert f"(pool {kept}/{n})" in (results / "leaderboard" / "LEADERBOARD.md").read_text()
+    findings = proc.stdout.split("findings (generated from the leaderboard):")[1]
+    assert "hippocampus-seg (dice), 0.05 of the labels (no scratch arm):" in findings
+    assert "pruned (Less is More) vs full real pool at 0.05: " in findings
 
 
 @pytest.mark.slow
