@@ -76,8 +76,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "device",
     )
     config = DDPMConfig(**{k: getattr(args, k) for k in names if getattr(args, k) is not None})
+    return _train(train_ddpm, config, args)
+
+
+def _train(train: Any, config: Any, args: argparse.Namespace) -> int:
+    """Run a generator's ``train_*`` function with the shared flags and report its folder."""
     start = time.perf_counter()
-    out = train_ddpm(
+    out = train(
         args.data,
         args.output,
         config,
@@ -111,18 +116,7 @@ def _train_ldm(args: argparse.Namespace) -> int:
         if not sep:
             raise SSLBenchError(f"--set {item!r}: expected KEY=VALUE")
         options[key.strip()] = yaml.safe_load(value)
-    config = LDMConfig.from_options(options)
-    start = time.perf_counter()
-    out = train_ldm(
-        args.data,
-        args.output,
-        config,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    print(f"generator checkpoint: {out} ({time.perf_counter() - start:.1f}s)")
-    return 0
+    return _train(train_ldm, LDMConfig.from_options(options), args)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:

@@ -179,20 +179,17 @@ def headline(board: dict[str, Any]) -> list[str]:
             )
         elif real or pruned:  # no scratch arm: the contrasts below still name their task
             lines.append(f"{task} ({metric}), {frac:g} of the labels (no scratch arm):")
-        if real:
-            counts = summary_counts([{"verdict": verdict(c, hib)} for c in real])
-            lines.append(
-                f"  synthetic / mixed vs real-only pretraining at {frac:g}: "
-                + ", ".join(f"{v} {n}" for v, n in counts.items())
-                + f" (of {len(real)} contrasts)"
-            )
-        if pruned:
-            counts = summary_counts([{"verdict": verdict(c, hib)} for c in pruned])
-            lines.append(
-                f"  pruned (Less is More) vs full real pool at {frac:g}: "
-                + ", ".join(f"{v} {n}" for v, n in counts.items())
-                + f" (of {len(pruned)} contrasts)"
-            )
+        for what, group in (
+            ("synthetic / mixed vs real-only pretraining", real),
+            ("pruned (Less is More) vs full real pool", pruned),
+        ):
+            if group:
+                counts = summary_counts([{"verdict": verdict(c, hib)} for c in group])
+                lines.append(
+                    f"  {what} at {frac:g}: "
+                    + ", ".join(f"{v} {n}" for v, n in counts.items())
+                    + f" (of {len(group)} contrasts)"
+                )
     bad = sorted(unhealthy_rows(board))
     if bad:
         lines.append("did not learn during pretraining (rows flagged ⚠): " + ", ".join(bad))
