@@ -43,6 +43,9 @@ Layout (every section but ``name`` and ``datasets`` is optional; see
       inflation: null               # adainf: + AdaInf's arm (add, real weight 10, weak views)
       curation: [none]              # real pools: none and/or curators, e.g.
                                     # {method: dhash, threshold: 6} (Less is More)
+      exclude: []                   # runs left out of the grid, matched on source, ratio,
+                                    # mode, real_weight, strength, method, encoder, seed,
+                                    # curation, e.g. [{method: vicreg, source: mixed}]
     evaluate:
       tasks:
         - {spec: busi-cls, dataset: busi, adapters: [linear, finetune]}
@@ -159,12 +162,33 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     "strengths": ["standard"],  # augmentation strengths of the views (pretrain.strength)
     "inflation": None,  # adainf: + AdaInf's arm (mode add, real weight 10, weak views)
     "curation": [None],  # real pools: None (the full train split) and/or curator specs
+    "exclude": [],  # runs left out of the grid: [{field: value, ...}] (EXCLUDE_FIELDS)
 }
 #: Pretraining options left out of the saved experiment at their default (older hashes hold).
 PRETRAIN_OPTIONAL = {
     k: PRETRAIN_DEFAULTS[k]
-    for k in ("modes", "real_weight", "pool_size", "strengths", "inflation", "curation")
+    for k in (
+        "modes",
+        "real_weight",
+        "pool_size",
+        "strengths",
+        "inflation",
+        "curation",
+        "exclude",
+    )
 }
+#: What an entry of ``pretrain.exclude`` may match on (all its fields must match).
+EXCLUDE_FIELDS = (
+    "source",
+    "ratio",
+    "mode",
+    "real_weight",
+    "strength",
+    "method",
+    "encoder",
+    "seed",
+    "curation",
+)
 EVALUATE_DEFAULTS: dict[str, Any] = {
     "tasks": [],
     "fractions": [0.05, 0.1, 0.25, 0.5, 1.0],
@@ -447,6 +471,7 @@ def _check_pretrain(exp: dict[str, Any], where: str, base_dir: Path) -> None:
     pre["seeds"] = _int_list(pre["seeds"], f"{w}.seeds")
     _check_mixing(pre, w)
     _check_curation(pre, w)
+    _check_exclude(pre, w)
     for key in ("steps", "batch_size", "image_size", "nproc_per_node"):
         if not isinstance(pre[key], int) or pre[key] < 1:
             raise ExperimentError(f"{w}.{key}: must be a positive integer, got {pre[key]!r}")
@@ -533,6 +558,23 @@ def _check_curation(pre: dict[str, Any], w: str) -> None:
             f"{_as_list(pre['sources'])} uses it"
         )
     pre["curation"] = out
+
+
+def _check_exclude(pre: dict[str, Any], w: str) -> None:
+    """``exclude``: a list of mappings over :data:`EXCLUDE_FIELDS`; a run is left out
+    when every field of one entry matches it (as a CI matrix's ``exclude``). Whether
+    each entry matches some run is checked when the grid is planned."""
+    entries = _as_list(pre["exclude"])
+    for i, entry in enumerate(entries):
+        where = f"{w}.exclude[{i}]"
+        if not isinstance(entry, dict) or not entry:
+            raise ExperimentError(
+                f"{where}: entries are mappings such as {{method: vicreg, source: mixed}}, "
+                f"got {entry!r}"
+            )
+        for key in entry:
+            check_name("exclude field", str(key), list(EXCLUDE_FIELDS), where)
+    pre["exclude"] = entries
 
 
 def _check_drop_near_real(gen: dict[str, Any], w: str) -> None:
@@ -752,6 +794,7 @@ class PretrainSection:
     strengths: list[str | float] = field(default_factory=lambda: ["standard"])
     inflation: str | None = None
     curation: list[dict[str, Any] | None] = field(default_factory=lambda: [None])
+    exclude: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

@@ -332,6 +332,7 @@ def _pretrain_jobs(
     curated = curated or {}
     pools: list[Job | None] = [None, *curated.values()]
     encoders: dict[str, Job] = {}
+    excluded = [0] * len(pre.exclude)
     for (source, ratio, mode, weight, strength), pool in itertools.product(
         pretraining_arms(pre), pools
     ):
@@ -343,6 +344,22 @@ def _pretrain_jobs(
         for method in pre.methods:
             for encoder in pre.encoders:
                 for seed in pre.seeds:
+                    run = {
+                        "source": source,
+                        "ratio": ratio,
+                        "mode": mode,
+                        "real_weight": weight,
+                        "strength": strength,
+                        "method": method,
+                        "encoder": encoder,
+                        "seed": seed,
+                        "curation": pool.config["label"] if pool else "none",
+                    }
+                    hits = [i for i, e in enumerate(pre.exclude) if _matches(e, run)]
+                    for i in hits:
+                        excluded[i] += 1
+                    if hits:
+                        continue
                     label = strategy_label(
                         source,
                         ratio,
@@ -413,7 +430,26 @@ def _pretrain_jobs(
                     )
                     job.config["label"] = label
                     encoders[label] = job
+    unused = [pre.exclude[i] for i, n in enumerate(excluded) if not n]
+    if unused:
+        raise SSLBenchError(f"pretrain.exclude: {unused} match no run of the grid")
+    if not encoders:
+        raise SSLBenchError("pretrain.exclude: every run of the grid is excluded")
     return encoders
+
+
+def _matches(entry: dict[str, Any], run: dict[str, Any]) -> bool:
+    """Whether every field of a ``pretrain.exclude`` entry matches ``run`` (numbers by
+    value: ``ratio: 0.5`` matches 0.5, ``real_weight: 10`` matches 10.0)."""
+    for key, want in entry.items():
+        have = run[key]
+        if isinstance(want, int | float) and isinstance(have, int | float):
+            if not isinstance(want, bool) and float(want) == float(have):
+                continue
+            return False
+        if str(want).lower() != str(have).lower():
+            return False
+    return True
 
 
 def plan_jobs(exp: Experiment, results: Path) -> list[Job]:

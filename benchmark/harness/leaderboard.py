@@ -1,9 +1,14 @@
 """``sslbench leaderboard RESULTS``: aggregate cell records into a leaderboard.
 
-Rows are strategies (source x method x encoder, pooled over pretraining
-seeds; plus the ``scratch`` and ``supervised`` baselines), columns are
-task x adapter x label fraction, cells are the mean of the task's primary
-metric over evaluation seeds with a 95 % interval.
+Rows are strategies (source x method x encoder; plus the ``scratch`` and
+``supervised`` baselines), columns are task x adapter x label fraction, cells
+are the mean of the task's primary metric over evaluation seeds with a 95 %
+interval. A strategy pretrained with several seeds gets one row per
+pretraining seed (``real / simclr / resnet18 · pretraining seed 1``), each with
+its own intervals and comparisons (a pretrained row is compared with the real
+arm of its own pretraining seed where there is one), and the section
+"Pretraining variance" sets the spread of its pretraining seeds' means next to
+the spread over evaluation seeds within one encoder.
 
 Two protocols. Records of the current protocol (``sslbench-cell/2``: one recipe
 for every arm, per-case test outputs) get two-level intervals that resample
@@ -209,6 +214,83 @@ def _pretraining(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+#: Suffix of the row of one pretraining seed of a strategy pretrained with several.
+SEED_SUFFIX = " · pretraining seed {seed}"
+
+
+def pretraining_seed(record: dict[str, Any]) -> int | None:
+    """The pretraining seed of a record's encoder (None for baselines)."""
+    if record.get("baseline"):
+        return None
+    meta = record["encoder"].get("metadata") or {}
+    seed = meta.get("seed", (meta.get("config") or {}).get("seed"))
+    return None if seed is None else int(seed)
+
+
+def _split_by_pretraining_seed(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """``id(record) -> row info`` for every record: strategies with several pretraining
+    seeds get one row per seed (:data:`SEED_SUFFIX`), the others their plain row."""
+    seeds: dict[str, set[int]] = defaultdict(set)
+    infos = {}
+    for rec in records:
+        info = strategy_of(rec)
+        infos[id(rec)] = info
+        seed = pretraining_seed(rec)
+        if seed is not None:
+            seeds[info["strategy"]].add(seed)
+    for rec in records:
+        info = infos[id(rec)]
+        if len(seeds.get(info["strategy"], ())) > 1:
+            seed = pretraining_seed(rec)
+            infos[id(rec)] = {
+                **info,
+                "strategy": info["strategy"] + SEED_SUFFIX.format(seed=seed),
+                "pooled": info["strategy"],
+                "pretrain_seed": seed,
+            }
+    return infos
+
+
+def _pretraining_variance(
+    rows: list[dict[str, Any]], per_seed: dict[tuple[str, str, str, float], dict[int, float]]
+) -> list[dict[str, Any]]:
+    """Per strategy with several pretraining seeds and cell: each pretraining seed's mean
+    over evaluation seeds, their spread (max - min), and the standard deviation over
+    evaluation seeds within one encoder (mean over the pretraining seeds)."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r.get("pooled"):
+            groups[r["pooled"]].append(r)
+    out = []
+    for pooled, members in groups.items():
+        cells = sorted({c for m in members for c in m["cells"]})
+        for cell in cells:
+            task, rest = cell.split("/", 1)
+            adapter, frac = rest.split("@")
+            means, sds = {}, []
+            for m in members:
+                vals = per_seed.get((m["strategy"], task, adapter, float(frac)))
+                xs = [v for v in (vals or {}).values() if v == v]  # drop NaN
+                if not xs:
+                    continue
+                mu = sum(xs) / len(xs)
+                means[str(m["pretrain_seed"])] = _r(mu)
+                if len(xs) > 1:
+                    sds.append((sum((x - mu) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5)
+            if len(means) < 2:
+                continue
+            out.append(
+                {
+                    "strategy": pooled,
+                    "cell": cell,
+                    "pretraining_seed_means": means,
+                    "pretraining_spread": _r(max(means.values()) - min(means.values())),
+                    "evaluation_sd": _r(sum(sds) / len(sds)) if sds else None,
+                }
+            )
+    return out
+
+
 def _row_order(row: dict[str, Any]) -> tuple[Any, ...]:
     return (
         KIND_ORDER.get(row["kind"], 9),
@@ -220,6 +302,7 @@ def _row_order(row: dict[str, Any]) -> tuple[Any, ...]:
         row.get("real_weight") or 1.0,
         row.get("strength") or "",
         row.get("curation") or "",
+        row.get("pretrain_seed") or 0,
     )
 
 
@@ -251,6 +334,7 @@ def aggregate(
         records = [r for r in records if protocol_of(r) == "current"]
     by_cell: dict[tuple[str, str, str, float], list[dict[str, Any]]] = defaultdict(list)
     by_row: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    infos = _split_by_pretraining_seed(records)
     for rec in records:
         task, adapter, frac = rec["task"]["name"], rec["adapter"]["name"], float(rec["fraction"])
         primary = rec["primary_metric"]
@@ -267,7 +351,7 @@ def aggregate(
         )
         t["adapters"].add(adapter)
         t["fractions"].add(frac)
-        info = strategy_of(rec)
+        info = infos[id(rec)]
         rows.setdefault(info["strategy"], info)
         by_row[info["strategy"]].append(rec)
         value = rec["metrics"].get(primary)
@@ -308,7 +392,11 @@ def aggregate(
         if any(bn_calibrated(r) for r in by_row[row["strategy"]]):
             extra["init"] = CALIBRATED_LABEL
         out_rows.append({**row, **extra, "cells": cells[row["strategy"]]})
-    comparisons = _comparisons(tasks, out_rows, per_seed, by_cell, protocol, stats_kw)
+    row_seed = {
+        i["strategy"]: pretraining_seed(rec) or 0 for rec in records for i in [infos[id(rec)]]
+    }
+    comparisons = _comparisons(tasks, out_rows, per_seed, by_cell, protocol, stats_kw, row_seed)
+    variance = _pretraining_variance(out_rows, per_seed)
     board = {
         "schema": SCHEMA,
         "protocol": protocol,
@@ -323,6 +411,8 @@ def aggregate(
         "ranking": _ranking(tasks, out_rows),
         "comparisons": comparisons,
     }
+    if variance:  # only then: leaderboards of single-seed runs stay byte-identical
+        board["pretraining_variance"] = variance
     board["findings"] = findings(board)
     return board
 
@@ -415,28 +505,38 @@ def _comparisons(
     by_cell: dict[tuple[str, str, str, float], list[dict[str, Any]]],
     protocol: str,
     stats_kw: dict[str, Any],
+    row_seed: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Paired comparisons of each pretrained strategy vs scratch and vs real-only (same
-    method, encoder): the pre-declared contrasts. Current protocol: two-level paired
+    method, encoder; the real row of the same pretraining seed where real was pretrained
+    with several): the pre-declared contrasts. Current protocol: two-level paired
     bootstrap and Holm-adjusted p-values over all of them; legacy: the old seed-level test."""
     by_name = {r["strategy"]: r for r in rows}
+    row_seed = row_seed or {}
     out = []
     for r in rows:
         if r["kind"] != "pretrained":
             continue
         refs = [("scratch", f"scratch / {r['encoder']}")]
+        suffix = SEED_SUFFIX.format(seed=row_seed.get(r["strategy"], 0))
+
+        def same_seed(name: str, suffix: str = suffix) -> str:
+            """Row ``name`` itself, else its row of this row's pretraining seed."""
+            return name if name in by_name or name + suffix not in by_name else name + suffix
+
+        base = r.get("pooled", r["strategy"])  # the strategy without the seed suffix
         if r.get("curation"):
             # a pruned pool against the same arm on the full pool (Less is More's question),
             # kept out of the "vs real-only" findings
-            full = r["strategy"].replace(f" {r['curation']} /", " /", 1)
-            refs.append(("unpruned", full))
+            full = base.replace(f" {r['curation']} /", " /", 1)
+            refs.append(("unpruned", same_seed(full)))
         else:
             views = f"-{r['strength']}" if r.get("strength") else ""
-            real, kind = f"real / {r['method']}{views} / {r['encoder']}", "real"
+            real, kind = same_seed(f"real / {r['method']}{views} / {r['encoder']}"), "real"
             if views and (real not in by_name or real == r["strategy"]):
                 # no real arm at these views (or this is it): the standard-view real arm, a
                 # contrast of data and views together, kept out of the "vs real-only" findings
-                real, kind = f"real / {r['method']} / {r['encoder']}", "real-standard"
+                real, kind = same_seed(f"real / {r['method']} / {r['encoder']}"), "real-standard"
             if r["strategy"] != real:
                 refs.append((kind, real))
         for task, t in tasks.items():
@@ -633,8 +733,37 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
         lines += ["", f"![learning curves of {task}](curves_{task}.png)", ""]
         lines += _ranking_lines(board, task)
         lines += _comparison_lines(board, task)
+    lines += _variance_lines(board)
     lines += ["", *render_findings(board)]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _variance_lines(board: dict[str, Any]) -> list[str]:
+    """The "Pretraining variance" section (strategies pretrained with several seeds)."""
+    entries = board.get("pretraining_variance") or []
+    if not entries:
+        return []
+    lines = [
+        "",
+        "## Pretraining variance",
+        "",
+        "Strategies pretrained with several seeds: each pretraining seed's mean over the "
+        "evaluation seeds, their spread (max - min), and the standard deviation over "
+        "evaluation seeds within one encoder (mean over its pretraining seeds). A spread "
+        "near or above the evaluation SD means the choice of pretraining run moves the cell "
+        "as much as the evaluation seed does: read single-pretraining-seed rows with that "
+        "in mind.",
+        "",
+        "| strategy | cell | mean per pretraining seed | spread | evaluation SD |",
+        "|---|---|---|---|---|",
+    ]
+    for e in entries:
+        means = ", ".join(f"s{k}: {_fmt(v)}" for k, v in e["pretraining_seed_means"].items())
+        lines.append(
+            f"| {e['strategy']} | {e['cell']} | {means} | {_fmt(e['pretraining_spread'])} | "
+            f"{_fmt(e['evaluation_sd'])} |"
+        )
+    return lines
 
 
 def _provenance_lines(p: dict[str, Any]) -> list[str]:

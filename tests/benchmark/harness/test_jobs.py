@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from benchmark.core.errors import SSLBenchError
 from benchmark.core.hashing import digest
 from benchmark.data.phantom import generate_phantom
 from benchmark.harness.experiment import EXPERIMENT_DIR, load_experiment, resolve_experiment
@@ -248,3 +249,116 @@ def test_curation_prunes_the_real_pool_of_every_real_using_arm(tmp_path: Path) -
     only = keys([*overrides, "pretrain.curation=[{method: dhash, scope: dataset}]"], tmp_path)
     assert "pretrain/mixedadd-w10-simclr-weak-resnet18-s0" not in only
     assert "pretrain/synthetic-simclr-resnet18-s0" in only
+
+
+def test_exclude_leaves_runs_out_of_the_grid_and_keeps_the_other_keys(tmp_path: Path) -> None:
+    """``pretrain.exclude`` (a CI matrix's exclude): a run is left out when every field of
+    one entry matches it; the remaining runs keep their keys, and their evaluations are
+    all that is planned for them."""
+    grid = ["pretrain.seeds=[0, 1]", "pretrain.inflation=adainf"]
+    base = keys(grid, tmp_path)
+    exclude = [
+        *grid,
+        "pretrain.exclude=[{method: vicreg, source: mixed}, {seed: 1, method: vicreg},"
+        " {seed: 1, source: mixed}]",
+    ]
+    jobs = keys(exclude, tmp_path)
+    pre = sorted(j.removeprefix("pretrain/") for j in jobs if j.startswith("pretrain/"))
+    assert pre == [
+        "mixed0.5-simclr-resnet18-s0",
+        "mixedadd-w10-simclr-weak-resnet18-s0",
+        "real-simclr-resnet18-s0",
+        "real-simclr-resnet18-s1",
+        "real-vicreg-resnet18-s0",
+        "synthetic-simclr-resnet18-s0",
+        "synthetic-simclr-resnet18-s1",
+        "synthetic-vicreg-resnet18-s0",
+    ]
+    assert all(base[j] == k for j, k in jobs.items())  # baselines included
+    assert "evaluate/phantom-cls/mixed0.5-vicreg-resnet18-s0" in base
+    assert "evaluate/phantom-cls/mixed0.5-vicreg-resnet18-s0" not in jobs
+    # numbers match by value; the AdaInf arm by its mode or weight
+    only = keys([*grid, "pretrain.exclude=[{real_weight: 10}, {ratio: 0.5}, {seed: 1}]"], tmp_path)
+    assert sorted(j for j in only if j.startswith("pretrain/")) == [
+        "pretrain/real-simclr-resnet18-s0",
+        "pretrain/real-vicreg-resnet18-s0",
+        "pretrain/synthetic-simclr-resnet18-s0",
+        "pretrain/synthetic-vicreg-resnet18-s0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("exclude", "message"),
+    [
+        ("[{methd: vicreg}]", "unknown exclude field 'methd'; did you mean 'method'"),
+        ("[vicreg]", "entries are mappings"),
+        ("[{}]", "entries are mappings"),
+        ("[{method: byol}]", "[{'method': 'byol'}] match no run of the grid"),
+        ("[{encoder: resnet18}]", "every run of the grid is excluded"),
+    ],
+)
+def test_bad_exclude_entries_are_named(tmp_path: Path, exclude: str, message: str) -> None:
+    with pytest.raises(SSLBenchError) as err:
+        plan_jobs(load_experiment(TINY, [f"pretrain.exclude={exclude}"]), tmp_path)
+    assert message in str(err.value)
+
+
+REFERENCE_ARMS = {
+    "busi-ref": [
+        "mixed0.5-simclr-resnet18-s0",
+        "mixedadd-w10-simclr-weak-resnet18-s0",
+        "real-simclr-resnet18-s0",
+        "real-simclr-resnet18-s1",
+        "real-vicreg-resnet18-s0",
+        "synthetic-simclr-resnet18-s0",
+        "synthetic-simclr-resnet18-s1",
+        "synthetic-vicreg-resnet18-s0",
+    ],
+    "busi-masked": [
+        "real-simclr-resnet18-s0",
+        "real-spark-resnet18-s0",
+        "real-vicreg-resnet18-s0",
+    ],
+    "hippocampus-ref": [
+        "mixed0.5-simclr-resnet10_3d-s0",
+        "real-dhash6d-simclr-resnet10_3d-s0",
+        "real-simclr-resnet10_3d-s0",
+        "real-vicreg-resnet10_3d-s0",
+        "synthetic-simclr-resnet10_3d-s0",
+    ],
+    "breastmnist-ref": [
+        "mixed0.5-simclr-resnet18-s0",
+        "mixed0.5-simclr-resnet18-s1",
+        "mixed0.5-vicreg-resnet18-s0",
+        "real-simclr-resnet18-s0",
+        "real-simclr-resnet18-s1",
+        "real-vicreg-resnet18-s0",
+        "synthetic-simclr-resnet18-s0",
+        "synthetic-simclr-resnet18-s1",
+        "synthetic-vicreg-resnet18-s0",
+    ],
+    "breastmnist-medmnist": [],
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_ARMS))
+def test_reference_experiments_plan_their_declared_arms(
+    name: str, tmp_path: Path, shared_data: Path
+) -> None:
+    """The issue-22 reference grids: their pretraining arms, 5 evaluation seeds, the pool
+    matched to the real train split wherever synthetic images are used, and (synthetic
+    users) the memorisation filter on the sampled set."""
+    repo = Path(__file__).resolve().parents[3]
+    exp = load_experiment(name, base_dir=repo)
+    jobs = plan_jobs(exp, tmp_path)
+    arms = sorted(j.id.removeprefix("pretrain/") for j in jobs if j.stage == "pretrain")
+    assert arms == REFERENCE_ARMS[name]
+    assert exp.evaluate is not None and exp.evaluate.seeds == [0, 1, 2, 3, 4]
+    for job in jobs:
+        if job.stage == "pretrain" and job.config["synthetic"]:
+            assert job.config["pool_size"] == "matched", job.id
+    if exp.generator is not None:
+        assert exp.generator.drop_near_real
+    if name == "busi-masked":  # SparK's smallest size at stride 32
+        assert exp.pretrain is not None and exp.pretrain.image_size == 128
+        assert {t.image_size for t in exp.evaluate.tasks} == {128}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from scipy import stats as sps
 
@@ -54,7 +55,7 @@ def records() -> list[dict]:
     for frac in (0.1, 1.0):
         for seed in range(5):
             out.append(record("real-simclr", frac, seed, REAL[frac][seed]))
-            # two pretraining seeds of the mixed strategy: averaged per evaluation seed
+            # two pretraining seeds of the mixed strategy: a row per pretraining seed
             out.append(record("mixed-simclr", frac, seed, REAL[frac][seed] + 0.01, pre_seed=0))
             out.append(record("mixed-simclr", frac, seed, REAL[frac][seed] + 0.03, pre_seed=1))
             out.append(record("scratch", frac, seed, SCRATCH[frac][seed]))
@@ -67,7 +68,8 @@ def test_rows_cells_and_confidence_intervals() -> None:
     names = [r["strategy"] for r in board["rows"]]
     assert names == [
         "real / simclr / resnet18",
-        "mixed 0.5 / simclr / resnet18",
+        "mixed 0.5 / simclr / resnet18 · pretraining seed 0",
+        "mixed 0.5 / simclr / resnet18 · pretraining seed 1",
         "scratch / resnet18",
         "supervised / resnet18",
     ]
@@ -75,9 +77,19 @@ def test_rows_cells_and_confidence_intervals() -> None:
     assert real["mean"] == pytest.approx(sum(REAL[0.1]) / 5)
     lo, hi = bootstrap_ci(REAL[0.1])
     assert (real["ci_low"], real["ci_high"]) == pytest.approx((lo, hi), abs=1e-6)
-    mixed = board["rows"][1]["cells"]["t/linear@0.1"]
-    assert mixed["n"] == 5  # pretraining seeds pooled per evaluation seed
-    assert mixed["mean"] == pytest.approx(sum(REAL[0.1]) / 5 + 0.02)
+    for row, shift in zip(board["rows"][1:3], (0.01, 0.03), strict=True):
+        mixed = row["cells"]["t/linear@0.1"]
+        assert mixed["n"] == 5  # one encoder's evaluation seeds
+        assert mixed["mean"] == pytest.approx(sum(REAL[0.1]) / 5 + shift)
+        assert row["pooled"] == "mixed 0.5 / simclr / resnet18"
+    # the spread of the pretraining seeds next to the evaluation seeds' SD
+    variance = {e["cell"]: e for e in board["pretraining_variance"]}
+    assert set(variance) == {"t/linear@0.1", "t/linear@1"}
+    v = variance["t/linear@0.1"]
+    assert v["strategy"] == "mixed 0.5 / simclr / resnet18"
+    assert v["pretraining_spread"] == pytest.approx(0.02, abs=1e-6)
+    assert v["evaluation_sd"] == pytest.approx(float(np.std(REAL[0.1], ddof=1)), abs=1e-6)
+    assert list(v["pretraining_seed_means"]) == ["0", "1"]
 
 
 def test_paired_comparisons_and_ranking() -> None:
@@ -87,12 +99,15 @@ def test_paired_comparisons_and_ranking() -> None:
     diff = [a - b for a, b in zip(REAL[0.1], SCRATCH[0.1], strict=True)]
     assert vs_scratch["p_value"] == pytest.approx(sps.wilcoxon(diff).pvalue, abs=1e-6)
     assert vs_scratch["mean_diff"] == pytest.approx(sum(diff) / 5, abs=1e-6)
-    vs_real = comp[("mixed 0.5 / simclr / resnet18", "real", 1.0)]
-    assert vs_real["mean_diff"] == pytest.approx(0.02, abs=1e-6)
+    for seed, shift in ((0, 0.01), (1, 0.03)):
+        vs_real = comp[(f"mixed 0.5 / simclr / resnet18 · pretraining seed {seed}", "real", 1.0)]
+        assert vs_real["reference"] == "real / simclr / resnet18"
+        assert vs_real["mean_diff"] == pytest.approx(shift, abs=1e-6)
     assert ("real / simclr / resnet18", "real", 0.1) not in comp
     ranks = [e["strategy"] for e in board["ranking"]]
     assert ranks == [
-        "mixed 0.5 / simclr / resnet18",
+        "mixed 0.5 / simclr / resnet18 · pretraining seed 1",
+        "mixed 0.5 / simclr / resnet18 · pretraining seed 0",
         "real / simclr / resnet18",
         "scratch / resnet18",
     ]
@@ -111,7 +126,9 @@ def test_files_are_regenerated_identically(tmp_path: Path) -> None:
     for name in ("LEADERBOARD.md", "leaderboard.csv", "leaderboard.json", "curves_t.png"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
     md = (a / "LEADERBOARD.md").read_text()
-    assert "| mixed 0.5 / simclr / resnet18 | **0.642**" in md
+    assert "| mixed 0.5 / simclr / resnet18 · pretraining seed 1 | **0.652**" in md
+    assert "## Pretraining variance" in md
+    assert "| mixed 0.5 / simclr / resnet18 | t/linear@0.1 | s0: 0.632, s1: 0.652 | 0.020 |" in md
     assert "![learning curves of t](curves_t.png)" in md
 
 

@@ -129,3 +129,52 @@ def test_intervals_are_clipped_to_the_metric_range_and_say_so() -> None:
     assert _clip(-3.0, 250.0, "hd95") == (0.0, 250.0)
     assert _clip(-0.1, 1.2, "dice") == (0.0, 1.0)
     assert _clip(-0.1, 1.2, "unknown-metric") == (-0.1, 1.2)
+
+
+def test_pretraining_seeds_get_rows_case_level_intervals_and_same_seed_contrasts() -> None:
+    """Real and synthetic SimCLR pretrained with seeds 0 and 1, mixed with seed 0 only: one
+    row per pretraining seed, each with a two-level interval; synthetic seed k is compared
+    with real seed k, mixed (seed 0) with real seed 0; the variance section lists both."""
+    recs = []
+    shifts = {("real", 0): 0.5, ("real", 1): 0.45, ("synthetic", 0): 0.3, ("synthetic", 1): 0.2}
+    for frac in (0.1, 1.0):
+        for s in range(5):
+            for (source, pre), shift in shifts.items():
+                rec = current(f"{source}-simclr", frac, s, shift)
+                rec["encoder"]["metadata"]["config"]["seed"] = pre
+                rec["encoder"]["id"] = f"{source}-{pre}"
+                recs.append(rec)
+            recs.append(current("mixed-simclr", frac, s, 0.4))
+            recs.append(current("scratch", frac, s, 0.1))
+    board = aggregate(recs)
+    rows = {r["strategy"]: r for r in board["rows"]}
+    seeded = [
+        f"{src} / simclr / resnet18 · pretraining seed {k}"
+        for src in ("real", "synthetic")
+        for k in (0, 1)
+    ]
+    assert set(seeded) <= set(rows)
+    assert "mixed 0.5 / simclr / resnet18" in rows
+    for name in seeded:
+        cell = rows[name]["cells"]["t/linear@0.1"]
+        assert cell["n_cases"] == N_CASES and "interval_note" not in cell
+    vs_real = {
+        c["strategy"]: c["reference"]
+        for c in board["comparisons"]
+        if c["reference_kind"] == "real" and c["fraction"] == 0.1
+    }
+    real = "real / simclr / resnet18 · pretraining seed {}"
+    assert vs_real == {
+        "synthetic / simclr / resnet18 · pretraining seed 0": real.format(0),
+        "synthetic / simclr / resnet18 · pretraining seed 1": real.format(1),
+        "mixed 0.5 / simclr / resnet18": real.format(0),
+    }
+    assert all(c["p_value"] is not None for c in board["comparisons"])
+    spread = {(e["strategy"], e["cell"]): e for e in board["pretraining_variance"]}
+    assert set(spread) == {
+        (f"{src} / simclr / resnet18", f"t/linear@{f:g}")
+        for src in ("real", "synthetic")
+        for f in (0.1, 1.0)
+    }
+    md = render_markdown(board, "seeds", {"records": len(recs)})
+    assert "## Pretraining variance" in md
