@@ -54,6 +54,8 @@ Layout (every section but ``name`` and ``datasets`` is optional; see
       seeds: [0, 1, 2, 3, 4]
       baselines: [scratch, supervised]   # + external: the encoders' arms with external weights
       supervised_seeds: null        # seeds of the full-label supervised reference (default: seeds)
+      baseline_encoders: null       # encoders of the baselines (default: pretrain.encoders,
+                                    # else resnet18), e.g. [resnet18, resnet18_cifar]
       external:                     # encoder -> init weights (one or a list) of `external`
         resnet18: timm:resnet18.a1_in1k   # timm tag (needs the internet) or a state-dict file
       overrides: {finetune.epochs: 30}
@@ -195,6 +197,7 @@ EVALUATE_DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1, 2, 3, 4],
     "baselines": ["scratch", "supervised"],
     "supervised_seeds": None,
+    "baseline_encoders": None,
     "external": {},
     "overrides": {},
     "statistics": {"resamples": 2000, "confidence": 0.95},
@@ -655,6 +658,14 @@ def _check_evaluate(exp: dict[str, Any], where: str, base_dir: Path) -> None:
             raise ExperimentError(
                 f"{w}.supervised_seeds: given, but 'supervised' is not in {w}.baselines"
             )
+    if ev["baseline_encoders"] is not None:
+        from pretrain.encoders import ENCODERS
+
+        ev["baseline_encoders"] = _as_list(ev["baseline_encoders"])
+        if not ev["baseline_encoders"]:
+            raise ExperimentError(f"{w}.baseline_encoders: must not be empty (or null)")
+        for name in ev["baseline_encoders"]:
+            check_name("encoder", str(name), ENCODERS.names(), f"{w}.baseline_encoders")
     _check_external(exp, ev, w, base_dir)
     if not isinstance(ev["overrides"], dict):
         raise ExperimentError(f"{w}.overrides: expected a mapping of adapter options")
@@ -822,6 +833,7 @@ class EvaluateSection:
     overrides: dict[str, Any]
     statistics: dict[str, Any] = field(default_factory=dict)
     supervised_seeds: list[int] | None = None
+    baseline_encoders: list[str] | None = None
     external: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -856,13 +868,15 @@ class Experiment:
 
     def to_dict(self) -> dict[str, Any]:
         """The plain mapping (the layout of an experiment file, every default filled in;
-        an empty ``evaluate.external`` and an unset ``evaluate.supervised_seeds`` are left
-        out, so older experiments keep their hash)."""
+        an empty ``evaluate.external`` and an unset ``evaluate.supervised_seeds`` or
+        ``evaluate.baseline_encoders`` are left out, so older experiments keep their hash)."""
         evaluate = dataclasses.asdict(self.evaluate) if self.evaluate else None
         if evaluate is not None and not evaluate["external"]:
             del evaluate["external"]
         if evaluate is not None and evaluate["supervised_seeds"] is None:
             del evaluate["supervised_seeds"]
+        if evaluate is not None and evaluate["baseline_encoders"] is None:
+            del evaluate["baseline_encoders"]
         return {
             "description": self.description,
             "profile": self.profile,

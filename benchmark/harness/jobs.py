@@ -484,6 +484,8 @@ def _plan_evaluation(
     jobs = []
     identities: dict[str, dict[str, Any]] = {}  # init spec -> identity (files hashed once)
     archs = list(pre.encoders) if pre else list(PRETRAIN_DEFAULTS["encoders"])
+    if ev.baseline_encoders is not None:
+        archs = list(ev.baseline_encoders)
     for task in ev.tasks:
         spec = load_spec(task.spec)
         dj = data[task.dataset] if task.dataset else None

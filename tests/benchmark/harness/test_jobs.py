@@ -362,3 +362,17 @@ def test_reference_experiments_plan_their_declared_arms(
     if name == "busi-masked":  # SparK's smallest size at stride 32
         assert exp.pretrain is not None and exp.pretrain.image_size == 128
         assert {t.image_size for t in exp.evaluate.tasks} == {128}
+
+
+def test_baseline_encoders_add_baseline_arms_and_keep_the_default_keys(tmp_path: Path) -> None:
+    """``evaluate.baseline_encoders``: the scratch / supervised arms of each listed encoder
+    (e.g. a supervised-only experiment comparing stems); the default arm keeps its key."""
+    base = keys([], tmp_path)
+    both = keys(["evaluate.baseline_encoders=[resnet18, resnet18_cifar]"], tmp_path)
+    assert both[BASELINES] == base[BASELINES]
+    assert "evaluate/phantom-cls/baselines-resnet18_cifar" in both
+    assert load_experiment(TINY).to_dict() == load_experiment(
+        TINY, ["evaluate.baseline_encoders=null"]
+    ).to_dict()
+    with pytest.raises(SSLBenchError, match="unknown encoder 'resnet19'"):
+        load_experiment(TINY, ["evaluate.baseline_encoders=[resnet19]"])
