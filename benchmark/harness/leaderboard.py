@@ -251,6 +251,28 @@ def _split_by_pretraining_seed(records: list[dict[str, Any]]) -> dict[int, dict[
     return infos
 
 
+def _health_table(
+    rows: list[dict[str, Any]], by_row: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """One entry per pretrained encoder whose records carry its pretraining health: the
+    row, the encoder's pretraining seed and weights hash, and the compact health."""
+    out = []
+    for r in rows:
+        seen: dict[str, dict[str, Any]] = {}
+        for rec in by_row[r["strategy"]]:
+            h = pretraining_health(rec)
+            key = str(rec["encoder"].get("hash") or rec["encoder"]["id"])
+            if h is not None and key not in seen:
+                seen[key] = {
+                    "strategy": r["strategy"],
+                    "pretrain_seed": pretraining_seed(rec),
+                    "encoder_hash": rec["encoder"].get("hash"),
+                    **{k: _r(v) for k, v in h.items()},
+                }
+        out += [seen[k] for k in sorted(seen)]
+    return out
+
+
 def _pretraining_variance(
     rows: list[dict[str, Any]], per_seed: dict[tuple[str, str, str, float], dict[int, float]]
 ) -> list[dict[str, Any]]:
@@ -397,6 +419,7 @@ def aggregate(
     }
     comparisons = _comparisons(tasks, out_rows, per_seed, by_cell, protocol, stats_kw, row_seed)
     variance = _pretraining_variance(out_rows, per_seed)
+    health_table = _health_table(out_rows, by_row)
     board = {
         "schema": SCHEMA,
         "protocol": protocol,
@@ -413,6 +436,8 @@ def aggregate(
     }
     if variance:  # only then: leaderboards of single-seed runs stay byte-identical
         board["pretraining_variance"] = variance
+    if health_table:  # records from before the kNN monitor have none
+        board["pretraining_health"] = health_table
     board["findings"] = findings(board)
     return board
 
@@ -733,9 +758,40 @@ def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any
         lines += ["", f"![learning curves of {task}](curves_{task}.png)", ""]
         lines += _ranking_lines(board, task)
         lines += _comparison_lines(board, task)
+    lines += _health_lines(board)
     lines += _variance_lines(board)
     lines += ["", *render_findings(board)]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _health_lines(board: dict[str, Any]) -> list[str]:
+    """The "Pretraining health" section: every pretrained encoder's monitor and loss."""
+    entries = board.get("pretraining_health") or []
+    if not entries:
+        return []
+    lines = [
+        "",
+        "## Pretraining health",
+        "",
+        "Every pretrained encoder, from its checkpoint: the online kNN monitor's balanced "
+        "accuracy (and its linear-probe AUC) on the labelled dataset's validation split at "
+        "step 0 (batch norm calibrated) and at the end, the loss first -> last against its "
+        "chance level, collapse, and the verdict (`did not learn`: neither monitor rose by "
+        "the margin, the loss stayed at chance, or the embeddings collapsed).",
+        "",
+        "| strategy | kNN init -> end | linear AUC init -> end | loss first -> last (chance) "
+        "| collapse | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        chance = f" ({_fmt(e['loss_chance'])})" if e.get("loss_chance") is not None else ""
+        lines.append(
+            f"| {e['strategy']} | {_fmt(e.get('knn_init'))} -> {_fmt(e.get('knn_end'))} | "
+            f"{_fmt(e.get('linear_init'))} -> {_fmt(e.get('linear_end'))} | "
+            f"{_fmt(e.get('loss_first'))} -> {_fmt(e.get('loss_last'))}{chance} | "
+            f"{'yes' if e.get('collapsed') else 'no'} | {e['verdict']} |"
+        )
+    return lines
 
 
 def _variance_lines(board: dict[str, Any]) -> list[str]:

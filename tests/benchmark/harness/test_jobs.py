@@ -371,8 +371,9 @@ def test_baseline_encoders_add_baseline_arms_and_keep_the_default_keys(tmp_path:
     both = keys(["evaluate.baseline_encoders=[resnet18, resnet18_cifar]"], tmp_path)
     assert both[BASELINES] == base[BASELINES]
     assert "evaluate/phantom-cls/baselines-resnet18_cifar" in both
-    assert load_experiment(TINY).to_dict() == load_experiment(
-        TINY, ["evaluate.baseline_encoders=null"]
-    ).to_dict()
+    assert (
+        load_experiment(TINY).to_dict()
+        == load_experiment(TINY, ["evaluate.baseline_encoders=null"]).to_dict()
+    )
     with pytest.raises(SSLBenchError, match="unknown encoder 'resnet19'"):
         load_experiment(TINY, ["evaluate.baseline_encoders=[resnet19]"])

@@ -116,3 +116,22 @@ def test_the_calibrated_scratch_arm_is_labelled_and_old_records_keep_their_label
         assert not any("bn_calibrated" in c for c in row["cells"].values())
     md = render_markdown(old, "old", {"records": 20})
     assert "| scratch / resnet18 | " in md and CALIBRATED_LABEL not in md and "⚠" not in md
+
+
+def test_every_pretrained_encoder_gets_a_line_in_the_health_table() -> None:
+    """Two encoders of one row (``learned`` and ``did not learn``): one entry each, with
+    the kNN monitor init -> end and the loss against chance, in the JSON and the Markdown."""
+    board = aggregate(records(verdicts=("learned", "did not learn")))
+    table = board["pretraining_health"]
+    assert [(e["strategy"], e["verdict"]) for e in table] == [
+        ("real / simclr / resnet18", "learned"),
+        ("real / simclr / resnet18", "did not learn"),
+    ]
+    assert [e["knn_end"] for e in table] == [0.59, 0.64]
+    assert all(e["loss_chance"] == 4.14 for e in table)
+    md = render_markdown(board, "demo", {"records": 30})
+    assert "## Pretraining health" in md
+    assert "| real / simclr / resnet18 | 0.600 -> 0.640 | – -> – | 4.200 -> 4.190 (4.140) |" in md
+    # baselines and records from before the monitor add nothing
+    scratch_only = [r for r in records() if r["baseline"] == "scratch"]
+    assert "pretraining_health" not in aggregate(scratch_only)
