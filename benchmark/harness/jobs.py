@@ -32,7 +32,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmark.core.errors import SSLBenchError
 from benchmark.core.hashing import digest
@@ -40,20 +40,29 @@ from benchmark.core.io import read_json, source_fingerprint
 from benchmark.data.h5format import read_meta
 from benchmark.harness.experiment import PRETRAIN_DEFAULTS, Experiment, PretrainSection
 
-#: Rough CPU speeds (2 cores, 64 px) used by ``--dry-run`` estimates; ``segment_img_s`` and
-#: ``finetune_img_s`` calibrated on the busi-cpu reference run (13.5 min per 15-cell
-#: segmentation sweep, about 8 min per fine-tuning sweep, uncontended). Per-component
-#: factors (an encoder's ``cost``, a converter's ``dims``) belong to the components.
+if TYPE_CHECKING:
+    from tasks.adapters.base import Adapter
+
+#: Rough CPU speeds (2 cores, 64 px) used by ``--dry-run`` estimates. ``finetune_img_s`` and
+#: ``segment_img_s`` are training image passes per second (validation passes included),
+#: from the cells' recorded train times: fine-tuning ResNet-18 on BUSI 64 px about 55,
+#: on BreastMNIST 32 px about 93 per 64 px area; U-Net segmentation on BUSI 64 px 30-50
+#: and with the 3D ResNet-10 on hippocampus 32^3 about 40 per 64 x 64 area. Per-component
+#: ``pretrain_img_s``: SimCLR with its kNN monitor took 60 s for 300 x 32 images at 32 px
+#: (BreastMNIST) and 170-210 s at 64 px (BUSI), about 40-50 per 64 px area (VICReg is
+#: about 1.6x slower). ``ddpm_train_img_s``: 1500 x 16 images at 28 px in 418 s (11 per
+#: area). Per-component factors (an encoder's ``cost``, a converter's ``dims`` and
+#: ``image_size``, an adapter's ``training_passes``) belong to the components.
 SPEED = {
     "convert_s_per_image": 0.004,
     "phantom_s_per_image": 0.01,
     "ddpm_train_img_s": 13.0,
     "ddim50_img_s": 0.8,
-    "pretrain_img_s": 80.0,
+    "pretrain_img_s": 45.0,
     "extract_img_s": 400.0,
     "probe_fit_s": 0.3,
-    "finetune_img_s": 46.0,
-    "segment_img_s": 27.0,
+    "finetune_img_s": 60.0,
+    "segment_img_s": 36.0,
     "report_s": 30.0,
 }
 
@@ -131,7 +140,12 @@ def _n_images(entry: dict[str, Any]) -> int:
 
 def dataset_size(entry: dict[str, Any]) -> int | None:
     """The image side of a dataset entry, if it is known before converting."""
-    opts = entry.get("phantom") or entry.get("convert") or {}
+    from benchmark.data.converters import CONVERTERS
+
+    if "convert" in entry:
+        opts = entry["convert"]
+        return CONVERTERS.get(opts["kind"]).image_size(Path(opts["src"]), opts)
+    opts = entry.get("phantom") or {}
     return int(opts["size"]) if "size" in opts else None
 
 
@@ -475,9 +489,12 @@ def plan_jobs(exp: Experiment, results: Path) -> list[Job]:
 def _plan_evaluation(
     exp: Experiment, results: Path, data: dict[str, Job], encoders: dict[str, Job]
 ) -> list[Job]:
+    from benchmark.harness.stages import overrides_for
+    from pretrain.encoders import ENCODERS
     from pretrain.encoders.external import parse_init
+    from tasks.adapters import ADAPTERS
     from tasks.spec import load_spec
-    from tasks.sweep import supervised_adapter
+    from tasks.sweep import adapter_configs, supervised_adapter
 
     ev, pre = exp.evaluate, exp.pretrain
     assert ev is not None
@@ -505,22 +522,41 @@ def _plan_evaluation(
         dims = _dims(exp.datasets[task.dataset] if task.dataset else None)
         base = {**tcfg, "fractions": ev.fractions, "seeds": ev.seeds}
 
+        # the cells' adapters with their resolved options (defaults < spec < overrides)
+        names = sorted({*task.adapters, supervised_adapter(spec)})
+        # (an option an adapter refuses fails its cells at run time, recorded like any
+        # other failure; the estimate then falls back to the adapters' defaults)
+        mine = overrides_for(ev.overrides, names, task.spec, [])
+        adapters: dict[str, Adapter] = {}
+        for name, options in adapter_configs(spec, names, {}).items():
+            adapters[name] = ADAPTERS.create(name, **options)
+        try:
+            for name, options in adapter_configs(spec, names, mine).items():
+                adapters[name] = ADAPTERS.create(name, **options)
+                adapters[name].training_passes(100)
+        except SSLBenchError:
+            pass
+
         def cell_cost(
             adapter: str,
             fraction: float,
-            target: str = spec.target,
+            arch: str,
             n_train: float = n_train,
             size: int = size,
             dims: int = dims,
+            adapters: dict[str, Adapter] = adapters,
         ) -> float:
-            return _cell_cost(ev.overrides, adapter, fraction, target, n_train, size, dims)
+            return _cell_cost(
+                adapters[adapter], fraction, n_train, size, dims, ENCODERS.get(arch).cost
+            )
 
         def cells(adapters: list[str], baseline: str | None) -> list[list[Any]]:
             return [[a, baseline, f, s] for s in ev.seeds for a in adapters for f in ev.fractions]
 
         for label, pj in encoders.items():
             c = cells(task.adapters, None)
-            est = n / SPEED["extract_img_s"] + sum(cell_cost(a, f) for a, _, f, _ in c)
+            arch = pj.config["encoder"]
+            est = n / SPEED["extract_img_s"] + sum(cell_cost(a, f, arch) for a, _, f, _ in c)
             deps = [pj.id] + ([dj.id] if dj else [])
             jobs.append(
                 Job(
@@ -543,7 +579,7 @@ def _plan_evaluation(
                     sup = supervised_adapter(spec)
                     sup_seeds = ev.seeds if ev.supervised_seeds is None else ev.supervised_seeds
                     c += [[sup, "supervised", 1.0, s] for s in sup_seeds]
-                est = sum(cell_cost(a, f) + n / SPEED["extract_img_s"] for a, _, f, _ in c)
+                est = sum(cell_cost(a, f, arch) + n / SPEED["extract_img_s"] for a, _, f, _ in c)
                 # the scratch / supervised encoder is built as pretraining would build it,
                 # so its construction arguments are part of the key (input channels come
                 # from the dataset, whose key is in ``tcfg``)
@@ -581,7 +617,7 @@ def _plan_evaluation(
                 if init not in identities:
                     identities[init] = spec_init.identity()
                 c = cells(task.adapters, "external")
-                est = n / SPEED["extract_img_s"] + sum(cell_cost(a, f) for a, _, f, _ in c)
+                est = n / SPEED["extract_img_s"] + sum(cell_cost(a, f, arch) for a, _, f, _ in c)
                 architecture = {"name": arch, "args": _baseline_args(pre, arch)}
                 ecfg = {
                     **tcfg,
@@ -644,22 +680,25 @@ def _keyed_init(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 
 
 def _cell_cost(
-    overrides: dict[str, Any],
-    adapter: str,
+    adapter: Adapter,
     fraction: float,
-    target: str,
     n_train: float,
     size: int,
     dims: int = 2,
+    encoder_cost: float = 1.0,
 ) -> float:
-    """Rough seconds of one evaluation cell on the CPU."""
-    from tasks.adapters import ADAPTERS
+    """Rough seconds of one evaluation cell on the CPU.
 
-    if not ADAPTERS.get(adapter).trains_encoder:  # frozen features: a probe fit
+    A probe on frozen features costs one fit; an adapter that trains (the encoder, or a
+    decoder on it) costs its :meth:`~tasks.adapters.base.Adapter.training_passes` (the step budget's minimum,
+    epochs and batch size, times every value of its learning-rate grid) at the
+    calibrated image rate, scaled by the input's area and the encoder's ``cost``.
+    """
+    passes = adapter.training_passes(max(2, round(n_train * fraction)))
+    if not passes:  # frozen features: a probe fit
         return SPEED["probe_fit_s"]
-    epochs = float(overrides.get(f"{adapter}.epochs", overrides.get("epochs", 30)))
-    speed = SPEED["segment_img_s" if target == "masks" else "finetune_img_s"]
-    return epochs * max(n_train * fraction, 8) / speed * _area(size, dims) * 0.5
+    speed = SPEED["segment_img_s" if adapter.target == "masks" else "finetune_img_s"]
+    return passes / speed * _area(size, dims) * encoder_cost
 
 
 def format_duration(seconds: float) -> str:

@@ -147,6 +147,15 @@ class Adapter:
     def check(self, encoder: Encoder, data: CellData) -> None:
         """Raise :class:`benchmark.core.errors.SSLBenchError` if this cell cannot run."""
 
+    def training_passes(self, n_train: int) -> float:
+        """Image passes (forward + backward) one cell makes on ``n_train`` labelled images.
+
+        The work behind ``--dry-run`` estimates, summed over every trial of a
+        learning-rate grid; early stopping can only shorten it. Adapters on frozen
+        features train no encoder and return 0 (their cost is the feature extraction).
+        """
+        return 0.0
+
     def run(
         self,
         encoder: Encoder,

@@ -66,6 +66,7 @@ from tasks.adapters.protocol import (
     StepPlan,
     lr_grid,
     plan_steps,
+    planned_passes,
     select_on_validation,
     selection_record,
 )
@@ -188,6 +189,13 @@ class FinetuneAdapter(Adapter):
             raise SSLBenchError(
                 f"finetune: class_weight must be null or 'balanced', got {cfg['class_weight']!r}"
             )
+
+    def training_passes(self, n_train: int) -> float:
+        n = max(1, int(n_train))
+        bs = min(int(self.config["batch_size"]), n)
+        per_epoch = len(batches(n, bs, torch.Generator().manual_seed(0)))
+        grid = lr_grid(self.config["lr_encoder"], self.name, "lr_encoder")
+        return len(grid) * planned_passes(per_epoch, n / per_epoch, self.config, self.name)
 
     def run(
         self,

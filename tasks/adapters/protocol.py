@@ -101,6 +101,18 @@ def plan_steps(steps_per_epoch: int, cfg: dict[str, Any], name: str) -> StepPlan
     )
 
 
+def planned_passes(
+    steps_per_epoch: int, images_per_step: float, cfg: dict[str, Any], name: str
+) -> float:
+    """Image passes of one training run of :func:`plan_steps`'s budget.
+
+    ``images_per_step`` is the mean batch the adapter trains on; validation passes
+    are not counted (estimates only: see
+    :meth:`tasks.adapters.base.Adapter.training_passes`).
+    """
+    return plan_steps(steps_per_epoch, cfg, name).total * float(images_per_step)
+
+
 @dataclass
 class BestTracker:
     """Keeps the best validation evaluation and decides when to stop.

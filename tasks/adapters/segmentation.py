@@ -67,6 +67,7 @@ from tasks.adapters.protocol import (
     StepPlan,
     lr_grid,
     plan_steps,
+    planned_passes,
     select_on_validation,
     selection_record,
 )
@@ -271,6 +272,14 @@ class SegmentationAdapter(Adapter):
             for i in range(0, images.shape[0], self.config["eval_batch_size"])
         ]
         return torch.cat(out) if out else torch.zeros((0, *images.shape[2:]), dtype=torch.int64)
+
+    def training_passes(self, n_train: int) -> float:
+        n = max(1, int(n_train))
+        bs = min(int(self.config["batch_size"]), n)
+        grid = lr_grid(self.config["encoder_lr"], self.name, "encoder_lr")
+        trials = 1 if self.config["mode"] == "frozen" else len(grid)
+        # batches of ``bs`` images, ``n // bs`` per epoch (the remainder is left out)
+        return trials * planned_passes(max(1, n // bs), bs, self.config, self.name)
 
     def run(
         self,

@@ -166,3 +166,46 @@ def test_cells_the_adapters_cannot_take(cell: CellData) -> None:
             ADAPTERS.create(name).check(encoder, CellData(**{**cell.__dict__, "target": "masks"}))
     with pytest.raises(Exception, match="did you mean 'temperature'"):
         ADAPTERS.create("knn", temprature=0.1)
+
+
+def count_training_images(encoder: torch.nn.Module) -> list[int]:
+    """Batch sizes of the train-mode forward passes through ``encoder`` and its copies
+    (the hook on its first convolution is deep-copied with it)."""
+    seen: list[int] = []
+    conv = next(m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d))
+
+    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if module.training:
+            seen.append(int(args[0].shape[0]))
+
+    conv.register_forward_pre_hook(hook)
+    return seen
+
+
+@pytest.mark.parametrize("grid", [[1e-3], [1e-4, 1e-3]])
+@pytest.mark.parametrize(("epochs", "min_steps"), [(2, 5), (1, 9)])
+def test_finetune_training_passes_are_the_images_a_cell_trains_on(
+    cell: CellData, grid: list[float], epochs: int, min_steps: int
+) -> None:
+    """``--dry-run`` estimates read ``training_passes``: with early stopping off it is the
+    exact number of images the cell's optimizer steps see, over every grid value (16
+    images in batches of 5: 5, 5 and 6 after the merge of a batch of one, 3 steps per
+    epoch; the budget is 2 epochs = 6 steps, or the 9-step floor = 3 epochs)."""
+    adapter = ADAPTERS.create(
+        "finetune",
+        epochs=epochs,
+        batch_size=5,
+        min_steps=min_steps,
+        stop_after=1.0,
+        lr_encoder=grid,
+        augment=False,
+    )
+    torch.manual_seed(0)
+    encoder = create_encoder("resnet18", img_size=32)
+    seen = count_training_images(encoder)
+    adapter.run(encoder, cell, seed=0)
+    assert len(cell.train) == 16 and set(seen) == {5, 6}
+    expected = len(grid) * 16 * (2 if epochs == 2 else 3)
+    assert sum(seen) == expected
+    assert adapter.training_passes(len(cell.train)) == pytest.approx(expected)
+    assert ADAPTERS.create("linear").training_passes(16) == 0  # a probe trains no encoder

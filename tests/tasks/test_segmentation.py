@@ -154,3 +154,30 @@ def test_clear_errors(cell: CellData) -> None:
         SegmentationAdapter(mode="linear")
     with pytest.raises(SSLBenchError, match="unknown option"):
         SegmentationAdapter(learning_rate=1.0)
+
+
+@pytest.mark.parametrize("mode", ["finetune", "frozen"])
+def test_training_passes_are_the_images_a_cell_trains_on(
+    cell: CellData, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--dry-run`` estimates read ``training_passes``: with early stopping off, the
+    images the cell's steps see (batches of ``batch_size``, ``n // batch_size`` per
+    epoch), over the grid when the encoder trains and once when it is frozen."""
+    seen: list[int] = []
+    forward = UNetDecoder.forward
+
+    def counting(self: UNetDecoder, feats: list[torch.Tensor], *args: object) -> torch.Tensor:
+        if self.training:
+            seen.append(int(feats[0].shape[0]))
+        return forward(self, feats, *args)
+
+    monkeypatch.setattr(UNetDecoder, "forward", counting)
+    adapter = SegmentationAdapter(
+        mode=mode, epochs=2, batch_size=4, min_steps=1, stop_after=1.0, encoder_lr=[1e-4, 1e-3]
+    )
+    torch.manual_seed(0)
+    adapter.run(create_encoder("resnet18", img_size=SIZE), cell, seed=0)
+    n = len(cell.train)
+    expected = (2 if mode == "finetune" else 1) * 2 * (n // 4) * 4
+    assert set(seen) == {4}
+    assert sum(seen) == expected == pytest.approx(adapter.training_passes(n))

@@ -40,6 +40,11 @@ class Converter(ABC):
         """How many images converting ``src`` gives, if cheap to tell (for estimates)."""
         return None
 
+    @classmethod
+    def image_size(cls, src: Path, options: dict[str, Any]) -> int | None:
+        """The image side converting ``src`` with ``options`` gives, if known (estimates)."""
+        return int(options["size"]) if options.get("size") else None
+
     @abstractmethod
     def convert(self, src: Path, out: Path, *, overwrite: bool = False) -> Path:
         """Convert ``src`` into the HDF5 file ``out`` atomically; return ``out``."""

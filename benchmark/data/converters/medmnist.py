@@ -217,6 +217,12 @@ class MedMNISTConverter(Converter):
         parser.add_argument("--modality", default=None)
         dup.add_arguments(parser, dup.DEFAULTS_2D)
 
+    @classmethod
+    def image_size(cls, src: Path, options: dict[str, Any]) -> int | None:
+        """The size in the file name (MedMNIST+ ``_64`` ...), else v2's 28 px."""
+        stem = Path(src).stem.lower()
+        return next((n for n in SIZES if stem.endswith(f"_{n}")), 28)
+
     def convert(self, src: Path, out: Path, *, overwrite: bool = False) -> Path:
         """Convert the ``.npz`` file ``src`` into ``out``; see the module docstring."""
         src, out = Path(src), Path(out)

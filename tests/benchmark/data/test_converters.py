@@ -203,6 +203,11 @@ def test_convert_breastmnist(breastmnist: Path, shared_data: Path) -> None:
     assert np.array_equal(a["labels"][test], npz["test_labels"].reshape(-1))
     assert a["patient_ids"][12] == "train-00012" and "no patient ids" in str(meta["extra"])
     assert compute_content_hash(breastmnist) == meta["content_hash"]
+    # the size estimates read before converting is the one written
+    src = shared_data / "medmnist" / "breastmnist.npz"
+    assert CONVERTERS.get("medmnist").image_size(src, {}) == meta["image_shape"][-1] == 28
+    assert CONVERTERS.get("medmnist").image_size(Path("pneumoniamnist_128.npz"), {}) == 128
+    assert CONVERTERS.get("busi").image_size(Path("busi"), {"size": 64}) == 64
 
 
 def test_convert_medmnist_rgb_3d_multilabel(tmp_path: Path) -> None:
