@@ -52,7 +52,7 @@ from benchmark.core.registry import unknown_name_error
 from pretrain.encoders import Encoder
 from tasks.adapters import ADAPTERS, CellData, CellResult
 from tasks.features import check_image_size
-from tasks.spec import TaskSpec
+from tasks.spec import TaskSpec, load_spec
 from tasks.taskdata import CALIBRATION_SPLIT, EncoderSource, TaskData
 
 #: Version 2: one recipe for every arm (learning rate chosen on validation from a declared
@@ -302,6 +302,28 @@ def adapter_configs(
         for n in targets:
             opts[n][key] = value
     return {n: dict(ADAPTERS.create(n, **o).config) for n, o in opts.items()}
+
+
+def sweep_overrides(
+    overrides: dict[str, Any], adapters: list[str], spec_name: str, baselines: list[str]
+) -> dict[str, Any]:
+    """The experiment's adapter overrides that apply to one sweep's adapters.
+
+    ``adapter.key`` applies to that adapter only; a bare ``key`` to every adapter
+    of the sweep having that option (including the supervised baseline's).
+    """
+    names = list(adapters)
+    if "supervised" in baselines:
+        names.append(supervised_adapter(load_spec(spec_name)))
+    out = {}
+    for key, value in overrides.items():
+        prefix, dot, _ = key.partition(".")
+        if dot and prefix in ADAPTERS:
+            if prefix in names:
+                out[key] = value
+        elif any(key in ADAPTERS.get(n).default_config for n in names):
+            out[key] = value
+    return out
 
 
 def supervised_seeds(cfg: SweepConfig) -> list[int]:

@@ -489,12 +489,11 @@ def plan_jobs(exp: Experiment, results: Path) -> list[Job]:
 def _plan_evaluation(
     exp: Experiment, results: Path, data: dict[str, Job], encoders: dict[str, Job]
 ) -> list[Job]:
-    from benchmark.harness.stages import overrides_for
     from pretrain.encoders import ENCODERS
     from pretrain.encoders.external import parse_init
     from tasks.adapters import ADAPTERS
     from tasks.spec import load_spec
-    from tasks.sweep import adapter_configs, supervised_adapter
+    from tasks.sweep import adapter_configs, supervised_adapter, sweep_overrides
 
     ev, pre = exp.evaluate, exp.pretrain
     assert ev is not None
@@ -526,7 +525,7 @@ def _plan_evaluation(
         names = sorted({*task.adapters, supervised_adapter(spec)})
         # (an option an adapter refuses fails its cells at run time, recorded like any
         # other failure; the estimate then falls back to the adapters' defaults)
-        mine = overrides_for(ev.overrides, names, task.spec, [])
+        mine = sweep_overrides(ev.overrides, names, task.spec, [])
         adapters: dict[str, Adapter] = {}
         for name, options in adapter_configs(spec, names, {}).items():
             adapters[name] = ADAPTERS.create(name, **options)

@@ -282,7 +282,7 @@ def run_pretrain(job: Job, ctx: Context) -> dict[str, Any]:
 def run_evaluate(job: Job, ctx: Context) -> dict[str, Any]:
     """Run (or resume) one sweep: a strategy's encoder, the baselines, or an ``external``
     arm (its weights' location in ``job.run["init"]``)."""
-    from tasks.sweep import SweepConfig, run_sweep
+    from tasks.sweep import SweepConfig, run_sweep, sweep_overrides
 
     cfg = job.config
     data = Path(ctx.output(job, "data")["path"]) if cfg["dataset"] else None
@@ -301,7 +301,7 @@ def run_evaluate(job: Job, ctx: Context) -> dict[str, Any]:
         baselines=list(cfg["baselines"]),
         supervised_seeds=cfg.get("supervised_seeds"),
         device=ctx.device,
-        overrides=overrides_for(cfg["overrides"], cfg["adapters"], cfg["spec"], cfg["baselines"]),
+        overrides=sweep_overrides(cfg["overrides"], cfg["adapters"], cfg["spec"], cfg["baselines"]),
         cache_dir=str(ctx.results / "cache" / "features"),
         encoder_name=cfg.get("encoder"),
         progress=False,
@@ -335,32 +335,6 @@ class CellFailures(SSLBenchError):
     def __init__(self, summary: dict[str, Any], failed: list[str]) -> None:
         super().__init__(f"{len(failed)} cell(s) failed: " + "; ".join(failed[:3]))
         self.summary = summary
-
-
-def overrides_for(
-    overrides: dict[str, Any], adapters: list[str], spec_name: str, baselines: list[str]
-) -> dict[str, Any]:
-    """The experiment's adapter overrides that apply to one sweep's adapters.
-
-    ``adapter.key`` applies to that adapter only; a bare ``key`` to every adapter
-    of the sweep having that option (including the supervised baseline's).
-    """
-    from tasks.adapters import ADAPTERS
-    from tasks.spec import load_spec
-    from tasks.sweep import supervised_adapter
-
-    names = list(adapters)
-    if "supervised" in baselines:
-        names.append(supervised_adapter(load_spec(spec_name)))
-    out = {}
-    for key, value in overrides.items():
-        prefix, dot, _ = key.partition(".")
-        if dot and prefix in ADAPTERS:
-            if prefix in names:
-                out[key] = value
-        elif any(key in ADAPTERS.get(n).default_config for n in names):
-            out[key] = value
-    return out
 
 
 def _architecture(planned: dict[str, Any], data: Path | None) -> dict[str, Any]:
