@@ -44,6 +44,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -183,20 +184,27 @@ def bn_calibrated(record: dict[str, Any]) -> bool:
     return bool(calibration.get("calibrated"))
 
 
+def _encoder_health(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``(health, first record)`` of each distinct encoder (by weights hash) among
+    ``records`` whose health is recorded, in hash order."""
+    per_encoder: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for rec in records:
+        h = pretraining_health(rec)
+        if h is not None:
+            key = str(rec["encoder"].get("hash") or rec["encoder"]["id"])
+            per_encoder.setdefault(key, (h, rec))
+    return [per_encoder[k] for k in sorted(per_encoder)]
+
+
 def _pretraining(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """A row's pretraining health over its encoders (pretraining seeds), if recorded.
 
     ``verdict`` is ``did not learn`` if any encoder did not learn, ``learned`` if all
     learned, else ``not checked``; the kNN accuracies are means over the encoders.
     """
-    per_encoder: dict[str, dict[str, Any]] = {}
-    for rec in records:
-        h = pretraining_health(rec)
-        if h is not None:
-            per_encoder.setdefault(str(rec["encoder"].get("hash") or rec["encoder"]["id"]), h)
-    if not per_encoder:
+    hs = [h for h, _ in _encoder_health(records)]
+    if not hs:
         return None
-    hs = [per_encoder[k] for k in sorted(per_encoder)]
     bad = sum(did_not_learn(h) for h in hs)
     learned = all(h["verdict"] == "learned" for h in hs)
 
@@ -256,21 +264,16 @@ def _health_table(
 ) -> list[dict[str, Any]]:
     """One entry per pretrained encoder whose records carry its pretraining health: the
     row, the encoder's pretraining seed and weights hash, and the compact health."""
-    out = []
-    for r in rows:
-        seen: dict[str, dict[str, Any]] = {}
-        for rec in by_row[r["strategy"]]:
-            h = pretraining_health(rec)
-            key = str(rec["encoder"].get("hash") or rec["encoder"]["id"])
-            if h is not None and key not in seen:
-                seen[key] = {
-                    "strategy": r["strategy"],
-                    "pretrain_seed": pretraining_seed(rec),
-                    "encoder_hash": rec["encoder"].get("hash"),
-                    **{k: _r(v) for k, v in h.items()},
-                }
-        out += [seen[k] for k in sorted(seen)]
-    return out
+    return [
+        {
+            "strategy": r["strategy"],
+            "pretrain_seed": pretraining_seed(rec),
+            "encoder_hash": rec["encoder"].get("hash"),
+            **{k: _r(v) for k, v in h.items()},
+        }
+        for r in rows
+        for h, rec in _encoder_health(by_row[r["strategy"]])
+    ]
 
 
 def _pretraining_variance(
@@ -295,10 +298,9 @@ def _pretraining_variance(
                 xs = [v for v in (vals or {}).values() if v == v]  # drop NaN
                 if not xs:
                     continue
-                mu = sum(xs) / len(xs)
-                means[str(m["pretrain_seed"])] = _r(mu)
+                means[str(m["pretrain_seed"])] = _r(statistics.fmean(xs))
                 if len(xs) > 1:
-                    sds.append((sum((x - mu) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5)
+                    sds.append(statistics.stdev(xs))
             if len(means) < 2:
                 continue
             out.append(
@@ -307,7 +309,7 @@ def _pretraining_variance(
                     "cell": cell,
                     "pretraining_seed_means": means,
                     "pretraining_spread": _r(max(means.values()) - min(means.values())),
-                    "evaluation_sd": _r(sum(sds) / len(sds)) if sds else None,
+                    "evaluation_sd": _r(statistics.fmean(sds)) if sds else None,
                 }
             )
     return out
