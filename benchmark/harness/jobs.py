@@ -526,15 +526,14 @@ def _plan_evaluation(
         # (an option an adapter refuses fails its cells at run time, recorded like any
         # other failure; the estimate then falls back to the adapters' defaults)
         mine = sweep_overrides(ev.overrides, names, task.spec, [])
-        adapters: dict[str, Adapter] = {}
-        for name, options in adapter_configs(spec, names, {}).items():
-            adapters[name] = ADAPTERS.create(name, **options)
         try:
-            for name, options in adapter_configs(spec, names, mine).items():
-                adapters[name] = ADAPTERS.create(name, **options)
-                adapters[name].training_passes(100)
+            configs = adapter_configs(spec, names, mine)
+            adapters = {n: ADAPTERS.create(n, **c) for n, c in configs.items()}
+            for adapter in adapters.values():
+                adapter.training_passes(100)  # the step plan checks its options
         except SSLBenchError:
-            pass
+            configs = adapter_configs(spec, names, {})
+            adapters = {n: ADAPTERS.create(n, **c) for n, c in configs.items()}
 
         def cell_cost(
             adapter: str,
@@ -689,9 +688,9 @@ def _cell_cost(
     """Rough seconds of one evaluation cell on the CPU.
 
     A probe on frozen features costs one fit; an adapter that trains (the encoder, or a
-    decoder on it) costs its :meth:`~tasks.adapters.base.Adapter.training_passes` (the step budget's minimum,
-    epochs and batch size, times every value of its learning-rate grid) at the
-    calibrated image rate, scaled by the input's area and the encoder's ``cost``.
+    decoder on it) costs its :meth:`~tasks.adapters.base.Adapter.training_passes` (the
+    step floor, epochs and batch size, times every value of its learning-rate grid) at
+    the calibrated image rate, scaled by the input's area and the encoder's ``cost``.
     """
     passes = adapter.training_passes(max(2, round(n_train * fraction)))
     if not passes:  # frozen features: a probe fit

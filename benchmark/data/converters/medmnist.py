@@ -110,6 +110,11 @@ CITATION = (
 )
 
 
+def size_suffix(stem: str) -> int | None:
+    """The MedMNIST+ size a file stem ends with (``pathmnist_64`` -> 64), else None."""
+    return next((n for n in SIZES if stem.lower().endswith(f"_{n}")), None)
+
+
 def dataset_key(stem: str) -> str | None:
     """The MedMNIST dataset a file stem names: ``adrenalmnist3d_64`` -> ``adrenalmnist3d``.
 
@@ -118,10 +123,9 @@ def dataset_key(stem: str) -> str | None:
     (``breastmnist-copy`` -> ``breastmnist``). None when nothing matches.
     """
     base = stem.lower()
-    for size in SIZES:
-        if base.endswith(f"_{size}"):
-            base = base.removesuffix(f"_{size}")
-            break
+    size = size_suffix(base)
+    if size is not None:
+        base = base.removesuffix(f"_{size}")
     if base in DATASETS:
         return base
     prefixes = sorted((k for k in DATASETS if base.startswith(k)), key=len, reverse=True)
@@ -220,8 +224,7 @@ class MedMNISTConverter(Converter):
     @classmethod
     def image_size(cls, src: Path, options: dict[str, Any]) -> int | None:
         """The size in the file name (MedMNIST+ ``_64`` ...), else v2's 28 px."""
-        stem = Path(src).stem.lower()
-        return next((n for n in SIZES if stem.endswith(f"_{n}")), 28)
+        return size_suffix(Path(src).stem) or 28
 
     def convert(self, src: Path, out: Path, *, overwrite: bool = False) -> Path:
         """Convert the ``.npz`` file ``src`` into ``out``; see the module docstring."""
