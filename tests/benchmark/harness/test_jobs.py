@@ -353,10 +353,8 @@ REFERENCE_ARMS = {
         "mixedadd-w10-simclr-weak-resnet18-s0",
         "real-simclr-resnet18-s0",
         "real-simclr-resnet18-s1",
-        "real-vicreg-resnet18-s0",
         "synthetic-simclr-resnet18-s0",
         "synthetic-simclr-resnet18-s1",
-        "synthetic-vicreg-resnet18-s0",
     ],
     "busi-masked": [
         "real-simclr-resnet18-s0",
