@@ -106,14 +106,32 @@ def published(ref: Path) -> dict:
     return doc
 
 
+def linked_boards(ref: Path, report: str) -> dict:
+    """The ``leaderboard.json`` of every reference folder a REPORT links (``../<name>/``)."""
+    names = sorted(set(re.findall(r"\]\(\.\./([\w.-]+)/", report)))
+    for name in names:
+        assert (ref.parent / name / "leaderboard.json").exists(), (ref.name, name)
+    return {n: json.loads((ref.parent / n / "leaderboard.json").read_text()) for n in names}
+
+
 @pytest.mark.parametrize("name", REFERENCES)
 def test_reports_quote_only_generated_numbers(name: str) -> None:
-    """Every decimal of REPORT.md is a value of ``leaderboard.json``, or a cited figure of
-    another paper listed in ``published.json``."""
+    """Every decimal of REPORT.md is a value of ``leaderboard.json`` or of a linked
+    reference's, or a cited figure of another paper listed in ``published.json``."""
     ref = REPO / "results" / name
+    report = (ref / "REPORT.md").read_text()
     board = json.loads((ref / "leaderboard.json").read_text())
-    allowed = {"board": board, "published": published(ref)}
-    assert unsupported((ref / "REPORT.md").read_text(), allowed) == [], name
+    allowed = {"board": board, "linked": linked_boards(ref, report), "published": published(ref)}
+    assert unsupported(report, allowed) == [], name
+
+
+def test_a_linked_reference_lends_its_numbers_and_nothing_else() -> None:
+    ref = REPO / "results" / "breastmnist-medmnist"
+    report = "the reference ([results/breastmnist](../breastmnist/REPORT.md)) gets 0.826"
+    boards = linked_boards(ref, report)
+    assert set(boards) == {"breastmnist"}
+    assert unsupported(report, {"board": {}, "linked": boards}) == []
+    assert unsupported(report, {"board": {}, "linked": {}}) == ["0.826"]
 
 
 def test_the_number_check_catches_a_hand_written_number() -> None:
