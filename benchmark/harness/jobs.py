@@ -49,10 +49,11 @@ if TYPE_CHECKING:
 #: on BreastMNIST 32 px about 93 per 64 px area; U-Net segmentation on BUSI 64 px 30-50
 #: and with the 3D ResNet-10 on hippocampus 32^3 about 40 per 64 x 64 area.
 #: ``pretrain_img_s``: SimCLR with its kNN monitor took 60 s for 300 x 32 images at 32 px
-#: (BreastMNIST) and 170-210 s at 64 px (BUSI), about 40-50 per 64 px area (VICReg is
-#: about 1.6x slower). ``ddpm_train_img_s``: 1500 x 16 images at 28 px in 418 s (11 per
-#: area). Per-component factors (an encoder's ``cost``, a converter's ``dims`` and
-#: ``image_size``, an adapter's ``training_passes``) belong to the components.
+#: (BreastMNIST) and 170-210 s at 64 px (BUSI), about 40-50 per 64 px area; other
+#: methods scale it by their ``cost``. ``ddpm_train_img_s``: 1500 x 16 images at 28 px in
+#: 418 s (11 per area). Per-component factors (an encoder's and a method's ``cost``, a
+#: converter's ``dims`` and ``image_size``, an adapter's ``training_passes``) belong to
+#: the components.
 SPEED = {
     "convert_s_per_image": 0.004,
     "phantom_s_per_image": 0.01,
@@ -337,6 +338,7 @@ def _pretrain_jobs(
     curated: dict[str, Job] | None = None,
 ) -> dict[str, Job]:
     from pretrain.encoders import ENCODERS
+    from pretrain.methods import METHODS
     from pretrain.sources import SOURCES
 
     pre = exp.pretrain
@@ -431,6 +433,7 @@ def _pretrain_jobs(
                         / SPEED["pretrain_img_s"]
                         * _area(pre.image_size, dims)
                         * ENCODERS.get(encoder).cost
+                        * METHODS.get(method).cost
                     )
                     job = Job(
                         f"pretrain/{label}",

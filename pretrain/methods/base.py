@@ -163,6 +163,10 @@ class SSLMethod(nn.Module):
             trainer then recomputes them on the pretraining pool's un-augmented
             images before saving the encoder (weights untouched; recorded in
             ``pretrain.json`` as ``bn_recalibration``).
+        cost: Training time per image relative to SimCLR with the same encoder and
+            input size (``sslbench run --dry-run`` estimates), from the method table
+            of the README (``perf/bench_recipes.py``: images/s of each method's small
+            recipe, ResNet-18 at 64 px on 2 CPU cores; SimCLR 42).
 
     Args:
         encoder: The shared encoder being pretrained (saved alone at the end).
@@ -178,6 +182,7 @@ class SSLMethod(nn.Module):
     requires_multiscale: ClassVar[bool] = False
     spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
     dense_statistics_at_export: ClassVar[bool] = False
+    cost: ClassVar[float] = 1.0
 
     def __init__(self, encoder: Encoder, **config: Any) -> None:
         super().__init__()

@@ -192,6 +192,19 @@ def test_estimates_use_component_facts(tmp_path: Path) -> None:
     assert b == pytest.approx(s * ratio)
 
 
+@pytest.mark.parametrize("method", ["vicreg", "mocov2", "byol"])
+def test_a_methods_cost_scales_its_pretraining_estimate(method: str, tmp_path: Path) -> None:
+    """A method's ``cost`` (time per image relative to SimCLR) scales its estimate."""
+    from pretrain.methods import METHODS
+
+    exp = load_experiment(TINY, [f"pretrain.methods=[simclr, {method}]"])
+    jobs = {j.id: j for j in plan_jobs(exp, tmp_path)}
+    simclr = jobs["pretrain/real-simclr-resnet18-s0"].estimate_s
+    other = jobs[f"pretrain/real-{method}-resnet18-s0"].estimate_s
+    assert METHODS.get(method).cost != 1.0
+    assert other == pytest.approx(simclr * METHODS.get(method).cost / METHODS.get("simclr").cost)
+
+
 def test_mixing_modes_real_weight_and_pool_size_are_arms_with_their_own_keys(
     tmp_path: Path,
 ) -> None:

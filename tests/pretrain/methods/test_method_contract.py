@@ -83,6 +83,7 @@ def test_class_metadata(name: str) -> None:
     assert cls.name == name, "register the class under its own `name`"
     assert cls.family in FAMILIES
     assert cls.paper.strip(), "cite the paper"
+    assert 0.1 <= cls.cost <= 20, "cost: time per image relative to SimCLR (dry-run estimates)"
     doc = (inspect.getdoc(cls) or "") + (inspect.getmodule(cls).__doc__ or "")  # type: ignore[union-attr]
     undocumented = [k for k in cls.default_config if k not in COMMON_DEFAULTS and k not in doc]
     assert not undocumented, f"default_config keys not described in the docstring: {undocumented}"
