@@ -164,9 +164,11 @@ class SSLMethod(nn.Module):
             images before saving the encoder (weights untouched; recorded in
             ``pretrain.json`` as ``bn_recalibration``).
         cost: Training time per image relative to SimCLR with the same encoder and
-            input size (``sslbench run --dry-run`` estimates), from the method table
-            of the README (``perf/bench_recipes.py``: images/s of each method's small
-            recipe, ResNet-18 at 64 px on 2 CPU cores; SimCLR 42).
+            input size (``sslbench run --dry-run`` estimates), from the 64 px method
+            table of the README (``perf/bench_recipes.py``: images/s of each method's
+            small recipe, ResNet-18 on 2 CPU cores, kNN monitor included; SimCLR 42).
+            A rough factor: at 32 px the ratios differ (VICReg 2.6x, DINO 2.3x, MoCo v2
+            0.86x there), and the monitor's share does not scale with the method.
 
     Args:
         encoder: The shared encoder being pretrained (saved alone at the end).

@@ -80,6 +80,9 @@ class MAE(SSLMethod):
 
     name: ClassVar[str] = "mae"
     family: ClassVar[str] = "masked"
+    #: 71 images/s with ViT-Tiny at 128 px (README method table; 75 % of the patches
+    #: masked), 284 per 64 px area against SimCLR's 42 with a ResNet-18 of the same cost
+    cost: ClassVar[float] = 0.15
     spatial_dims: ClassVar[tuple[int, ...]] = (
         2,
     )  # lightly's MaskedVisionTransformerTIMM wraps timm's 2D ViT

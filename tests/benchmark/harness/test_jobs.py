@@ -396,7 +396,8 @@ REFERENCE_ARMS = {
 def test_reference_experiments_plan_their_declared_arms(
     name: str, tmp_path: Path, shared_data: Path
 ) -> None:
-    """The issue-22 reference grids: their pretraining arms, 5 evaluation seeds, the pool
+    """The issue-22 reference grids: their pretraining arms, 5 evaluation seeds (3 for the
+    MedMNIST-protocol check), the pool
     matched to the real train split wherever synthetic images are used, and (synthetic
     users) the memorisation filter on the sampled set."""
     repo = Path(__file__).resolve().parents[3]
@@ -404,7 +405,10 @@ def test_reference_experiments_plan_their_declared_arms(
     jobs = plan_jobs(exp, tmp_path)
     arms = sorted(j.id.removeprefix("pretrain/") for j in jobs if j.stage == "pretrain")
     assert arms == REFERENCE_ARMS[name]
-    assert exp.evaluate is not None and exp.evaluate.seeds == [0, 1, 2, 3, 4]
+    assert exp.evaluate is not None
+    # breastmnist-medmnist checks the task against a published single run (3 seeds)
+    seeds = [0, 1, 2] if name == "breastmnist-medmnist" else [0, 1, 2, 3, 4]
+    assert exp.evaluate.seeds == seeds
     for job in jobs:
         if job.stage == "pretrain" and job.config["synthetic"]:
             assert job.config["pool_size"] == "matched", job.id
