@@ -38,9 +38,14 @@ The interval (:func:`cell_interval`, :func:`paired_interval`)
     3. The percentile interval of the replicates (Hazen plotting positions).
     The point estimate is the mean over seeds of the metric on all cases. A
     paired comparison applies the same to the per-seed, per-resample
-    differences ``a - b``; its p-value is ``2 min(P(d <= 0), P(d >= 0))`` over the
-    replicates with the +1 correction (capped at 1), so it agrees with the
-    interval; the Wilcoxon signed-rank test over seeds is added only with >= 6
+    differences ``a - b``. Its p-value is the two-level Welch t-test with the
+    interval's own standard error ``sqrt(v_case + se**2)`` and ``df``
+    (:func:`welch_t_p_value`), so it agrees with the interval (p < 0.05 where the
+    95 % interval excludes 0, up to the case level's departure from normality) and,
+    unlike a bootstrap tail count, has no resampling floor: the tail count's
+    smallest value, ``2 / (B + 1)`` (0.001 with 2000 resamples), times 60 contrasts
+    under Holm is above 0.05, so a leaderboard of that size could resolve nothing
+    whatever the effect. The Wilcoxon signed-rank test over seeds is added only with >= 6
     seeds (with 5, its smallest two-sided p-value is 0.0625). Cells identical
     across seeds (``deterministic``, e.g. a linear probe on 100 % of the labels)
     get the test-case level only and never a seed-level test.
@@ -114,6 +119,11 @@ MIN_RESAMPLES = 200
 RANDOM_STATE = 0
 MIN_WILCOXON_SEEDS = 6
 SEED_LEVELS = ("welch", "resample")
+#: How a paired comparison's p-value is computed (:func:`welch_t_p_value`)
+TEST_METHOD = (
+    "two-level Welch t-test: mean difference over the interval's standard error "
+    "(test cases and evaluation seeds), Welch-Satterthwaite degrees of freedom"
+)
 
 
 # -- the two-level bootstrap ------------------------------------------------------------------
@@ -205,26 +215,73 @@ def _replicates(
         resample) and the seed-level standard error (0 for the case level only,
         ``nan`` for ``"resample"``).
     """
-    n_seeds = x.shape[0]
     case_mean = x.mean(axis=0)
-    if seed_level is None or n_seeds < 2:
+    if seed_level is None or x.shape[0] < 2:
         return case_mean, 0.0
     if seed_level == "resample":
         return np.take_along_axis(x, d.seeds.T, axis=0).mean(axis=0), float("nan")
-    ok = np.isfinite(case_mean)
-    v_case = float(case_mean[ok].var())
-    # the seed x case interaction is in both levels: E[var_b x_s] - var_b(mean_s x_s) is
-    # (1 - 1/S) of its per-seed share, which the seed variance of ``point`` also holds
-    inter = n_seeds / (n_seeds - 1) * max(float(x[:, ok].var(axis=1).mean()) - v_case, 0.0)
-    v_seed = max(float(point.var(ddof=1)) - inter, 0.0) / n_seeds
+    v_case, v_seed = _variances(x, point)
     se = math.sqrt(v_seed)
     if v_seed == 0.0:
         return case_mean, 0.0
-    df = (n_seeds - 1) * ((v_seed + v_case) / v_seed) ** 2  # Welch-Satterthwaite, case df -> inf
+    df = _welch_df(x.shape[0], v_case, v_seed)
     q = 0.5 + confidence / 2
     widen = float(stats.t.ppf(q, df) / stats.norm.ppf(q))
-    center = float(case_mean[ok].mean())
+    center = float(case_mean[np.isfinite(case_mean)].mean())
     return center + widen * (case_mean - center + se * d.z), se
+
+
+def _variances(x: np.ndarray, point: np.ndarray) -> tuple[float, float]:
+    """The two levels' variances of the seed mean: ``(v_case, v_seed)``.
+
+    ``v_case`` is the variance of the seed mean over the case resamples (``x``:
+    ``(S, B)``); ``v_seed`` the variance of the per-seed values on all cases
+    (``point``) over ``S``, net of the seed x case interaction: ``E[var_b x_s] -
+    var_b(mean_s x_s)`` is ``(1 - 1/S)`` of its per-seed share, which the seed
+    variance of ``point`` also holds.
+    """
+    n_seeds = x.shape[0]
+    case_mean = x.mean(axis=0)
+    ok = np.isfinite(case_mean)
+    v_case = float(case_mean[ok].var())
+    if n_seeds < 2:
+        return v_case, 0.0
+    inter = n_seeds / (n_seeds - 1) * max(float(x[:, ok].var(axis=1).mean()) - v_case, 0.0)
+    return v_case, max(float(point.var(ddof=1)) - inter, 0.0) / n_seeds
+
+
+def _welch_df(n_seeds: int, v_case: float, v_seed: float) -> float:
+    """Welch-Satterthwaite degrees of freedom of the two-level standard error (the case
+    level's are taken as infinite; no seed level: infinite, i.e. normal)."""
+    if v_seed == 0.0:
+        return math.inf
+    return (n_seeds - 1) * ((v_seed + v_case) / v_seed) ** 2
+
+
+def welch_t_p_value(estimate: float, x: np.ndarray, point: np.ndarray, with_seeds: bool) -> float:
+    """Two-sided p-value of ``estimate`` against 0 from the two-level standard error.
+
+    ``t = estimate / sqrt(v_case + v_seed)`` against Student's t with the Welch-
+    Satterthwaite degrees of freedom (:func:`_variances`, :func:`_welch_df`): the
+    interval's own standard error and degrees of freedom, so ``p < 1 - confidence``
+    where the interval excludes 0 (up to the case level's departure from normality).
+    Unlike a bootstrap tail count it has no resampling floor (``2 / (B + 1)``: with
+    2000 resamples and Holm over 60 contrasts no contrast could reach 0.05).
+
+    Args:
+        estimate: The point estimate (a paired mean difference).
+        x: ``(S, B)`` per-seed values on the case resamples.
+        point: ``(S,)`` per-seed values on all cases.
+        with_seeds: ``False`` for the case level only (deterministic cells).
+    """
+    v_case, v_seed = _variances(x, point)
+    if not with_seeds:
+        v_seed = 0.0
+    sd = math.sqrt(v_case + v_seed)
+    if sd == 0.0:
+        return 1.0 if estimate == 0.0 else 0.0
+    df = _welch_df(x.shape[0], v_case, v_seed)
+    return float(min(1.0, 2 * stats.t.sf(abs(estimate) / sd, df)))
 
 
 def _evaluate(outputs: CaseOutputs, d: Draws) -> tuple[np.ndarray, np.ndarray]:
@@ -398,9 +455,9 @@ def paired_interval(
 
     Returns:
         ``metric``, ``higher_is_better``, ``seeds``, ``n_seeds``, ``n_cases``,
-        ``mean_diff``, ``low``/``high``, ``confidence``, ``p_value`` (two-sided
-        bootstrap: ``2 min(P(d <= 0), P(d >= 0))`` with the +1 correction, capped
-        at 1), ``wilcoxon_statistic``/``wilcoxon_p`` (``None`` with
+        ``mean_diff``, ``low``/``high``, ``confidence``, ``p_value`` (two-sided:
+        :func:`welch_t_p_value`; with ``seed_level="resample"`` the bootstrap tail
+        count, see :func:`_p_value`), ``wilcoxon_statistic``/``wilcoxon_p`` (``None`` with
         ``wilcoxon_reason`` when not run), ``per_seed_diff``, ``deterministic``
         (the difference is identical across seeds: cases only), ``subset_check``,
         ``n_resamples``, ``n_valid``, ``seed_se``, ``method`` and ``reason``.
@@ -451,12 +508,24 @@ def paired_interval(
     if out["low"] is None:
         out["reason"] = f"{a.metric} is undefined on most case resamples"
     else:
-        ok = r[np.isfinite(r)]
-        below = (1 + np.count_nonzero(ok <= 0)) / (ok.size + 1)
-        above = (1 + np.count_nonzero(ok >= 0)) / (ok.size + 1)
-        out["p_value"] = float(min(1.0, 2 * min(below, above)))
+        out["p_value"] = _p_value(out["mean_diff"], r, xa - xb, diff, level)
     out.update(_wilcoxon(diff, det_a, det_b, deterministic))
     return out
+
+
+def _p_value(
+    estimate: float, r: np.ndarray, x: np.ndarray, point: np.ndarray, level: str | None
+) -> float:
+    """The paired test's p-value: :func:`welch_t_p_value` for the Welch-t seed level and
+    the case level only; for the plain two-level bootstrap (``"resample"``, a comparison
+    method) the bootstrap tail count ``2 min(P(d <= 0), P(d >= 0))`` with the +1
+    correction, whose floor is ``2 / (B + 1)``."""
+    if level != "resample":
+        return welch_t_p_value(estimate, x, point, with_seeds=level is not None)
+    ok = r[np.isfinite(r)]
+    below = (1 + np.count_nonzero(ok <= 0)) / (ok.size + 1)
+    above = (1 + np.count_nonzero(ok >= 0)) / (ok.size + 1)
+    return float(min(1.0, 2 * min(below, above)))
 
 
 def _wilcoxon(diff: np.ndarray, det_a: bool, det_b: bool, deterministic: bool) -> dict[str, Any]:

@@ -64,7 +64,7 @@ from benchmark.harness.stats import (
 )
 from pretrain.strength import strength_label
 
-SCHEMA = "sslbench-leaderboard/2"
+SCHEMA = "sslbench-leaderboard/3"  # 3: the paired p-value is the two-level Welch t-test
 CURRENT_SCHEMA = "sslbench-cell/2"
 LEGACY_NOTE = (
     "Legacy protocol: these records predate the evaluation protocol of one recipe for every "
@@ -431,6 +431,11 @@ def aggregate(
             else casestats.method_name(int(resamples), float(confidence))
         ),
         "multiplicity": "Holm" if protocol != "legacy" else "none (legacy protocol)",
+        "test_method": (
+            "Wilcoxon signed-rank over evaluation seeds (legacy protocol)"
+            if protocol == "legacy"
+            else casestats.TEST_METHOD
+        ),
         "tasks": tasks,
         "rows": out_rows,
         "ranking": _ranking(tasks, out_rows),
@@ -899,7 +904,8 @@ def _comparison_lines(board: dict[str, Any], task: str) -> list[str]:
 def _current_comparison_lines(board: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     out = [
         "Paired comparisons (same evaluation seeds, subsets and test cases, checked): difference "
-        f"of means with a 95 % interval ({board.get('interval_method')}), bootstrap p-value "
+        f"of means with a 95 % interval ({board.get('interval_method')}), p-value of the "
+        "two-level Welch t-test (the interval's standard error and degrees of freedom) "
         f"adjusted by {board.get('multiplicity')} over all comparisons of this leaderboard "
         "(p adj.); the Wilcoxon signed-rank test over seeds only with >= 6 seeds.",
         "",

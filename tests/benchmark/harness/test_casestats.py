@@ -291,19 +291,34 @@ def test_paired_interval_p_value_and_wilcoxon_rules() -> None:
     a = CaseOutputs.classification(labels, probs_a)
     b = CaseOutputs.classification(labels, probs_b)
     res = paired_interval(a, b)
-    # the bootstrap p-value: 2 min(P(d <= 0), P(d >= 0)) with the +1 correction, capped at 1
+    # the p-value: the two-level Welch t-test with the interval's own standard error and df
     d = cs.draws(5, N, 2000, 0)
     diff = a.per_seed() - b.per_seed()
-    r, _ = cs._replicates(a.on_weights(d.counts) - b.on_weights(d.counts), diff, d, "welch", 0.95)
-    below, above = (1 + np.sum(r <= 0)) / 2001, (1 + np.sum(r >= 0)) / 2001
-    assert res["p_value"] == pytest.approx(min(1.0, 2 * min(below, above)))
+    x = a.on_weights(d.counts) - b.on_weights(d.counts)
+    case_mean = x.mean(axis=0)
+    v_case = case_mean.var()
+    inter = 5 / 4 * max(x.var(axis=1).mean() - v_case, 0.0)
+    v_seed = max(diff.var(ddof=1) - inter, 0.0) / 5
+    df = 4 * ((v_seed + v_case) / v_seed) ** 2
+    t = diff.mean() / np.sqrt(v_case + v_seed)
+    assert res["p_value"] == pytest.approx(2 * sps.t.sf(abs(t), df), rel=1e-9)
     assert res["wilcoxon_p"] is None and "5 paired seeds < 6" in res["wilcoxon_reason"]
-    # every replicate above 0: the smallest p-value, 2 / (B + 1)
+    # no resampling floor: a bootstrap tail count cannot go below 2 / (B + 1), which Holm
+    # over 60 contrasts lifts above 0.05; the t-test resolves a large effect
+    rng = np.random.default_rng(16)
+    base = rng.random((5, N))
+    noisy = base + 0.1 + 0.05 * rng.normal(size=(5, N)) + 0.01 * rng.normal(size=(5, 1))
+    strong = paired_interval(
+        CaseOutputs.segmentation(noisy, "dice"), CaseOutputs.segmentation(base, "dice")
+    )
+    assert strong["low"] > 0 and strong["p_value"] < 2 / 2001
+    assert 60 * strong["p_value"] < 0.05  # resolved after Holm over 60 contrasts
+    # every case shifted by the same amount: no variance at all, p is 0
     base = np.random.default_rng(13).random((5, N))
     seg = paired_interval(
         CaseOutputs.segmentation(base + 0.05, "dice"), CaseOutputs.segmentation(base, "dice")
     )
-    assert seg["p_value"] == pytest.approx(2 / 2001) and seg["low"] == pytest.approx(0.05)
+    assert seg["p_value"] == 0.0 and seg["low"] == pytest.approx(0.05)
     labels6, p6a = _seed_probs(14, n_seeds=6, shift=0.3)
     _, p6b = _seed_probs(14, n_seeds=6)
     res6 = paired_interval(
