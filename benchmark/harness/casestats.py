@@ -442,7 +442,7 @@ def paired_interval(
 
     The two-level bootstrap of the mean difference with the same draws for both
     arms (the same case resample, and at the seed level the paired per-seed
-    differences), a bootstrap p-value, and the Wilcoxon signed-rank test over
+    differences), the two-level Welch t-test p-value, and the Wilcoxon signed-rank test over
     seeds when there are >= :data:`MIN_WILCOXON_SEEDS` of them.
 
     Args:

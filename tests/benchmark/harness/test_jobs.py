@@ -12,7 +12,7 @@ from benchmark.core.errors import SSLBenchError
 from benchmark.core.hashing import digest
 from benchmark.data.phantom import generate_phantom
 from benchmark.harness.experiment import EXPERIMENT_DIR, load_experiment, resolve_experiment
-from benchmark.harness.jobs import Job, plan_jobs
+from benchmark.harness.jobs import Job, _n_images, plan_jobs
 from benchmark.harness.ledger import marker_path
 
 TINY = EXPERIMENT_DIR / "phantom-tiny.yaml"
@@ -414,6 +414,10 @@ def test_reference_experiments_plan_their_declared_arms(
             assert job.config["pool_size"] == "matched", job.id
     if exp.generator is not None:
         assert exp.generator.drop_near_real
+        # a matched pool needs as many synthetic images as the real train split: sample at
+        # least the whole dataset (hippocampus-ref once sampled 120 volumes for a 166-volume
+        # train split, and its synthetic arms failed an hour into the run)
+        assert exp.generator.samples >= _n_images(exp.datasets[exp.generator.dataset])
     if name == "busi-masked":  # SparK's smallest size at stride 32
         assert exp.pretrain is not None and exp.pretrain.image_size == 128
         assert {t.image_size for t in exp.evaluate.tasks} == {128}
