@@ -239,17 +239,6 @@ def _by_cell(records: list[dict]) -> dict[tuple, tuple[int | None, list[float]]]
     return out
 
 
-def test_reduced_rerun_reproduces_the_breastmnist_reference(
-    tmp_path: Path, shared_data: Path
-) -> None:
-    results = tmp_path / "breastmnist-reduced"
-    src = f"datasets.breastmnist.convert.src={shared_data / 'medmnist' / 'breastmnist.npz'}"
-    args = ["run", "breastmnist-ref", *BREASTMNIST_REDUCED, src, "-o", str(results)]
-    proc = cli(*args, "--no-progress", timeout=1800)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    check_reduced_rerun(REPO / "results" / "breastmnist", results, n_records=2 * 3 * 2)
-
-
 #: The BUSI reference (issue 22) reduced to its real-image SimCLR encoder of pretraining
 #: seed 0 (the same job key, hence the same weights on the same CPU), no generator, and the
 #: linear probe with the scratch arm at 2 fractions x 3 seeds: about 4 min on 2 cores.
@@ -266,10 +255,27 @@ BUSI_REDUCED = [
 ]
 
 
-def test_reduced_rerun_reproduces_the_busi_reference(tmp_path: Path, shared_data: Path) -> None:
-    results = tmp_path / "busi-reduced"
-    src = f"datasets.busi.convert.src={shared_data / 'busi_256'}"
-    args = ["run", "busi-ref", *BUSI_REDUCED, src, "-o", str(results)]
+#: Reduced reruns: reference folder -> (experiment, overrides, its data source under
+#: ``../shared/data`` as ``datasets.<key>.convert.src``).
+REDUCED_RERUNS = {
+    "breastmnist": (
+        "breastmnist-ref",
+        BREASTMNIST_REDUCED,
+        "breastmnist",
+        "medmnist/breastmnist.npz",
+    ),
+    "busi": ("busi-ref", BUSI_REDUCED, "busi", "busi_256"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REDUCED_RERUNS))
+def test_reduced_rerun_reproduces_the_reference(
+    name: str, tmp_path: Path, shared_data: Path
+) -> None:
+    experiment, overrides, dataset, data = REDUCED_RERUNS[name]
+    results = tmp_path / f"{name}-reduced"
+    src = f"datasets.{dataset}.convert.src={shared_data / data}"
+    args = ["run", experiment, *overrides, src, "-o", str(results)]
     proc = cli(*args, "--no-progress", timeout=1800)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    check_reduced_rerun(REPO / "results" / "busi", results, n_records=2 * 3 * 2)
+    check_reduced_rerun(REPO / "results" / name, results, n_records=2 * 3 * 2)
