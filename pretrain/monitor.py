@@ -27,8 +27,11 @@ gains poorly (it fell for MoCo v2, SimSiam and BYOL, whose probes gained 0.03 to
 (SimCLR +0.12, VICReg +0.08) and fell for the ones whose probes did not move (MAE,
 SparK). Standardisation uses the bank only (the queries never set statistics).
 
-Datasets without class labels (MSD hippocampus) skip the monitor with a note;
-the verdict then rests on the loss against chance where the method has one.
+Datasets without class labels but with masks (MSD hippocampus) get the dense
+linear-probe monitor instead (:mod:`pretrain.dense_monitor`: foreground Dice of
+a logistic probe on frozen multi-scale features), with the same points, the same
+calibration and the same margin; a dataset with neither skips the monitor with a
+note, and the verdict then rests on the loss against chance where the method has one.
 
 :func:`health` turns a run's history into the verdict every output carries:
 kNN init -> end, loss first -> last (chance), collapse indicator, and
@@ -78,6 +81,9 @@ LINEAR_METRIC = "linear_auc"
 #: Inverse regularisation of that logistic regression (standardised features; the
 #: recipe benchmark's cross-validated choice on BUSI lies between 0.01 and 0.1).
 LINEAR_C = 0.1
+#: The figure of the dense linear-probe monitor of mask-only datasets
+#: (:mod:`pretrain.dense_monitor`): mean foreground Dice on the validation split.
+DENSE_METRIC = "dense_dice"
 
 
 def monitor_steps(steps: int, every: int) -> list[int]:
@@ -272,7 +278,9 @@ def health(
     imbalanced dataset such as BUSI mostly counts the majority class) below ``margin``
     is ``did not learn`` unless the monitor's linear-probe AUC rose by ``margin``
     (masked-image-modelling features are known to be poor neighbours: on BUSI, SparK's
-    kNN fell 0.498 -> 0.425 while its linear probe gained 0.09 AUC); without a monitor, a last loss within
+    kNN fell 0.498 -> 0.425 while its linear probe gained 0.09 AUC); without a kNN
+    monitor, a dense-probe Dice gain (mask-only datasets) below ``margin`` is
+    ``did not learn``; without either monitor, a last loss within
     :data:`CHANCE_TOLERANCE` of chance is ``did not learn``; an embedding std that
     fell below :data:`COLLAPSE_FRACTION` of its first value flags a collapse (also
     ``did not learn``). A run with neither a monitor nor a chance level and no
@@ -321,7 +329,15 @@ def health(
         "end": lin[-1][LINEAR_METRIC] if lin else None,
         "gain": (lin[-1][LINEAR_METRIC] - lin[0][LINEAR_METRIC]) if len(lin) > 1 else None,
     }
+    dense = [r for r in monitor if r.get(DENSE_METRIC) is not None]
+    out["dense"] = {
+        "metric": DENSE_METRIC,
+        "init": dense[0][DENSE_METRIC] if dense else None,
+        "end": dense[-1][DENSE_METRIC] if dense else None,
+        "gain": (dense[-1][DENSE_METRIC] - dense[0][DENSE_METRIC]) if len(dense) > 1 else None,
+    }
     gain, linear_gain = out["knn"]["gain"], out["linear"]["gain"]
+    dense_gain = out["dense"]["gain"]
     if gain is not None:
         learned = gain >= margin or (linear_gain is not None and linear_gain >= margin)
         verdict = "learned" if learned else "did not learn"
@@ -329,6 +345,10 @@ def health(
             reasons.append(f"kNN balanced accuracy rose by {gain:+.3f} (< {margin}) from step 0")
             if linear_gain is not None:
                 reasons.append(f"linear-probe AUC rose by {linear_gain:+.3f} (< {margin})")
+    elif dense_gain is not None:
+        verdict = "learned" if dense_gain >= margin else "did not learn"
+        if dense_gain < margin:
+            reasons.append(f"dense-probe Dice rose by {dense_gain:+.3f} (< {margin}) from step 0")
     elif chance is not None and losses:
         at_chance = losses[-1] >= chance * (1 - CHANCE_TOLERANCE)
         verdict = "did not learn" if at_chance else "learned"

@@ -54,11 +54,19 @@ from benchmark.core.optim import adam
 from pretrain import distributed
 from pretrain.augment import make_views
 from pretrain.checkpoint import save_encoder
+from pretrain.dense_monitor import DenseProbeMonitor
 from pretrain.encoders import create_encoder
 from pretrain.encoders.calibration import calibrate_batch_norm
 from pretrain.methods import METHODS, create_method
 from pretrain.methods.base import resolve_recipe, scaled_lr
-from pretrain.monitor import DEFAULT_MARGIN, KNNMonitor, health, monitor_steps, resize_images
+from pretrain.monitor import (
+    DEFAULT_MARGIN,
+    DENSE_METRIC,
+    KNNMonitor,
+    health,
+    monitor_steps,
+    resize_images,
+)
 from pretrain.sources import create_source
 from pretrain.strength import check_strength, with_strength
 
@@ -127,13 +135,15 @@ class PretrainConfig:
         channels_last: Memory format of 2D CNN weights and views: ``auto`` (on for 2D
             CNNs, where oneDNN/cuDNN convolutions run faster in NHWC: ~1.2-1.6x for
             ResNet-18 on a 2-core CPU), ``on`` or ``off``.
-        knn_every: Online kNN monitor cadence (:mod:`pretrain.monitor`): every N steps
-            plus step 0 and the end; 0 (default) spreads 5 points over the run, -1
-            turns it off.
+        knn_every: Online kNN monitor cadence (:mod:`pretrain.monitor`; on a dataset with
+            masks but no class labels the dense-probe monitor,
+            :mod:`pretrain.dense_monitor`): every N steps plus step 0 and the end; 0
+            (default) spreads 5 points over the run, -1 turns it off.
         monitor_data: Labelled dataset of the monitor (its train split is the bank,
             its validation split the queries); default: ``real``.
-        health_margin: Minimum rise of the monitor's kNN balanced accuracy from step 0
-            to the end for the run to count as having learned.
+        health_margin: Minimum rise of the monitor's kNN balanced accuracy (or of the
+            dense probe's Dice) from step 0 to the end for the run to count as having
+            learned.
         curation: Provenance of a curated ``real`` pool (label, curator, options, kept
             counts; :mod:`benchmark.data.curation`), recorded only: the pool is ``real``.
     """
@@ -309,15 +319,20 @@ class Trainer:
         self.monitor_at = set(monitor_steps(config.steps, config.knn_every))
         self.monitor, self.monitor_note = self._make_monitor()
 
-    def _make_monitor(self) -> tuple[KNNMonitor | None, str | None]:
+    def _make_monitor(self) -> tuple[KNNMonitor | DenseProbeMonitor | None, str | None]:
         cfg = self.config
         if not self.monitor_at:
             return None, "kNN monitor off (knn_every < 0)"
         path = cfg.monitor_data or cfg.real
         if path is None:
             return None, "no labelled dataset for the kNN monitor (set monitor_data)"
-        monitor = KNNMonitor(path, cfg.image_size, self.device)
-        return (monitor, None) if monitor.enabled else (None, monitor.note)
+        monitor: KNNMonitor | DenseProbeMonitor = KNNMonitor(path, cfg.image_size, self.device)
+        if not monitor.enabled:  # no class labels: the dense probe of a segmentation dataset
+            knn_note = monitor.note
+            monitor = DenseProbeMonitor(path, cfg.image_size, self.device)
+            if not monitor.enabled:
+                return None, f"{knn_note}; {monitor.note}"
+        return monitor, None
 
     def monitor_point(self) -> dict[str, Any] | None:
         """Run the kNN monitor at the current step if it is due (main process only)."""
@@ -490,7 +505,8 @@ class Trainer:
                     self.history.append(record)
                     yield record
                 if point := self.monitor_point():
-                    bar.set_postfix(knn=f"{point['knn_acc']:.3f}", refresh=False)
+                    figure = "knn_acc" if "knn_acc" in point else DENSE_METRIC
+                    bar.set_postfix({figure: f"{point[figure]:.3f}"}, refresh=False)
                     yield point
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_state()

@@ -125,6 +125,12 @@ def health_line(summary: dict[str, Any]) -> str:
     linear = h.get("linear") or {}
     if linear.get("init") is not None and linear.get("end") is not None:
         parts.append(f"linear AUC {linear['init']:.3f} -> {linear['end']:.3f}")
+    dense = h.get("dense") or {}
+    if dense.get("init") is not None and dense.get("end") is not None:
+        parts.append(
+            f"dense-probe Dice {dense['init']:.3f} -> {dense['end']:.3f} "
+            f"(margin {knn.get('margin', 0):g})"
+        )
     if loss.get("first") is not None:
         chance = f" (chance {loss['chance']:.3f})" if loss.get("chance") is not None else ""
         parts.append(f"loss {loss['first']:.3f} -> {loss['last']:.3f}{chance}")

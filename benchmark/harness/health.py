@@ -36,13 +36,14 @@ def compact(health: dict[str, Any] | None) -> dict[str, Any] | None:
     Returns:
         ``{"verdict", "reasons", "knn_init", "knn_end", "knn_gain", "margin",
         "knn_note", "linear_init", "linear_end", "loss_first", "loss_last",
-        "loss_chance", "collapsed"}``.
+        "loss_chance", "collapsed"}``, plus ``dense_init`` / ``dense_end`` where the
+        dense-probe monitor of a mask-only dataset ran.
     """
     if not health or "verdict" not in health:
         return None
     knn, loss = health.get("knn") or {}, health.get("loss") or {}
-    linear = health.get("linear") or {}
-    return {
+    linear, dense = health.get("linear") or {}, health.get("dense") or {}
+    out = {
         "verdict": str(health["verdict"]),
         "reasons": list(health.get("reasons") or []),
         "knn_init": knn.get("init"),
@@ -57,6 +58,9 @@ def compact(health: dict[str, Any] | None) -> dict[str, Any] | None:
         "loss_chance": loss.get("chance"),
         "collapsed": bool((health.get("collapse") or {}).get("collapsed")),
     }
+    if dense.get("init") is not None:  # only then: kNN-monitored outputs stay byte-identical
+        out.update(dense_init=dense["init"], dense_end=dense.get("end"))
+    return out
 
 
 def job_health(results: Path, job: Job) -> dict[str, Any] | None:
@@ -88,6 +92,8 @@ def format_health(h: dict[str, Any] | None) -> str:
         return "no health verdict recorded (not run, or run before the kNN monitor)"
     if h.get("knn_init") is not None:
         knn = f"kNN {_num(h['knn_init'])} -> {_num(h['knn_end'])}"
+    elif h.get("dense_init") is not None:
+        knn = f"dense-probe Dice {_num(h['dense_init'])} -> {_num(h['dense_end'])}"
     else:
         knn = f"kNN – ({h.get('knn_note') or 'no monitor'})"
     if h.get("linear_init") is not None:

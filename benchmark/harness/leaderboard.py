@@ -776,6 +776,7 @@ def _health_lines(board: dict[str, Any]) -> list[str]:
     entries = board.get("pretraining_health") or []
     if not entries:
         return []
+    dense = any(e.get("dense_init") is not None for e in entries)
     lines = [
         "",
         "## Pretraining health",
@@ -785,16 +786,27 @@ def _health_lines(board: dict[str, Any]) -> list[str]:
         "step 0 (batch norm calibrated) and at the end, the loss first -> last against its "
         "chance level, collapse, and the verdict (`did not learn`: neither monitor rose by "
         "the margin, the loss stayed at chance, or the embeddings collapsed).",
+    ]
+    if dense:  # a mask-only dataset: the dense-probe monitor replaces the kNN monitor
+        lines.append(
+            "A dataset without class labels has no kNN monitor; its encoders carry the "
+            "dense-probe monitor instead: mean validation foreground Dice of a logistic "
+            "probe on frozen multi-scale features, step 0 (batch norm calibrated) -> end, "
+            "with the same margin."
+        )
+    lines += [
         "",
-        "| strategy | kNN init -> end | linear AUC init -> end | loss first -> last (chance) "
-        "| collapse | verdict |",
-        "|---|---|---|---|---|---|",
+        "| strategy | kNN init -> end | linear AUC init -> end "
+        + ("| dense-probe Dice init -> end " if dense else "")
+        + "| loss first -> last (chance) | collapse | verdict |",
+        "|---|---|---|---|---|" + ("---|" if dense else "") + "---|",
     ]
     for e in entries:
         chance = f" ({_fmt(e['loss_chance'])})" if e.get("loss_chance") is not None else ""
+        probe = f"{_fmt(e.get('dense_init'))} -> {_fmt(e.get('dense_end'))} | " if dense else ""
         lines.append(
             f"| {e['strategy']} | {_fmt(e.get('knn_init'))} -> {_fmt(e.get('knn_end'))} | "
-            f"{_fmt(e.get('linear_init'))} -> {_fmt(e.get('linear_end'))} | "
+            f"{_fmt(e.get('linear_init'))} -> {_fmt(e.get('linear_end'))} | {probe}"
             f"{_fmt(e.get('loss_first'))} -> {_fmt(e.get('loss_last'))}{chance} | "
             f"{'yes' if e.get('collapsed') else 'no'} | {e['verdict']} |"
         )

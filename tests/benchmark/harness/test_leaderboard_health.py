@@ -135,3 +135,22 @@ def test_every_pretrained_encoder_gets_a_line_in_the_health_table() -> None:
     # baselines and records from before the monitor add nothing
     scratch_only = [r for r in records() if r["baseline"] == "scratch"]
     assert "pretraining_health" not in aggregate(scratch_only)
+    assert "dense-probe Dice" not in md  # the column only appears where the monitor ran
+
+
+def test_the_health_table_shows_the_dense_probe_of_a_mask_only_dataset() -> None:
+    """Encoders pretrained on a dataset without classes (hippocampus): no kNN figures,
+    the dense-probe monitor's Dice init -> end in its own column."""
+    recs = records(verdicts=("learned",))
+    for rec in recs:
+        h = rec["encoder"]["metadata"].get("health")
+        if h:
+            h["knn"] = {"init": None, "end": None, "gain": None, "margin": 0.02, "note": None}
+            h["dense"] = {"metric": "dense_dice", "init": 0.379, "end": 0.434, "gain": 0.055}
+            h["loss"]["chance"] = None
+    board = aggregate(recs)
+    (entry,) = board["pretraining_health"]
+    assert (entry["dense_init"], entry["dense_end"], entry["verdict"]) == (0.379, 0.434, "learned")
+    md = render_markdown(board, "demo", {"records": 20})
+    assert "| dense-probe Dice init -> end |" in md
+    assert "| real / simclr / resnet18 | – -> – | – -> – | 0.379 -> 0.434 | 4.200 -> 4.190 |" in md
