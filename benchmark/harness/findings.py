@@ -1,9 +1,10 @@
 """Findings generated from a leaderboard: the pre-declared contrasts and their verdicts.
 
 The primary contrasts are declared before any result is seen: every pretrained
-strategy against the scratch baseline of its encoder, and every synthetic or
+strategy against the scratch baseline of its encoder, every synthetic or
 mixed strategy against the real-only strategy of the same method and encoder,
-per task, adapter and label fraction. Each finding quotes the difference, its
+a pruned real pool against the full one, and every other method's real-image
+arm against SimCLR's (same encoder), per task, adapter and label fraction. Each finding quotes the difference, its
 interval and the multiplicity-adjusted p-value from ``leaderboard.json`` and
 gives one verdict:
 
@@ -127,9 +128,13 @@ def render_findings(board: dict[str, Any]) -> list[str]:
             "Rerun under the current protocol to answer the question.",
             "",
         ]
+    # only where such contrasts exist: the findings of older leaderboards stay byte-identical
+    methods = any(c.get("reference_kind") == "method" for c in board.get("comparisons", []))
     lines += [
         "Pre-declared contrasts: each pretrained strategy vs scratch, synthetic and mixed vs "
-        "real-only; 'better'/'worse' needs the interval to exclude 0 and the "
+        "real-only"
+        + (", every other method vs SimCLR on the same real images" if methods else "")
+        + "; 'better'/'worse' needs the interval to exclude 0 and the "
         f"{board.get('multiplicity', 'adjusted')}-adjusted p-value to be below {ALPHA}.",
         "",
         "Verdicts: " + ", ".join(f"{v} {n}" for v, n in counts.items()) + ".",
@@ -168,6 +173,7 @@ def headline(board: dict[str, Any]) -> list[str]:
         scratch = [c for c in at if c.get("reference_kind") == "scratch"]
         real = [c for c in at if c.get("reference_kind") == "real"]
         pruned = [c for c in at if c.get("reference_kind") == "unpruned"]
+        method = [c for c in at if c.get("reference_kind") == "method"]
         if scratch:
             best = max(scratch, key=lambda c: c["mean_diff"] if hib else -c["mean_diff"])
             lo, hi = best.get("diff_ci_low"), best.get("diff_ci_high")
@@ -177,11 +183,12 @@ def headline(board: dict[str, Any]) -> list[str]:
                 f"{best['strategy']} ({best['adapter']}) {_num(best['mean_diff'])}{ci} -> "
                 f"{verdict(best, hib)}"
             )
-        elif real or pruned:  # no scratch arm: the contrasts below still name their task
+        elif real or pruned or method:  # no scratch arm: the contrasts below still name their task
             lines.append(f"{task} ({metric}), {frac:g} of the labels (no scratch arm):")
         for what, group in (
             ("synthetic / mixed vs real-only pretraining", real),
             ("pruned (Less is More) vs full real pool", pruned),
+            ("other methods vs SimCLR on real images", method),
         ):
             if group:
                 counts = summary_counts([{"verdict": verdict(c, hib)} for c in group])

@@ -530,6 +530,11 @@ def _ranking(tasks: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str
     return out
 
 
+#: The method every other method's real-data arm is compared with (kind ``method``): the
+#: contrastive anchor of the suite, as in Wolf et al. 2023 (masked vs contrastive).
+REFERENCE_METHOD = "simclr"
+
+
 def _comparisons(
     tasks: dict[str, Any],
     rows: list[dict[str, Any]],
@@ -541,7 +546,8 @@ def _comparisons(
 ) -> list[dict[str, Any]]:
     """Paired comparisons of each pretrained strategy vs scratch and vs real-only (same
     method, encoder; the real row of the same pretraining seed where real was pretrained
-    with several): the pre-declared contrasts. Current protocol: two-level paired
+    with several), of a pruned pool vs the full one, and of every other method's real arm
+    vs :data:`REFERENCE_METHOD`'s (same encoder): the pre-declared contrasts. Current protocol: two-level paired
     bootstrap and Holm-adjusted p-values over all of them; legacy: the old seed-level test."""
     by_name = {r["strategy"]: r for r in rows}
     row_seed = row_seed or {}
@@ -571,6 +577,10 @@ def _comparisons(
                 real, kind = same_seed(f"real / {r['method']} / {r['encoder']}"), "real-standard"
             if r["strategy"] != real:
                 refs.append((kind, real))
+            elif r["method"] != REFERENCE_METHOD and not views:
+                # another method on the same real pool and encoder against the contrastive
+                # anchor (Wolf et al. 2023: masked vs contrastive as labels shrink)
+                refs.append(("method", same_seed(f"real / {REFERENCE_METHOD} / {r['encoder']}")))
         for task, t in tasks.items():
             for adapter in t["adapters"]:
                 for frac in t["fractions"]:
@@ -660,7 +670,8 @@ def _flagged(board: dict[str, Any], strategy: str) -> str:
 def _flagged_reference(board: dict[str, Any], comparison: dict[str, Any]) -> str:
     """A comparison's reference kind, flagged when the reference encoder did not learn."""
     row = next((r for r in board["rows"] if r["strategy"] == comparison["reference"]), None)
-    return comparison["reference_kind"] + health_flag(row)
+    kind = comparison["reference_kind"]
+    return (REFERENCE_METHOD if kind == "method" else kind) + health_flag(row)
 
 
 def render_markdown(board: dict[str, Any], title: str, provenance: dict[str, Any]) -> str:

@@ -178,3 +178,33 @@ def test_pretraining_seeds_get_rows_case_level_intervals_and_same_seed_contrasts
     }
     md = render_markdown(board, "seeds", {"records": len(recs)})
     assert "## Pretraining variance" in md
+
+
+def test_another_method_is_compared_with_simclr_on_the_same_real_images() -> None:
+    """Wolf et al.'s question (masked vs contrastive): the real arm of every other method
+    gets a pre-declared contrast against the real SimCLR arm, in the findings and headline."""
+    recs = []
+    for frac in (0.1, 1.0):
+        for s in range(5):
+            recs.append(current("real-simclr", frac, s, 0.3))
+            recs.append(current("real-spark", frac, s, 0.6))
+            recs.append(current("scratch", frac, s, 0.1))
+    board = aggregate(recs)
+    method = [c for c in board["comparisons"] if c["reference_kind"] == "method"]
+    assert [(c["strategy"], c["reference"], c["fraction"]) for c in method] == [
+        ("real / spark / resnet18", "real / simclr / resnet18", 0.1),
+        ("real / spark / resnet18", "real / simclr / resnet18", 1.0),
+    ]
+    assert all(c["mean_diff"] > 0 for c in method)
+    # SimCLR's own real arm is the anchor: it is compared with scratch only
+    simclr = [c for c in board["comparisons"] if c["strategy"] == "real / simclr / resnet18"]
+    assert {c["reference_kind"] for c in simclr} == {"scratch"}
+    lines = render_findings(board)
+    assert any("every other method vs SimCLR" in line for line in lines)
+    assert any("real / spark / resnet18 vs real / simclr / resnet18" in line for line in lines)
+    assert any("other methods vs SimCLR on real images at 0.1" in h for h in headline(board))
+    assert "| real / spark / resnet18 | simclr | linear | 0.1 |" in render_markdown(
+        board, "demo", {"records": 30}
+    )
+    # a leaderboard of SimCLR arms only gets no such contrast and keeps its findings text
+    assert "every other method" not in "".join(render_findings(board_of()))
