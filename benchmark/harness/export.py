@@ -5,7 +5,8 @@ nothing heavy or private: the resolved experiment and its hash, ``index.json``,
 the job markers, every current cell record (same relative paths, so
 ``sslbench leaderboard DEST`` regenerates the leaderboard), the pretraining
 summaries and loss curves, the generator's quality report, and the
-leaderboard. Datasets, synthetic images, checkpoints, feature caches and W&B
+leaderboard; of job output folders only those of the index's jobs (not those a
+changed config superseded). Datasets, synthetic images, checkpoints, feature caches and W&B
 runs stay behind (converted datasets must never enter a repository).
 """
 
@@ -29,16 +30,26 @@ def export_results(results: str | Path, dest: str | Path) -> list[Path]:
     if not index_path.exists():
         raise DataError(f"{src}: no index.json; is this a results folder of `sslbench run`?")
     index = json.loads(index_path.read_text())
+    # job outputs are named ``<label>-<key>``: a folder of a superseded job (its config
+    # changed, so its key did) is not part of the experiment the index describes
+    keys = {str(job["key"]) for job in index.get("jobs", [])}
+
+    def current(name: str) -> bool:
+        return not keys or name.rsplit("-", 1)[-1] in keys
+
     wanted = [src / f for f in FILES if (src / f).exists()]
     wanted += sorted((src / "jobs").glob("*.json"))
     wanted += [src / r for r in index["records"]]
     for folder in sorted((src / "pretrain").glob("*")):
-        wanted += [folder / f for f in PRETRAIN_FILES if (folder / f).exists()]
+        if current(folder.name):
+            wanted += [folder / f for f in PRETRAIN_FILES if (folder / f).exists()]
     for folder in sorted((src / "generator").glob("*")):
-        wanted += [folder / f for f in GENERATOR_FILES if (folder / f).exists()]
-        wanted += sorted((folder / "samples").glob("*.png"))
+        if current(folder.name):
+            wanted += [folder / f for f in GENERATOR_FILES if (folder / f).exists()]
+            wanted += sorted((folder / "samples").glob("*.png"))
     for report in sorted((src / "synthetic").glob("*-report")):
-        wanted += sorted(p for p in report.iterdir() if p.is_file())
+        if current(report.name.removesuffix("-report")):
+            wanted += sorted(p for p in report.iterdir() if p.is_file())
     if (src / "leaderboard").is_dir():
         wanted += sorted(p for p in (src / "leaderboard").iterdir() if p.is_file())
     copied = []
