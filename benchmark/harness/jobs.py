@@ -211,6 +211,24 @@ def _data_job(name: str, entry: dict[str, Any], results: Path) -> Job:
     return Job(f"data/{name}", "data", key, [], cfg, out, run=run, estimate_s=est)
 
 
+def _matched_pool_samples(exp: Experiment) -> int | None:
+    """The generator's sample count where pretraining arms match their synthetic pool to
+    the real train split of the generator's dataset (``pool_size: matched``), else None.
+
+    That split's size is known once the data job ran: the generator jobs check it first
+    (``stages.check_matched_pool``), so a too-small sample count fails in seconds rather
+    than at the first synthetic pretraining, after the generator trained.
+    """
+    from pretrain.sources import SOURCES
+
+    pre, gen = exp.pretrain, exp.generator
+    if pre is None or gen is None or pre.pool_size != "matched" or pre.dataset != gen.dataset:
+        return None
+    if not any(SOURCES.get(s).uses_synthetic for s in pre.sources):
+        return None
+    return int(gen.samples)
+
+
 def _generator_jobs(exp: Experiment, results: Path, data: dict[str, Job]) -> list[Job]:
     """``generate/train`` (trainable kinds without a checkpoint) and ``generate/sample``."""
     from pretrain.generators import GENERATORS
@@ -224,7 +242,11 @@ def _generator_jobs(exp: Experiment, results: Path, data: dict[str, Job]) -> lis
     size = gen.train.get("size") or (dataset_size(gen_entry) if gen_entry else None)
     gdims = _dims(gen_entry)
     deps = [like.id] if like else []
-    train_key, run = None, {}
+    train_key: str | None = None
+    run: dict[str, Any] = {}
+    matched = _matched_pool_samples(exp)
+    if matched is not None:  # checked against the train split before training and sampling
+        run["matched_pool_samples"] = matched
     if cls.trainable and gen.checkpoint:
         meta = read_json(Path(gen.checkpoint) / "generator.json") or {}
         train_key = digest({"checkpoint": meta.get("generator_sha256")}, 12)
@@ -238,7 +260,16 @@ def _generator_jobs(exp: Experiment, results: Path, data: dict[str, Job]) -> lis
         est = steps * bs / SPEED["ddpm_train_img_s"] * _area(size, gdims)
         out = results / "generator" / f"{gen.kind}-{train_key}"
         jobs.append(
-            Job("generate/train", "generate", train_key, [like.id], tcfg, out, estimate_s=est)
+            Job(
+                "generate/train",
+                "generate",
+                train_key,
+                [like.id],
+                tcfg,
+                out,
+                run={k: v for k, v in run.items() if k == "matched_pool_samples"},
+                estimate_s=est,
+            )
         )
         deps = [*deps, "generate/train"]
     options = dict(gen.options)

@@ -80,11 +80,35 @@ def run_data(job: Job, ctx: Context) -> dict[str, Any]:
     return {"path": str(job.out), "content_hash": content_hash}
 
 
+def check_matched_pool(job: Job, data: Path | None) -> None:
+    """Refuse a generator job whose sample count cannot fill a pool matched to the real
+    train split (``job.run["matched_pool_samples"]``, set by the planner).
+
+    Raises:
+        SSLBenchError: Fewer samples than train images, naming both and the fix.
+    """
+    samples = job.run.get("matched_pool_samples")
+    if samples is None or data is None:
+        return
+    from pretrain.sources.base import resolve_pool_size
+
+    n_train = resolve_pool_size("matched", data, "synthetic")
+    if n_train is not None and int(samples) < n_train:
+        raise SSLBenchError(
+            f"{job.id}: generator.samples is {samples}, but pretrain.pool_size 'matched' "
+            f"needs a synthetic pool as large as the {n_train}-image train split of "
+            f"{data.name} (the synthetic and mixed arms would fail after the generator "
+            f"trained); set generator.samples to at least {n_train}, more if "
+            "drop_near_real may drop some"
+        )
+
+
 def run_generator_train(job: Job, ctx: Context) -> dict[str, Any]:
     """Train (or resume) a trainable generator on the train split of its dataset."""
     from pretrain.generators.base import GENERATOR_TRAINERS
 
     data = Path(ctx.output(job, "data")["path"])
+    check_matched_pool(job, data)
     trainer = GENERATOR_TRAINERS.get(job.config["kind"])
     with ctx.tracker.run(job.id, "generate", job.config) as wb:
         out = trainer.fit(data, job.out, dict(job.config["train"]), ctx.device)
@@ -110,6 +134,7 @@ def run_generator_sample(job: Job, ctx: Context) -> dict[str, Any]:
     cfg = job.config
     cls = GENERATORS.get(cfg["kind"])
     like = Path(ctx.output(job, "data")["path"]) if cfg["like"] else None
+    check_matched_pool(job, like)
     if cls.trainable:
         folder = job.run.get("checkpoint") or ctx.output(job, "generate/train")["path"]
         _check_training_data(Path(folder), like)

@@ -355,3 +355,34 @@ def test_adainf_busi_runs_end_to_end(tmp_path: Path) -> None:
         "mixed+add / simclr / resnet18",
         "mixed+add x10 / simclr-weak / resnet18",
     }
+
+
+def test_a_generator_too_small_for_a_matched_pool_fails_before_training(tmp_path: Path) -> None:
+    """hippocampus-ref once sampled 120 volumes for a pool matched to 166 train volumes: the
+    synthetic and mixed arms failed an hour in. The generator jobs now check the train split
+    first: the run fails in seconds, names both numbers, and trains nothing."""
+    results = tmp_path / "results"
+    overrides = [
+        "pretrain.pool_size=matched",
+        "pretrain.sources=[synthetic]",
+        "pretrain.methods=[simclr]",
+        "generator.samples=8",
+        "evaluate=null",
+    ]
+    exp = load_experiment(TINY, overrides)
+    gen = {j.id: j for j in plan_jobs(exp, results.resolve()) if j.stage == "generate"}
+    assert gen["generate/train"].run == {"matched_pool_samples": 8}
+    assert gen["generate/sample"].run["matched_pool_samples"] == 8
+    # without a matched pool nothing is checked
+    plain = plan_jobs(load_experiment(TINY), results.resolve())
+    assert all("matched_pool_samples" not in j.run for j in plain)
+
+    proc = cli(
+        "run", str(TINY), *overrides, "-o", str(results), "--no-progress", "--wandb", "disabled"
+    )
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "generator.samples is 8" in out and "train split of" in out, out
+    failure = json.loads((results / "failures" / "generate__train.json").read_text())
+    assert "set generator.samples to at least" in json.dumps(failure)
+    assert not list((results / "generator").rglob("generator.json"))  # nothing trained
