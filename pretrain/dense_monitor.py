@@ -21,12 +21,17 @@ The test split is never read and nothing is selected on the figure. The verdict
 uses its rise from the calibrated step 0 to the end, with the kNN margin.
 
 Why level 1 (stride 4, after the first residual stage): on the hippocampus
-reference encoders (resnet10_3d, 32^3) a random init against SimCLR / VICReg
-gave Dice 0.379 against 0.424-0.461 at level 1; level 0 (the stem) separated
-nothing (0.345-0.364, every encoder alike) and the deepest level is one voxel
-at 32^3 (0.066-0.068). The level was read off those encoders, so the monitor is
-a health check (did the weights change in a way the task can use?), not a
-figure to rank encoders by: the leaderboard ranks on the task's test split.
+reference encoders (resnet10_3d, 32^3) it separates a random init (0.368) from the
+five pretrained encoders (0.415-0.446, the committed runs); in the prototype that
+chose it (another voxel draw), level 0 (the stem) separated nothing (0.345-0.364,
+every encoder alike) and the deepest level is one voxel at 32^3 (0.066-0.068). The
+level was read off those encoders, so the monitor is a health check (did the
+weights change in a way the task can use?), not a figure to rank encoders by: the
+leaderboard ranks on the task's test split.
+
+Memory: features are upsampled and copied one image at a time; the draw's indices
+cover every train voxel (int64), which bounds the datasets it suits to thousands of
+volumes at 32^3-64^3.
 """
 
 from __future__ import annotations
@@ -141,21 +146,24 @@ class DenseProbeMonitor:
         return self.note is None
 
     @torch.no_grad()
-    def _batches(self, encoder: Encoder, images: torch.Tensor) -> Iterator[np.ndarray]:
-        """Per batch: level features upsampled to the image grid, ``(B * voxels, C)``."""
+    def _per_image(self, encoder: Encoder, images: torch.Tensor) -> Iterator[np.ndarray]:
+        """Per image: level features upsampled to the image grid, ``(voxels, C)`` float64.
+
+        The encoder runs on batches; the upsampling and the float64 copy are made one
+        image at a time, so memory grows with one image's voxels, not a batch's.
+        """
         was_training = encoder.training
         encoder.eval()
         mode = "trilinear" if images.dim() == 5 else "bilinear"
         try:
             for i in range(0, images.shape[0], self.batch_size):
                 levels = encoder.forward_multiscale(images[i : i + self.batch_size].to(self.device))
-                f = F.interpolate(
-                    levels[self.level].float(),
-                    size=images.shape[2:],
-                    mode=mode,
-                    align_corners=False,
-                )
-                yield f.movedim(1, -1).reshape(-1, f.shape[1]).double().cpu().numpy()
+                level = levels[self.level].float()
+                for j in range(level.shape[0]):
+                    f = F.interpolate(
+                        level[j : j + 1], size=images.shape[2:], mode=mode, align_corners=False
+                    )
+                    yield f.movedim(1, -1).reshape(-1, f.shape[1]).double().cpu().numpy()
         finally:
             encoder.train(was_training)
 
@@ -168,12 +176,12 @@ class DenseProbeMonitor:
             record["calibration"] = calibrate_batch_norm(
                 encoder, self.train_images, split="train", device=self.device
             )
-        # the drawn train voxels, gathered batch by batch (never the whole feature volume)
+        # the drawn train voxels, gathered image by image (never the whole feature volume)
         per_image = int(np.prod(self.train_images.shape[2:]))
         rows, picked = [], []
-        for b, feats in enumerate(self._batches(encoder, self.train_images)):
-            lo = b * self.batch_size * per_image
-            inside = np.flatnonzero((self.draw >= lo) & (self.draw < lo + feats.shape[0]))
+        for i, feats in enumerate(self._per_image(encoder, self.train_images)):
+            lo = i * per_image
+            inside = np.flatnonzero((self.draw >= lo) & (self.draw < lo + per_image))
             rows.append(feats[self.draw[inside] - lo])
             picked.append(inside)
         x = np.concatenate(rows)[np.argsort(np.concatenate(picked))]
@@ -185,7 +193,7 @@ class DenseProbeMonitor:
         pred = np.concatenate(
             [
                 model.predict_proba((feats - mean) / std)[:, 1] > 0.5
-                for feats in self._batches(encoder, self.val_images)
+                for feats in self._per_image(encoder, self.val_images)
             ]
         )
         n = self.val_images.shape[0]

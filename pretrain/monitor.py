@@ -150,7 +150,10 @@ class KNNMonitor:
         self.note: str | None = None
         self.num_classes = 0
         train = H5Dataset(self.path, split="train", keys=("label",))
-        if train.labels is None or np.asarray(train.labels).ndim != 1:
+        #: Whether the file has single-label classes (without them, a file with masks gets
+        #: the dense-probe monitor instead, :mod:`pretrain.dense_monitor`).
+        self.has_classes = train.labels is not None and np.asarray(train.labels).ndim == 1
+        if not self.has_classes:
             self.note = f"{self.path.name} has no single-label classes: kNN monitor skipped"
             return
         try:
@@ -288,10 +291,10 @@ def health(
 
     Args:
         history: Logged training records (``loss``, ``embedding_std``).
-        monitor: Monitor records (``step``, ``knn_acc``), step 0 first.
+        monitor: Monitor records (``step`` and ``knn_acc`` or ``dense_dice``), step 0 first.
         chance: The method's chance loss, or None.
         num_features: Width of the pooled features (the collapse reference 1/sqrt(D)).
-        margin: Minimum kNN gain.
+        margin: Minimum gain of the monitor's figure (kNN, linear AUC or dense Dice).
         note: Why the monitor did not run, if it did not.
     """
     losses = [float(r["loss"]) for r in history if "loss" in r]

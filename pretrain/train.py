@@ -326,16 +326,17 @@ class Trainer:
         path = cfg.monitor_data or cfg.real
         if path is None:
             return None, "no labelled dataset for the kNN monitor (set monitor_data)"
-        monitor: KNNMonitor | DenseProbeMonitor = KNNMonitor(path, cfg.image_size, self.device)
-        if not monitor.enabled:  # no class labels: the dense probe of a segmentation dataset
-            knn_note = monitor.note
-            monitor = DenseProbeMonitor(path, cfg.image_size, self.device)
-            if not monitor.enabled:
-                return None, f"{knn_note}; {monitor.note}"
-        return monitor, None
+        knn = KNNMonitor(path, cfg.image_size, self.device)
+        if knn.enabled:
+            return knn, None
+        if knn.has_classes:  # e.g. no validation split: no monitor, the note says why
+            return None, knn.note
+        dense = DenseProbeMonitor(path, cfg.image_size, self.device)  # a mask-only file
+        return (dense, None) if dense.enabled else (None, f"{knn.note}; {dense.note}")
 
     def monitor_point(self) -> dict[str, Any] | None:
-        """Run the kNN monitor at the current step if it is due (main process only)."""
+        """Run the monitor (kNN or dense probe) at the current step if it is due (main
+        process only)."""
         if self.monitor is None or self.step not in self.monitor_at or not self.dist.is_main:
             return None
         if any(r["step"] == self.step for r in self.monitor_history):

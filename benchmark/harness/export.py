@@ -38,7 +38,8 @@ def export_results(results: str | Path, dest: str | Path) -> list[Path]:
         return not keys or name.rsplit("-", 1)[-1] in keys
 
     wanted = [src / f for f in FILES if (src / f).exists()]
-    wanted += sorted((src / "jobs").glob("*.json"))
+    slugs = {str(job["job"]).replace("/", "__") + ".json" for job in index.get("jobs", [])}
+    wanted += sorted(p for p in (src / "jobs").glob("*.json") if not slugs or p.name in slugs)
     wanted += [src / r for r in index["records"]]
     for folder in sorted((src / "pretrain").glob("*")):
         if current(folder.name):

@@ -224,8 +224,8 @@ def _matched_pool_samples(exp: Experiment) -> int | None:
     pre, gen = exp.pretrain, exp.generator
     if pre is None or gen is None or pre.pool_size != "matched" or pre.dataset != gen.dataset:
         return None
-    if not any(SOURCES.get(s).uses_synthetic for s in pre.sources):
-        return None
+    if not pre.inflation and not any(SOURCES.get(s).uses_synthetic for s in pre.sources):
+        return None  # (AdaInf's arm is a mixed one, whatever the sources)
     return int(gen.samples)
 
 

@@ -293,7 +293,7 @@ def format_run_summary(summary: RunSummary) -> str:
     ]
     if summary.health:
         lines.append(
-            "pretrained encoders (kNN init -> end; loss first -> last; collapse; verdict):"
+            "pretrained encoders (monitor init -> end: kNN or dense probe; loss first -> last; collapse; verdict):"
         )
         lines += [f"  {job}: {format_health(h)}" for job, h in summary.health.items()]
     if summary.failed:

@@ -117,3 +117,67 @@ def test_pretraining_on_a_mask_only_dataset_is_checked(hippocampus: Path, tmp_pa
     assert h["dense"]["gain"] == 0.0
     assert h["verdict"] == "did not learn" and "dense-probe Dice" in h["reasons"][0]
     assert "dense-probe Dice" in health_line(s)
+
+
+class MaskEncoder(torch.nn.Module):
+    """An oracle: its level-1 features are the image's bright voxels, which the test's
+    images make equal to the mask. A probe that reads them at the right voxels gets Dice 1."""
+
+    def forward_multiscale(self, x: torch.Tensor) -> list[torch.Tensor]:
+        bright = (x > 0.5).float()
+        return [x, torch.cat([bright, 1 - bright], dim=1)]
+
+
+def test_the_voxel_gather_aligns_features_with_labels(tmp_path: Path) -> None:
+    """Train and validation images of 8 x 8 whose foreground is exactly their bright
+    pixels; a batch size that does not divide the split (3 of 7) and a draw that lists
+    foreground then background voxels: any misalignment between the gathered features and
+    the draw's labels, or between predictions and validation masks, lowers the Dice."""
+    from benchmark.data.h5format import DatasetMeta, H5Writer
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "masks.h5"
+    splits = ["train"] * 7 + ["val"] * 4 + ["test"]
+    with H5Writer(
+        path,
+        n=len(splits),
+        image_shape=(1, 8, 8),
+        label_shape=None,
+        has_masks=True,
+        meta=DatasetMeta(name="masks", modality="test"),
+    ) as w:
+        for i, split in enumerate(splits):
+            mask = (rng.random((8, 8)) < 0.3).astype(np.uint8)
+            image = (mask * 200 + rng.integers(0, 50, (8, 8))).astype(np.uint8)[None]
+            w.write(i, image, mask=mask, patient_id=f"p{i}", split=split)
+    monitor = DenseProbeMonitor(path, 8, torch.device("cpu"), voxels=200, batch_size=3)
+    assert monitor.enabled, monitor.note
+    assert monitor.draw_labels[:100].all() and not monitor.draw_labels[100:].any()
+    assert monitor.evaluate(MaskEncoder())[DENSE_METRIC] == 1.0  # type: ignore[arg-type]
+
+
+def test_a_labelled_file_without_a_validation_split_gets_no_monitor(tmp_path: Path) -> None:
+    """The dense probe replaces the kNN monitor only where there are no classes: a labelled
+    file without a validation split (masks or not) runs without a monitor, and says why."""
+    from benchmark.data.h5format import DatasetMeta, H5Writer
+
+    path = tmp_path / "noval.h5"
+    rng = np.random.default_rng(0)
+    with H5Writer(
+        path,
+        n=12,
+        image_shape=(1, 32, 32),
+        has_masks=True,
+        meta=DatasetMeta(name="noval", modality="test"),
+    ) as w:
+        for i in range(12):
+            mask = (rng.random((32, 32)) < 0.3).astype(np.uint8)
+            image = rng.integers(0, 256, (1, 32, 32), dtype=np.uint8)
+            w.write(i, image, mask=mask, label=i % 2, patient_id=f"p{i}", split="train")
+    cfg = PretrainConfig(
+        real=str(path), steps=1, batch_size=4, image_size=32, checkpoint_every=0, device="cpu"
+    )
+    with one_thread():
+        s = pretrain(cfg, tmp_path / "run", progress=False).summary
+    assert s["monitor"]["note"] == "noval.h5 has no validation split: kNN monitor skipped"
+    assert s["monitor"]["points"] == [] and s["health"]["dense"]["init"] is None

@@ -18,7 +18,8 @@ def write(path: Path, text: str = "{}") -> None:
 
 def test_export_skips_the_outputs_of_superseded_jobs(tmp_path: Path) -> None:
     """A sampling config changed mid-run (hippocampus-ref: 120 -> 300 volumes): the old
-    sampling job's report and any pretraining folder of an old key stay behind."""
+    sampling job's report, any pretraining folder of an old key and the marker of a job no
+    longer planned stay behind."""
     run = tmp_path / "run"
     index = {
         "experiment_hash": "e",
@@ -33,6 +34,7 @@ def test_export_skips_the_outputs_of_superseded_jobs(tmp_path: Path) -> None:
     write(run / "index.json", json.dumps(index))
     write(run / "experiment.yaml", "name: x\n")
     write(run / "jobs" / "generate__sample.json")
+    write(run / "jobs" / "pretrain__real-vicreg.json")  # a job no longer in the experiment
     write(run / index["records"][0])
     write(run / "generator" / "ddpm-aaa111" / "generator.json")
     write(run / "synthetic" / "ddpm-bbb222-report" / "report.json")
