@@ -98,7 +98,11 @@ def test_tiny_grid_survives_sigkill_reruns_as_noop_and_writes_the_leaderboard(
     csv_lines = (lb / "leaderboard.csv").read_text().splitlines()
     assert csv_lines[0].startswith("task,adapter,fraction,strategy")
     comparisons = board["comparisons"]
-    assert {c["reference_kind"] for c in comparisons} == {"scratch", "real"}
+    # the grid's VICReg real arm is also compared with its SimCLR real arm (kind "method")
+    assert {c["reference_kind"] for c in comparisons} == {"scratch", "real", "method"}
+    assert {c["reference"] for c in comparisons if c["reference_kind"] == "method"} == {
+        "real / simclr / resnet18"
+    }
     # current protocol: two-level paired comparisons with Holm-adjusted p-values
     assert all(c["protocol"] == "current" and "p_adjusted" in c for c in comparisons)
     assert board["findings"] and board["multiplicity"] == "Holm"
