@@ -265,6 +265,17 @@ def _metric(point: dict[str, Any]) -> float:
     return float(point.get(VERDICT_METRIC, point["knn_acc"]))
 
 
+def _span(monitor: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """``metric``'s first and last monitor values and their difference (None where absent)."""
+    points = [r[metric] for r in monitor if r.get(metric) is not None]
+    return {
+        "metric": metric,
+        "init": points[0] if points else None,
+        "end": points[-1] if points else None,
+        "gain": (points[-1] - points[0]) if len(points) > 1 else None,
+    }
+
+
 def health(
     history: list[dict[str, Any]],
     monitor: list[dict[str, Any]],
@@ -325,20 +336,8 @@ def health(
             "note": note,
         },
     }
-    lin = [r for r in monitor if r.get(LINEAR_METRIC) is not None]
-    out["linear"] = {
-        "metric": LINEAR_METRIC,
-        "init": lin[0][LINEAR_METRIC] if lin else None,
-        "end": lin[-1][LINEAR_METRIC] if lin else None,
-        "gain": (lin[-1][LINEAR_METRIC] - lin[0][LINEAR_METRIC]) if len(lin) > 1 else None,
-    }
-    dense = [r for r in monitor if r.get(DENSE_METRIC) is not None]
-    out["dense"] = {
-        "metric": DENSE_METRIC,
-        "init": dense[0][DENSE_METRIC] if dense else None,
-        "end": dense[-1][DENSE_METRIC] if dense else None,
-        "gain": (dense[-1][DENSE_METRIC] - dense[0][DENSE_METRIC]) if len(dense) > 1 else None,
-    }
+    out["linear"] = _span(monitor, LINEAR_METRIC)
+    out["dense"] = _span(monitor, DENSE_METRIC)
     gain, linear_gain = out["knn"]["gain"], out["linear"]["gain"]
     dense_gain = out["dense"]["gain"]
     if gain is not None:
