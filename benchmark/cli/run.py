@@ -75,6 +75,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    from benchmark.harness.snapshot import check_resume, restore_run, snapshot_run
+
+    if args.action == "save":
+        written = snapshot_run(args.source, args.dest)
+        records = sum("records" in p.parts for p in written)
+        print(f"snapshot: {len(written)} files ({records} cell records) in {args.dest}")
+        return 0
+    if args.action == "restore":
+        n = restore_run(args.source, args.dest)
+        print(
+            f"restored {n} files into {args.dest}; resume with `sslbench run EXPERIMENT -o "
+            f"{args.dest}`, then `sslbench snapshot check {args.source} {args.dest}`"
+        )
+        return 0
+    problems = check_resume(args.source, args.dest)
+    for line in problems:
+        print(f"differs: {line}")
+    print(
+        f"resume check: {len(problems)} difference(s)"
+        if problems
+        else "resume check: the regenerated jobs repeat the snapshot's figures; records intact"
+    )
+    return 1 if problems else 0
+
+
 def add_harness_commands(sub: Any) -> None:
     """Register ``run`` and ``leaderboard`` on the top-level subparsers."""
     run = sub.add_parser(
@@ -146,3 +172,17 @@ def add_harness_commands(sub: Any) -> None:
     ex.add_argument("results", help="results folder of `sslbench run`")
     ex.add_argument("dest", help="destination folder, e.g. results/busi")
     ex.set_defaults(handler=_cmd_export)
+
+    snap = sub.add_parser(
+        "snapshot",
+        help="save / restore the light state of a run in progress, and check its resume",
+        description="save RUN DEST: the resolved experiment, the finished jobs' markers, every "
+        "cell record so far and the pretraining / generator summaries (no data or weights). "
+        "restore DEST RUN: copy a snapshot into a new run folder to resume it with `sslbench "
+        "run`. check DEST RUN: after the resumed run, whether its regenerated jobs repeat "
+        "the snapshot's figures exactly and its records kept one encoder per arm.",
+    )
+    snap.add_argument("action", choices=("save", "restore", "check"))
+    snap.add_argument("source", help="save: the run folder; restore / check: the snapshot")
+    snap.add_argument("dest", help="save: the snapshot folder; restore / check: the run folder")
+    snap.set_defaults(handler=_cmd_snapshot)
