@@ -60,6 +60,8 @@ Layout (every section but ``name`` and ``datasets`` is optional; see
         resnet18: timm:resnet18.a1_in1k   # timm tag (needs the internet) or a state-dict file
       overrides: {finetune.epochs: 30}
       statistics: {resamples: 2000, confidence: 0.95}   # leaderboard intervals and tests
+                                    # (+ primary: [{kind: method}], a pre-declared primary
+                                    # family for Holm; see benchmark/harness/families.py)
     wandb: {mode: offline, project: sslbench, entity: null, log_checkpoints: false}
 
 The resolved experiment (a typed :class:`Experiment`) is ``profile defaults < file < CLI
@@ -202,7 +204,7 @@ EVALUATE_DEFAULTS: dict[str, Any] = {
     "overrides": {},
     "statistics": {"resamples": 2000, "confidence": 0.95},
 }
-STATISTICS_KEYS = ("resamples", "confidence")
+STATISTICS_KEYS = ("resamples", "confidence", "primary")
 TASK_KEYS = ("spec", "dataset", "adapters", "image_size")
 DATASET_KINDS = ("phantom", "convert", "path")
 PHANTOM_KEYS = ("n", "size", "dims", "seed", "images_per_patient", "depth", "variant")
@@ -743,6 +745,18 @@ def _check_statistics(exp: dict[str, Any], ev: dict[str, Any], w: str) -> None:
         raise ExperimentError(
             f"{w}.statistics.confidence: must lie in (0, 1), got {stats['confidence']!r}"
         )
+    if "primary" in stats:  # optional, no default: experiments without it keep their hash
+        from benchmark.harness.families import primary_problem
+        from tasks.spec import load_spec
+
+        # comparisons name a task by its spec's name (a spec given as a path has one too)
+        tasks = {
+            load_spec(str(t["spec"])).name: [str(a) for a in t["adapters"]] for t in ev["tasks"]
+        }
+        fractions = [float(f) for f in ev["fractions"]]
+        problem = primary_problem(stats["primary"], tasks, fractions, f"{w}.statistics.primary")
+        if problem:
+            raise ExperimentError(problem)
     pre = exp["pretrain"]
     compared = pre is not None and (
         bool(ev["baselines"]) or any(s != "real" for s in pre["sources"])

@@ -14,6 +14,10 @@ gives one verdict:
 * ``legacy protocol: not assessed``: records of the legacy protocol (no per-case
   outputs, arms trained differently), whose intervals cannot carry a verdict.
 
+Where the experiment declared a primary family (:mod:`benchmark.harness.families`),
+the p-values are adjusted within each family and the findings list the primary
+contrasts first, then the secondary ones as exploratory.
+
 A contrast whose strategy or reference has a pretrained encoder that did not
 learn (its pretraining health verdict, :mod:`benchmark.harness.health`) keeps
 its verdict but carries the flag ``did_not_learn`` naming them, and its line
@@ -27,6 +31,8 @@ test checks that every number a REPORT quotes appears in its ``leaderboard.json`
 from __future__ import annotations
 
 from typing import Any
+
+from benchmark.harness.families import describe as describe_families
 
 ALPHA = 0.05
 VERDICTS = ("better", "worse", "not resolved", "legacy protocol: not assessed")
@@ -78,6 +84,8 @@ def findings(board: dict[str, Any]) -> list[dict[str, Any]]:
         bad = [s for s in (c["strategy"], c["reference"]) if s in unhealthy]
         if bad:  # only then: findings of older leaderboards stay byte-identical
             item["did_not_learn"] = bad
+        if c.get("family"):  # a declared primary family (benchmark.harness.families)
+            item["family"] = c["family"]
         out.append(item)
     return out
 
@@ -135,7 +143,8 @@ def render_findings(board: dict[str, Any]) -> list[str]:
         "real-only"
         + (", every other method vs SimCLR on the same real images" if methods else "")
         + "; 'better'/'worse' needs the interval to exclude 0 and the "
-        f"{board.get('multiplicity', 'adjusted')}-adjusted p-value to be below {ALPHA}.",
+        f"{board.get('multiplicity', 'adjusted')}-adjusted p-value to be below {ALPHA}"
+        + (f" (families: {describe_families(board['families'])})." if "families" in board else "."),
         "",
         "Verdicts: " + ", ".join(f"{v} {n}" for v, n in counts.items()) + ".",
         "",
@@ -148,8 +157,25 @@ def render_findings(board: dict[str, Any]) -> list[str]:
             "verdicts say nothing about pretraining and are not comparable.",
             "",
         ]
-    lines += [finding_line(f) for f in items]
-    return [*lines, ""]
+    if "families" not in board:
+        return [*lines, *(finding_line(f) for f in items), ""]
+    for family, title in (
+        ("primary", "Primary family: the experiment's own question, declared before its results"),
+        ("secondary", "Secondary family: exploratory, Holm-adjusted among themselves"),
+    ):
+        members = [f for f in items if f.get("family") == family]
+        counts = summary_counts(members)
+        lines += [
+            f"### {title}",
+            "",
+            f"{len(members)} contrasts. Verdicts: "
+            + (", ".join(f"{v} {n}" for v, n in counts.items()) or "none")
+            + ".",
+            "",
+            *(finding_line(f) for f in members),
+            "",
+        ]
+    return lines
 
 
 def headline(board: dict[str, Any]) -> list[str]:

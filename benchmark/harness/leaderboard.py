@@ -51,14 +51,13 @@ from typing import Any
 
 from benchmark.core.errors import DataError
 from benchmark.core.io import atomic_path, atomic_write_json, atomic_write_text
-from benchmark.harness import casestats
+from benchmark.harness import casestats, families
 from benchmark.harness.findings import findings, render_findings
 from benchmark.harness.health import DID_NOT_LEARN, FLAG, LEGEND, compact, did_not_learn
 from benchmark.harness.stats import (
     StatsInputError,
     aulc,
     fraction_to_match,
-    holm,
     paired_comparison,
     summarize,
 )
@@ -335,12 +334,17 @@ def _r(x: Any, nd: int = 6) -> Any:
 
 
 def aggregate(
-    records: list[dict[str, Any]], resamples: int = 2000, confidence: float = 0.95
+    records: list[dict[str, Any]],
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    primary_family: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The leaderboard as a JSON-able dict (see the module docstring).
 
     ``resamples`` and ``confidence`` set the current protocol's intervals and tests
     (an experiment's ``evaluate.statistics``); legacy records keep their old statistics.
+    ``primary_family``: the experiment's pre-declared primary family of contrasts, adjusted
+    apart from the others (``evaluate.statistics.primary``).
     """
     stats_kw = {"n_resamples": int(resamples), "confidence": float(confidence)}
     tasks: dict[str, dict[str, Any]] = {}
@@ -419,7 +423,9 @@ def aggregate(
     row_seed = {
         i["strategy"]: pretraining_seed(rec) or 0 for rec in records for i in [infos[id(rec)]]
     }
-    comparisons = _comparisons(tasks, out_rows, per_seed, by_cell, protocol, stats_kw, row_seed)
+    comparisons = _comparisons(
+        tasks, out_rows, per_seed, by_cell, protocol, stats_kw, row_seed, primary_family
+    )
     variance = _pretraining_variance(out_rows, per_seed)
     health_table = _health_table(out_rows, by_row)
     board = {
@@ -441,6 +447,9 @@ def aggregate(
         "ranking": _ranking(tasks, out_rows),
         "comparisons": comparisons,
     }
+    declared = families.summary(comparisons, primary_family) if protocol != "legacy" else None
+    if declared:  # only then: leaderboards without a declaration stay byte-identical
+        board["families"] = declared
     if variance:  # only then: leaderboards of single-seed runs stay byte-identical
         board["pretraining_variance"] = variance
     if health_table:  # records from before the kNN monitor have none
@@ -543,12 +552,15 @@ def _comparisons(
     protocol: str,
     stats_kw: dict[str, Any],
     row_seed: dict[str, int] | None = None,
+    primary: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Paired comparisons of each pretrained strategy vs scratch and vs real-only (same
     method, encoder; the real row of the same pretraining seed where real was pretrained
     with several), of a pruned pool vs the full one, and of every other method's real arm
     vs :data:`REFERENCE_METHOD`'s (same encoder): the pre-declared contrasts. Current protocol: two-level paired
-    bootstrap and Holm-adjusted p-values over all of them; legacy: the old seed-level test."""
+    bootstrap and Holm-adjusted p-values over all of them, or within the primary and the
+    secondary family where the experiment declared one (:mod:`benchmark.harness.families`);
+    legacy: the old seed-level test."""
     by_name = {r["strategy"]: r for r in rows}
     row_seed = row_seed or {}
     out = []
@@ -622,9 +634,7 @@ def _comparisons(
                             }
                         )
     if protocol != "legacy":
-        adjusted = holm([c.get("p_value") for c in out])
-        for c, p in zip(out, adjusted, strict=True):
-            c["p_adjusted"] = _r(p)
+        families.adjust(out, primary)
     return out
 
 
@@ -929,11 +939,16 @@ def _current_comparison_lines(board: dict[str, Any], rows: list[dict[str, Any]])
         "Paired comparisons (same evaluation seeds, subsets and test cases, checked): difference "
         f"of means with a 95 % interval ({board.get('interval_method')}), p-value of the "
         "two-level Welch t-test (the interval's standard error and degrees of freedom) "
-        f"adjusted by {board.get('multiplicity')} over all comparisons of this leaderboard "
-        "(p adj.); the Wilcoxon signed-rank test over seeds only with >= 6 seeds.",
+        + (
+            f"adjusted by {board.get('multiplicity')} over all comparisons of this leaderboard "
+            if "families" not in board
+            else f"adjusted within its family: {families.describe(board['families'])} "
+        )
+        + "(p adj.); the Wilcoxon signed-rank test over seeds only with >= 6 seeds.",
         "",
-        "| strategy | vs | adapter | fraction | Δ [95% CI] | p adj. | Wilcoxon p | n |",
-        "|---|---|---|---|---|---|---|---|",
+        "| strategy | vs | adapter | fraction | Δ [95% CI] | p adj. | Wilcoxon p | n |"
+        + (" family |" if "families" in board else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if "families" in board else ""),
     ]
     for c in rows:
         ci = (
@@ -946,6 +961,7 @@ def _current_comparison_lines(board: dict[str, Any], rows: list[dict[str, Any]])
             f"| {name} | {ref} | {c['adapter']} | {c['fraction']:g} | "
             f"{_fmt(c.get('mean_diff'))}{ci} | {_fmt(c.get('p_adjusted'))} | "
             f"{_fmt(c.get('wilcoxon_p'))} | {c.get('n')} |"
+            + (f" {c.get('family')} |" if "families" in board else "")
         )
     return [*out, ""]
 
@@ -1098,7 +1114,7 @@ def _provenance(results: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _statistics(root: Path) -> dict[str, Any]:
-    """The experiment's ``evaluate.statistics`` (resamples, confidence), if it has any."""
+    """The experiment's ``evaluate.statistics`` (resamples, confidence, a primary family)."""
     import yaml
 
     path = root / "experiment.yaml"
@@ -1107,7 +1123,10 @@ def _statistics(root: Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError) as exc:
         raise DataError(f"{path}: unreadable experiment ({exc})") from None
     stats = ((exp or {}).get("evaluate") or {}).get("statistics") or {}
-    return {k: stats[k] for k in ("resamples", "confidence") if k in stats}
+    out = {k: stats[k] for k in ("resamples", "confidence") if k in stats}
+    if stats.get("primary"):
+        out["primary_family"] = stats["primary"]
+    return out
 
 
 def build_leaderboard(
