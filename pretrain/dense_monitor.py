@@ -36,7 +36,6 @@ volumes at 32^3-64^3.
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from collections.abc import Iterator
@@ -52,8 +51,7 @@ from sklearn.linear_model import LogisticRegression
 from benchmark.core.errors import DataError
 from benchmark.data.dataset import H5Dataset
 from pretrain.encoders.base import Encoder
-from pretrain.encoders.calibration import calibrate_batch_norm
-from pretrain.monitor import DENSE_METRIC, LINEAR_C, resize_images
+from pretrain.monitor import DENSE_METRIC, LINEAR_C, FeatureMonitor, resize_images
 
 #: Multi-scale level whose features are probed (0 = highest resolution).
 DENSE_LEVEL = 1
@@ -83,11 +81,11 @@ def mean_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(dice.mean())
 
 
-class DenseProbeMonitor:
+class DenseProbeMonitor(FeatureMonitor):
     """Foreground Dice of a dense logistic probe on frozen multi-scale features.
 
     Same interface as :class:`pretrain.monitor.KNNMonitor` (``enabled``, ``note``,
-    ``evaluate``, ``describe``).
+    ``evaluate``, ``describe``), from the same base (:class:`~pretrain.monitor.FeatureMonitor`).
 
     Args:
         path: sslbench dataset with masks and a validation split.
@@ -108,10 +106,8 @@ class DenseProbeMonitor:
         voxels: int = DENSE_VOXELS,
         batch_size: int = 16,
     ) -> None:
-        self.path = Path(path)
-        self.level, self.voxels, self.batch_size = level, voxels, batch_size
-        self.device = device
-        self.note: str | None = None
+        super().__init__(path, device, batch_size)
+        self.level, self.voxels = level, voxels
         train = H5Dataset(self.path, split="train", keys=("mask",))
         if not train.has_masks:
             self.note = f"{self.path.name} has neither single-label classes nor masks: no monitor"
@@ -141,10 +137,6 @@ class DenseProbeMonitor:
         )
         self.draw_labels = fg[self.draw]
 
-    @property
-    def enabled(self) -> bool:
-        return self.note is None
-
     @torch.no_grad()
     def _per_image(self, encoder: Encoder, images: torch.Tensor) -> Iterator[np.ndarray]:
         """Per image: level features upsampled to the image grid, ``(voxels, C)`` float64.
@@ -152,10 +144,8 @@ class DenseProbeMonitor:
         The encoder runs on batches; the upsampling and the float64 copy are made one
         image at a time, so memory grows with one image's voxels, not a batch's.
         """
-        was_training = encoder.training
-        encoder.eval()
         mode = "trilinear" if images.dim() == 5 else "bilinear"
-        try:
+        with self.eval_mode(encoder):
             for i in range(0, images.shape[0], self.batch_size):
                 levels = encoder.forward_multiscale(images[i : i + self.batch_size].to(self.device))
                 level = levels[self.level].float()
@@ -164,18 +154,11 @@ class DenseProbeMonitor:
                         level[j : j + 1], size=images.shape[2:], mode=mode, align_corners=False
                     )
                     yield f.movedim(1, -1).reshape(-1, f.shape[1]).double().cpu().numpy()
-        finally:
-            encoder.train(was_training)
 
     def evaluate(self, encoder: Encoder, *, calibrate: bool = False) -> dict[str, Any]:
         """The probe's mean validation Dice (``dense_dice``); the encoder is not modified."""
         t0 = time.perf_counter()
-        record: dict[str, Any] = {}
-        if calibrate:
-            encoder = copy.deepcopy(encoder)
-            record["calibration"] = calibrate_batch_norm(
-                encoder, self.train_images, split="train", device=self.device
-            )
+        encoder, record = self.measured(encoder, calibrate)
         # the drawn train voxels, gathered image by image (never the whole feature volume)
         per_image = int(np.prod(self.train_images.shape[2:]))
         rows, picked = [], []

@@ -44,6 +44,8 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +124,56 @@ def _standardise(bank: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor,
     return bank.float(), query.float()
 
 
-class KNNMonitor:
+class FeatureMonitor:
+    """What the kNN and the dense-probe monitor share: the dataset, the device, the
+    note of a monitor that skips, eval mode around the encoder and the calibrated copy.
+
+    A subclass sets ``train_images`` (the calibration images) when it is enabled.
+
+    Args:
+        path: The labelled or masked sslbench dataset of the run.
+        device: Where features are computed.
+        batch_size: Images per forward pass.
+    """
+
+    train_images: torch.Tensor
+
+    def __init__(self, path: str | Path, device: torch.device, batch_size: int) -> None:
+        self.path = Path(path)
+        self.device = device
+        self.batch_size = batch_size
+        #: Why the monitor does not run (None when it does).
+        self.note: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.note is None
+
+    @staticmethod
+    @contextmanager
+    def eval_mode(encoder: Encoder) -> Iterator[Encoder]:
+        """The encoder in eval mode, its previous mode restored afterwards."""
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            yield encoder
+        finally:
+            encoder.train(was_training)
+
+    def measured(self, encoder: Encoder, calibrate: bool) -> tuple[Encoder, dict[str, Any]]:
+        """The encoder a point measures and the start of its record: with ``calibrate``,
+        a copy whose batch-norm statistics were calibrated on the train split (the
+        training encoder is never touched)."""
+        record: dict[str, Any] = {}
+        if calibrate:
+            encoder = copy.deepcopy(encoder)
+            record["calibration"] = calibrate_batch_norm(
+                encoder, self.train_images, split="train", device=self.device
+            )
+        return encoder, record
+
+
+class KNNMonitor(FeatureMonitor):
     """kNN accuracy of an encoder's pooled features: train-split bank, validation queries.
 
     Args:
@@ -144,10 +195,8 @@ class KNNMonitor:
         temperature: float = KNN_T,
         batch_size: int = 128,
     ) -> None:
-        self.path = Path(path)
-        self.k, self.temperature, self.batch_size = k, temperature, batch_size
-        self.device = device
-        self.note: str | None = None
+        super().__init__(path, device, batch_size)
+        self.k, self.temperature = k, temperature
         self.num_classes = 0
         train = H5Dataset(self.path, split="train", keys=("label",))
         #: Whether the file has single-label classes (without them, a file with masks gets
@@ -167,24 +216,16 @@ class KNNMonitor:
         self.train_labels = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
         self.val_labels = torch.as_tensor(np.asarray(val.labels), dtype=torch.long)
 
-    @property
-    def enabled(self) -> bool:
-        return self.note is None
-
     @torch.no_grad()
     def features(self, encoder: Encoder, images: torch.Tensor) -> torch.Tensor:
         """Pooled features in eval mode (the encoder's mode is restored)."""
-        was_training = encoder.training
-        encoder.eval()
-        try:
+        with self.eval_mode(encoder):
             feats = [
                 encoder.forward_features(
                     images[i : i + self.batch_size].to(self.device, non_blocking=True)
                 ).float()
                 for i in range(0, images.shape[0], self.batch_size)
             ]
-        finally:
-            encoder.train(was_training)
         return torch.cat(feats)
 
     def evaluate(self, encoder: Encoder, *, calibrate: bool = False) -> dict[str, Any]:
@@ -196,12 +237,7 @@ class KNNMonitor:
                 the train split (the step-0 point).
         """
         t0 = time.perf_counter()
-        record: dict[str, Any] = {}
-        if calibrate:
-            encoder = copy.deepcopy(encoder)
-            record["calibration"] = calibrate_batch_norm(
-                encoder, self.train_images, split="train", device=self.device
-            )
+        encoder, record = self.measured(encoder, calibrate)
         bank = self.features(encoder, self.train_images)
         query = self.features(encoder, self.val_images)
         z_bank, z_query = _standardise(bank.double(), query.double())
