@@ -53,7 +53,12 @@ if TYPE_CHECKING:
 #: methods scale it by their ``cost``. ``ddpm_train_img_s``: 1500 x 16 images at 28 px in
 #: 418 s (11 per area). Per-component factors (an encoder's and a method's ``cost``, a
 #: converter's ``dims`` and ``image_size``, an adapter's ``training_passes``) belong to
-#: the components.
+#: the components. Recalibrated on the current references (``perf/bench_planner.py``,
+#: which sets each job's estimate beside its cells' recorded seconds and the share of
+#: their planned steps they trained before early stopping): at 36 segmentation passes/s
+#: the rate alone was 1.87x long on BUSI 64 px and 2.79x on hippocampus 32^3, fine-tuning
+#: 0.98-1.15x; hence 67 passes/s, 1.5x that for 3D volumes. Early stopping (cells ran
+#: 72-87 % of their planned steps) stays in the estimates, which thus err on the long side.
 SPEED = {
     "convert_s_per_image": 0.004,
     "phantom_s_per_image": 0.01,
@@ -63,7 +68,8 @@ SPEED = {
     "extract_img_s": 400.0,
     "probe_fit_s": 0.3,
     "finetune_img_s": 60.0,
-    "segment_img_s": 36.0,
+    "segment_img_s": 67.0,
+    "segment_3d_speedup": 1.5,
     "report_s": 30.0,
 }
 
@@ -730,6 +736,8 @@ def _cell_cost(
     if not passes:  # frozen features: a probe fit
         return SPEED["probe_fit_s"]
     speed = SPEED["segment_img_s" if adapter.target == "masks" else "finetune_img_s"]
+    if adapter.target == "masks" and dims == 3:
+        speed *= SPEED["segment_3d_speedup"]
     return passes / speed * _area(size, dims) * encoder_cost
 
 
