@@ -128,7 +128,7 @@ def restore_run(snapshot: str | Path, run: str | Path) -> int:
     return n
 
 
-def _figures(summary: dict[str, Any]) -> dict[str, Any]:
+def repeatable_figures(summary: dict[str, Any]) -> dict[str, Any]:
     """What must repeat exactly in a regenerated job's summary.
 
     Timings and locations are dropped. The generator's file hash is too: its file
@@ -136,8 +136,17 @@ def _figures(summary: dict[str, Any]) -> dict[str, Any]:
     equal weights; the sampled pool's content hash (in the synthetic arms' source)
     and the losses carry the identity instead.
     """
-    keep = ("final_loss", "health", "final_embedding_std", "images_seen", "steps")
+    keep = ("final_loss", "final_embedding_std", "images_seen", "steps")
     out = {k: summary[k] for k in keep if k in summary}
+    if isinstance(summary.get("health"), dict):
+        # a monitor that did not run is absent in older summaries and all None in newer
+        # ones (e.g. the dense probe of a labelled dataset): the same fact either way
+        out["health"] = {
+            k: v
+            for k, v in summary["health"].items()
+            if not (isinstance(v, dict) and all(x is None for f, x in v.items() if f != "metric"))
+            and v is not None
+        }
     source = summary.get("source")
     if isinstance(source, dict):  # the content hash of each pool an encoder was trained on
         out["source"] = {
@@ -188,7 +197,9 @@ def check_resume(snapshot: str | Path, run: str | Path) -> list[str]:
             if not regenerated.exists():
                 problems.append(f"{kind}/{job}: not regenerated in {out} (run it first)")
                 continue
-            old, new = (_figures(json.loads(p.read_text())) for p in (summary, regenerated))
+            old, new = (
+                repeatable_figures(json.loads(p.read_text())) for p in (summary, regenerated)
+            )
             problems += _diff(f"{kind}/{job}", old, new)
     hashes: dict[tuple[str, str], set[str]] = {}
     index = read_json(out / "index.json") or {}

@@ -16,6 +16,7 @@ from benchmark.harness.leaderboard import (
     pretraining_seed,
     strategy_of,
 )
+from benchmark.harness.snapshot import repeatable_figures
 from tests.benchmark.harness.test_runner import cli
 
 pytestmark = pytest.mark.slow
@@ -198,6 +199,14 @@ def check_reduced_rerun(ref: Path, results: Path, n_records: int) -> None:
     same = {r["encoder"]["hash"] == committed[seeded_key(r)]["encoder"]["hash"] for r in pretrained}
     assert len(same) == 1, "one pretraining run: all or none identical"
     if same == {True}:
+        # the same weights: every pretraining figure repeats too (loss, health, monitor
+        # curve, pools' content hashes), the check `sslbench snapshot check` makes
+        for summary in sorted(results.glob("pretrain/*/pretrain.json")):
+            committed_summary = ref / "pretrain" / summary.parent.name / "pretrain.json"
+            assert committed_summary.exists(), summary.parent.name
+            assert repeatable_figures(json.loads(summary.read_text())) == repeatable_figures(
+                json.loads(committed_summary.read_text())
+            ), summary.parent.name
         for rec in rerun:
             ref_rec = committed[seeded_key(rec)]
             for metric, value in rec["metrics"].items():
