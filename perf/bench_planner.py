@@ -29,7 +29,8 @@ from typing import Any
 
 from benchmark.core.errors import SSLBenchError
 from benchmark.harness.experiment import load_experiment
-from benchmark.harness.jobs import Job, _dims, format_duration, plan_jobs
+from benchmark.harness.jobs import Job, _dims, _frozen, format_duration, plan_jobs
+from benchmark.harness.ledger import marker_path
 
 
 def job_class(job: Job, exp: Any) -> str:
@@ -39,9 +40,9 @@ def job_class(job: Job, exp: Any) -> str:
     spec = str(job.config.get("spec"))
     entry = next((t for t in exp.evaluate.tasks if t.spec == spec), None)
     dims = _dims(exp.datasets[entry.dataset]) if entry and entry.dataset else 2
-    frozen = {"linear", "knn"}
     adapters = {str(c[0]) for c in job.cells}
-    kind = "frozen" if adapters <= frozen else "mixed" if adapters & frozen else "trains"
+    frozen = set(_frozen(sorted(adapters)))
+    kind = "frozen" if adapters <= frozen else "mixed" if frozen else "trains"
     return f"evaluate {dims}D {kind} ({'+'.join(sorted(adapters))})"
 
 
@@ -84,7 +85,7 @@ def compare(folder: Path) -> list[dict[str, Any]]:
     exp = load_experiment(folder / "experiment.yaml")
     rows = []
     for job in plan_jobs(exp, folder.resolve()):
-        marker = folder / "jobs" / f"{job.slug}.json"
+        marker = marker_path(folder, job)
         if not marker.exists():
             continue
         data = json.loads(marker.read_text())

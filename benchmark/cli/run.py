@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,8 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
 
     if args.action == "save":
         written = snapshot_run(args.source, args.dest)
-        records = sum("records" in p.parts for p in written)
-        print(f"snapshot: {len(written)} files ({records} cell records) in {args.dest}")
+        meta = json.loads((Path(args.dest) / "snapshot.json").read_text())
+        print(f"snapshot: {len(written)} files ({meta['records']} cell records) in {args.dest}")
         return 0
     if args.action == "restore":
         n = restore_run(args.source, args.dest)
@@ -102,7 +103,8 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def add_harness_commands(sub: Any) -> None:
-    """Register ``run`` and ``leaderboard`` on the top-level subparsers."""
+    """Register ``run``, ``leaderboard``, ``export`` and ``snapshot`` on the top-level
+    subparsers."""
     run = sub.add_parser(
         "run",
         help="run a whole experiment grid (resumable) and write its leaderboard",
@@ -183,6 +185,13 @@ def add_harness_commands(sub: Any) -> None:
         "the snapshot's figures exactly and its records kept one encoder per arm.",
     )
     snap.add_argument("action", choices=("save", "restore", "check"))
-    snap.add_argument("source", help="save: the run folder; restore / check: the snapshot")
-    snap.add_argument("dest", help="save: the snapshot folder; restore / check: the run folder")
+    snap.add_argument(
+        "source", metavar="FROM", help="save: RUN, the run folder; restore / check: SNAPSHOT"
+    )
+    snap.add_argument(
+        "dest",
+        metavar="TO",
+        help="save: SNAPSHOT (new, empty or an older snapshot); restore: RUN (new); check: "
+        "RUN (the resumed run)",
+    )
     snap.set_defaults(handler=_cmd_snapshot)

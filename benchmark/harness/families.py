@@ -1,16 +1,17 @@
-"""Families of pre-declared contrasts for the multiplicity correction.
+"""A pre-declared primary family of contrasts for the multiplicity correction.
 
 By default every pre-declared contrast of a leaderboard (see
 :mod:`benchmark.harness.findings`) is one Holm family: with five arms, three
 fractions and two adapters that is some 60 contrasts, and a difference must then
-reach an unadjusted p of about 0.001 to be called. An experiment may instead
-declare, before any of its results exists, the contrasts that answer its own
-question as a *primary* family (``evaluate.statistics.primary``), as a trial
-declares its primary endpoints. Holm then runs within the primary family and,
-separately, within the remaining *secondary* contrasts, which the findings label
-exploratory. The declaration is part of the resolved experiment, so the
-committed ``experiment.yaml`` and its git history show that it came before the
-results.
+reach an unadjusted p of about 0.001 to be called. An experiment may declare the
+contrasts that answer its own question as a *primary* family
+(``evaluate.statistics.primary``), as a trial declares its primary endpoints: Holm
+then runs within the primary family alone. Every other contrast (*secondary*,
+labelled exploratory) keeps its adjustment over all the contrasts of the
+leaderboard, exactly as without a declaration, so a declaration sharpens its own
+question and relaxes nothing else. It is part of the resolved experiment: the
+committed experiment file and its git history show when it was made, which the
+REPORT must set beside the time of the first record.
 
 A selector is a mapping of any of ``kind`` (the reference kind: ``scratch``,
 ``real``, ``real-standard``, ``unpruned``, ``method``), ``task``, ``adapter`` and
@@ -57,8 +58,9 @@ def primary_problem(
         if unknown:
             return f"{at}: unknown key(s) {unknown}; use {', '.join(SELECTOR_KEYS)}"
         for key, value in sel.items():
-            v = float(value) if key == "fraction" and isinstance(value, int | float) else value
-            if v not in allowed[key]:
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            v = float(value) if key == "fraction" and number else value
+            if (key == "fraction" and not number) or v not in allowed[key]:
                 return f"{at}.{key}: {value!r} is not one of {allowed[key]}"
     return None
 
@@ -87,18 +89,28 @@ def adjust(comparisons: list[dict[str, Any]], primary: list[dict[str, Any]] | No
     """Set each comparison's Holm-adjusted p-value (``p_adjusted``) in place.
 
     Without a declaration all comparisons form one family (and carry no ``family``
-    field, so older leaderboards stay byte-identical); with one, each comparison
-    carries ``family`` (``primary`` or ``secondary``) and is adjusted within it.
+    field, so older leaderboards stay byte-identical). With one, each comparison
+    carries ``family``: a ``primary`` one is adjusted within the primary family, a
+    ``secondary`` one keeps its adjustment over all comparisons.
+
+    Args:
+        comparisons: The leaderboard's comparisons (``p_value`` None where untested).
+        primary: The declared selectors, or None.
     """
-    groups: dict[str | None, list[dict[str, Any]]] = {}
+    overall = holm([c.get("p_value") for c in comparisons])
+    for c, p in zip(comparisons, overall, strict=True):
+        c["p_adjusted"] = _round(p)
+    if not primary:
+        return
+    members = [c for c in comparisons if is_primary(c, primary)]
     for c in comparisons:
-        family = None if not primary else ("primary" if is_primary(c, primary) else "secondary")
-        if family is not None:
-            c["family"] = family
-        groups.setdefault(family, []).append(c)
-    for members in groups.values():
-        for c, p in zip(members, holm([c.get("p_value") for c in members]), strict=True):
-            c["p_adjusted"] = None if p is None else round(float(p), 6)
+        c["family"] = "secondary"
+    for c, p in zip(members, holm([c.get("p_value") for c in members]), strict=True):
+        c["family"], c["p_adjusted"] = "primary", _round(p)
+
+
+def _round(p: float | None) -> float | None:
+    return None if p is None else round(float(p), 6)
 
 
 def summary(
@@ -107,20 +119,25 @@ def summary(
     """The leaderboard's ``families`` entry (None without a declaration)."""
     if not primary:
         return None
-    n = sum(c.get("family") == "primary" for c in comparisons)
+    mine = [c for c in comparisons if c.get("family") == "primary"]
     return {
         "declared": primary,
-        "primary": n,
-        "secondary": len(comparisons) - n,
-        "correction": "Holm within each family",
+        "primary": len(mine),
+        "primary_tested": sum(c.get("p_value") is not None for c in mine),
+        "secondary": len(comparisons) - len(mine),
+        "correction": "Holm within the primary family; secondary: Holm over all contrasts",
     }
 
 
 def describe(families: dict[str, Any]) -> str:
     """One sentence on the families, for the leaderboard and its findings."""
     sels = "; ".join(", ".join(f"{k} {v}" for k, v in sel.items()) for sel in families["declared"])
+    n, tested = families["primary"], families.get("primary_tested", families["primary"])
+    size = f"{n} contrasts" + (f", {tested} of them tested" if tested != n else "")
+    if n == 0:
+        size = "no contrast of this leaderboard matches the declaration"
     return (
-        f"primary family ({families['primary']} contrasts, declared in the experiment before "
-        f"its results: {sels}) and secondary family ({families['secondary']}, exploratory), "
-        "Holm-adjusted within each"
+        f"primary family ({size}; declared in the experiment: {sels}), Holm-adjusted within "
+        f"itself; the secondary, exploratory contrasts ({families['secondary']}) Holm-adjusted "
+        "over all contrasts, as without a declaration"
     )

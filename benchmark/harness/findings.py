@@ -15,8 +15,8 @@ gives one verdict:
   outputs, arms trained differently), whose intervals cannot carry a verdict.
 
 Where the experiment declared a primary family (:mod:`benchmark.harness.families`),
-the p-values are adjusted within each family and the findings list the primary
-contrasts first, then the secondary ones as exploratory.
+its contrasts are adjusted within it and listed first; the others keep the
+adjustment over all contrasts and are listed after them as exploratory.
 
 A contrast whose strategy or reference has a pretrained encoder that did not
 learn (its pretraining health verdict, :mod:`benchmark.harness.health`) keeps
@@ -161,7 +161,7 @@ def render_findings(board: dict[str, Any]) -> list[str]:
         return [*lines, *(finding_line(f) for f in items), ""]
     for family, title in (
         ("primary", "Primary family: the experiment's own question, declared before its results"),
-        ("secondary", "Secondary family: exploratory, Holm-adjusted among themselves"),
+        ("secondary", "Secondary: exploratory, Holm-adjusted over all contrasts"),
     ):
         members = [f for f in items if f.get("family") == family]
         counts = summary_counts(members)

@@ -46,8 +46,7 @@ if TYPE_CHECKING:
 #: Rough CPU speeds (2 cores, 64 px) used by ``--dry-run`` estimates. ``finetune_img_s`` and
 #: ``segment_img_s`` are training image passes per second (validation passes included),
 #: from the cells' recorded train times: fine-tuning ResNet-18 on BUSI 64 px about 55,
-#: on BreastMNIST 32 px about 93 per 64 px area; U-Net segmentation on BUSI 64 px 30-50
-#: and with the 3D ResNet-10 on hippocampus 32^3 about 40 per 64 x 64 area.
+#: on BreastMNIST 32 px about 93 per 64 px area; U-Net segmentation: see below.
 #: ``pretrain_img_s``: SimCLR with its kNN monitor took 60 s for 300 x 32 images at 32 px
 #: (BreastMNIST) and 170-210 s at 64 px (BUSI), about 40-50 per 64 px area; other
 #: methods scale it by their ``cost``. ``ddpm_train_img_s``: 1500 x 16 images at 28 px in

@@ -942,7 +942,7 @@ def _current_comparison_lines(board: dict[str, Any], rows: list[dict[str, Any]])
         + (
             f"adjusted by {board.get('multiplicity')} over all comparisons of this leaderboard "
             if "families" not in board
-            else f"adjusted within its family: {families.describe(board['families'])} "
+            else f"adjusted by Holm: {families.describe(board['families'])} "
         )
         + "(p adj.); the Wilcoxon signed-rank test over seeds only with >= 6 seeds.",
         "",

@@ -41,6 +41,7 @@ def records() -> list[dict]:
         ([{"adapter": "knn"}], "adapter: 'knn'"),
         ([{"task": "busi-seg"}], "task: 'busi-seg'"),
         ([{"kind": "real", "seed": 0}], r"unknown key\(s\) \['seed'\]"),
+        ([{"fraction": True}], r"fraction: True is not one of"),
     ],
 )
 def test_bad_declarations_name_the_selector(primary: object, message: str) -> None:
@@ -59,20 +60,26 @@ def test_selectors_match_every_given_field() -> None:
     assert not is_primary(c, [{"kind": "scratch"}])
 
 
-def test_holm_runs_within_each_family_and_none_declared_is_one_family() -> None:
+def test_holm_within_the_primary_family_and_over_all_for_the_rest() -> None:
     comps = [
         {"reference_kind": k, "task": "t", "adapter": "linear", "fraction": 0.1, "p_value": p}
         for k, p in (("method", 0.01), ("scratch", 0.02), ("method", 0.03), ("real", 0.5))
     ]
     one = [dict(c) for c in comps]
     adjust(one, None)
-    assert [c["p_adjusted"] for c in one] == [round(p, 6) for p in holm([0.01, 0.02, 0.03, 0.5])]
+    overall = [round(p, 6) for p in holm([0.01, 0.02, 0.03, 0.5])]
+    assert [c["p_adjusted"] for c in one] == overall
     assert not any("family" in c for c in one)
     two = [dict(c) for c in comps]
     adjust(two, [{"kind": "method"}])
     assert [c["family"] for c in two] == ["primary", "secondary", "primary", "secondary"]
-    prim, sec = holm([0.01, 0.03]), holm([0.02, 0.5])
-    assert [c["p_adjusted"] for c in two] == [prim[0], sec[0], prim[1], sec[1]]
+    prim = holm([0.01, 0.03])
+    # the declaration sharpens its own contrasts and relaxes nothing else
+    assert [c["p_adjusted"] for c in two] == [prim[0], overall[1], prim[1], overall[3]]
+    none = [dict(c) for c in comps]
+    adjust(none, [{"kind": "unpruned"}])  # matches nothing: every contrast as before
+    assert [c["p_adjusted"] for c in none] == overall
+    assert {c["family"] for c in none} == {"secondary"}
 
 
 def test_the_leaderboard_adjusts_the_declared_family_apart_and_says_so() -> None:
@@ -92,10 +99,12 @@ def test_the_leaderboard_adjusts_the_declared_family_apart_and_says_so() -> None
         assert a["mean_diff"] == b["mean_diff"] and a["diff_ci_low"] == b["diff_ci_low"]
         if b["family"] == "primary":
             assert b["p_adjusted"] <= a["p_adjusted"]
+        else:
+            assert b["p_adjusted"] == a["p_adjusted"]
     assert {f["family"] for f in declared["findings"]} == {"primary", "secondary"}
     text = render_markdown(declared, "demo", {"records": len(recs)})
-    assert "### Primary family" in text and "### Secondary family: exploratory" in text
-    assert "primary family (2 contrasts, declared in the experiment before its results: " in text
+    assert "### Primary family" in text and "### Secondary: exploratory" in text
+    assert "primary family (2 contrasts; declared in the experiment: kind method)" in text
     assert "| p adj. | Wilcoxon p | n | family |" in text
     assert "### Primary family" not in render_markdown(plain, "demo", {"records": len(recs)})
 

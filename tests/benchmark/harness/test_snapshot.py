@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmark.core.errors import DataError
 from benchmark.harness.experiment import load_experiment
 from benchmark.harness.jobs import plan_jobs
-from benchmark.harness.snapshot import check_resume, snapshot_run
+from benchmark.harness.snapshot import check_resume, restore_run, snapshot_run
 from tests.benchmark.harness.test_runner import CLI, TINY, cli, env, records_of
 
 pytestmark = pytest.mark.slow
@@ -38,6 +39,12 @@ def test_snapshot_of_a_killed_run_resumes_elsewhere_with_the_same_figures(tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     recorded = {p.relative_to(run) for p in records_of(run)}
+    # a record of older weights of the same arm (a superseded encoder) stays behind
+    first = run / sorted(recorded)[0]
+    label = first.parent.name.rsplit("-", 1)[0]
+    stale = first.parent.with_name(f"{label}-deadbeef") / first.name
+    stale.parent.mkdir()
+    stale.write_text(first.read_text())
 
     snap = tmp_path / "partial-runs" / "phantom-tiny"
     saved = cli("snapshot", "save", str(run), str(snap))
@@ -54,8 +61,11 @@ def test_snapshot_of_a_killed_run_resumes_elsewhere_with_the_same_figures(tmp_pa
         "evaluate",
         "pretrain-summaries",
         "generator-summaries",
+        "snapshot.json",
     }
     assert {f for f in files if "records" in f.parts} == recorded
+    meta = json.loads((snap / "snapshot.json").read_text())
+    assert meta["experiment"] == "phantom-tiny" and meta["records"] == len(recorded)
     jobs = plan_jobs(load_experiment(TINY), run.resolve())
     pretrained = [j for j in jobs if j.stage == "pretrain" and (j.out / "pretrain.json").exists()]
     assert pretrained  # the kill came during evaluation
@@ -73,6 +83,7 @@ def test_snapshot_of_a_killed_run_resumes_elsewhere_with_the_same_figures(tmp_pa
     restored = cli("snapshot", "restore", str(snap), str(resumed))
     assert restored.returncode == 0, restored.stderr
     assert not (resumed / "pretrain-summaries").exists()
+    assert not (resumed / "snapshot.json").exists()
     done = cli("run", str(TINY), "-o", str(resumed), "--no-progress", timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(records_of(resumed)) == sum(len(j.cells) for j in jobs)
@@ -92,31 +103,68 @@ def test_snapshot_of_a_killed_run_resumes_elsewhere_with_the_same_figures(tmp_pa
     assert any(str(record) in p and "rewritten" in p for p in problems)
     bad = cli("snapshot", "check", str(snap), str(resumed))
     assert bad.returncode == 1 and "2 difference(s)" in bad.stdout, bad.stdout
+    # one arm whose records of another task carry other weights
+    index = json.loads((resumed / "index.json").read_text())
+    arm = sorted(recorded)[0].parent.name
+    other = next(resumed / r for r in index["records"] if f"/{arm}/" in r and "phantom-seg" in r)
+    rec = json.loads(other.read_text())
+    rec["encoder"]["hash"] = "0" * 64
+    other.write_text(json.dumps(rec))
+    assert f"{arm.rsplit('-', 1)[0]}: records of 2 different encoder weights" in check_resume(
+        snap, resumed
+    )
 
     # bad input loses nothing: restoring into a used folder, saving a folder that is not a run
     before = sorted(p.relative_to(resumed) for p in resumed.rglob("*"))
     again = cli("snapshot", "restore", str(snap), str(resumed))
-    assert again.returncode == 2 and "not empty" in again.stderr
+    assert again.returncode == 2 and "not an empty folder" in again.stderr
     assert sorted(p.relative_to(resumed) for p in resumed.rglob("*")) == before
     kept = sorted(p.relative_to(snap) for p in snap.rglob("*"))
     wrong = cli("snapshot", "save", str(tmp_path / "partial-runs"), str(snap))
     assert wrong.returncode == 2 and "experiment.yaml" in wrong.stderr
+    swapped = cli("snapshot", "save", str(snap), str(resumed))  # arguments the wrong way
+    assert swapped.returncode == 2 and "is a snapshot" in swapped.stderr
     assert sorted(p.relative_to(snap) for p in snap.rglob("*")) == kept
+    assert sorted(p.relative_to(resumed) for p in resumed.rglob("*")) == before
+    missing = cli("snapshot", "check", str(tmp_path / "nowhere"), str(resumed))
+    assert missing.returncode == 2 and "snapshot.json" in missing.stderr
 
 
-def test_a_new_snapshot_replaces_the_old_one_whole(tmp_path: Path) -> None:
-    """Re-saving after more cells ran leaves no file of the earlier snapshot behind
-    (a record of a superseded arm would otherwise travel into the next session)."""
-    snap = tmp_path / "snap"
-    (snap / "evaluate" / "stale").mkdir(parents=True)
-    (snap / "evaluate" / "stale" / "old.json").write_text("{}")
+def test_a_save_replaces_only_a_snapshot_and_never_the_run(tmp_path: Path) -> None:
+    """Re-saving after more cells ran leaves no file of the earlier snapshot behind; a
+    folder that is not a snapshot (a forgotten NAME: ``partial-runs`` itself), the run
+    folder and anything inside it are refused and left as they were."""
     run = tmp_path / "run"
     done = cli("run", str(TINY), "-o", str(run), "--no-progress", "--stage", "data")
     assert done.returncode == 0, done.stdout + done.stderr
+    snap = tmp_path / "partial-runs" / "tiny"
+    snapshot_run(run, snap)
+    (snap / "evaluate" / "stale").mkdir(parents=True)
+    (snap / "evaluate" / "stale" / "old.json").write_text("{}")
     written = snapshot_run(run, snap)
     assert not (snap / "evaluate" / "stale").exists()
     assert {p.relative_to(snap).as_posix() for p in written} == {
         "experiment.yaml",
         "experiment.json",
         "jobs/data__phantom.json",
+        "snapshot.json",
     }
+    (tmp_path / "partial-runs" / "README.md").write_text("keep me")
+    for dest, message in (
+        (tmp_path / "partial-runs", "is not a snapshot"),
+        (run, "cannot be the run folder"),
+        (run / "jobs", "cannot be the run folder"),
+        (tmp_path, "cannot be the run folder"),
+    ):
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        with pytest.raises(DataError, match=message):
+            snapshot_run(run, dest)
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "partial-runs" / "README.md").read_text() == "keep me"
+    # a restore writes a new folder whole
+    restored = tmp_path / "restored"
+    assert restore_run(snap, restored) == 3
+    assert not list(tmp_path.glob(".*partial*"))
+    with pytest.raises(DataError, match="not a folder of `sslbench snapshot save`"):
+        restore_run(run, tmp_path / "other")
+    assert not (tmp_path / "other").exists()
