@@ -160,7 +160,7 @@ def render_findings(board: dict[str, Any]) -> list[str]:
     if "families" not in board:
         return [*lines, *(finding_line(f) for f in items), ""]
     for family, title in (
-        ("primary", "Primary family: the experiment's own question, declared before its results"),
+        ("primary", "Primary family: the question declared in the experiment"),
         ("secondary", "Secondary: exploratory, Holm-adjusted over all contrasts"),
     ):
         members = [f for f in items if f.get("family") == family]
