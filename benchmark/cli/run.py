@@ -178,11 +178,12 @@ def add_harness_commands(sub: Any) -> None:
     snap = sub.add_parser(
         "snapshot",
         help="save / restore the light state of a run in progress, and check its resume",
-        description="save RUN DEST: the resolved experiment, the finished jobs' markers, every "
-        "cell record so far and the pretraining / generator summaries (no data or weights). "
-        "restore DEST RUN: copy a snapshot into a new run folder to resume it with `sslbench "
-        "run`. check DEST RUN: after the resumed run, whether its regenerated jobs repeat "
-        "the snapshot's figures exactly and its records kept one encoder per arm.",
+        description="save RUN SNAPSHOT: the resolved experiment, the finished jobs' markers, "
+        "the current arms' cell records so far and the pretraining / generator summaries (no "
+        "data or weights). restore SNAPSHOT RUN: copy a snapshot into a new run folder to "
+        "resume it with `sslbench run`. check SNAPSHOT RUN: after the resumed run, whether its "
+        "regenerated jobs repeat the snapshot's figures exactly and every arm's records carry "
+        "one encoder.",
     )
     snap.add_argument("action", choices=("save", "restore", "check"))
     snap.add_argument(
