@@ -33,6 +33,17 @@ def current(strategy: str, fraction: float, seed: int, shift: float, best_step: 
     return rec
 
 
+def grid(shifts: dict[str, float], seeds: int = 5) -> list[dict]:
+    """Current-protocol records of each arm (strategy -> class separation) at fractions
+    0.1 and 1.0 x ``seeds`` evaluation seeds, in run order."""
+    return [
+        current(strategy, frac, s, shift)
+        for frac in (0.1, 1.0)
+        for s in range(seeds)
+        for strategy, shift in shifts.items()
+    ]
+
+
 def board_of(strong: float = 0.6, weak: float = 0.1, seeds: int = 5) -> dict:
     recs = []
     for frac in (0.1, 1.0):
@@ -183,13 +194,7 @@ def test_pretraining_seeds_get_rows_case_level_intervals_and_same_seed_contrasts
 def test_another_method_is_compared_with_simclr_on_the_same_real_images() -> None:
     """Wolf et al.'s question (masked vs contrastive): the real arm of every other method
     gets a pre-declared contrast against the real SimCLR arm, in the findings and headline."""
-    recs = []
-    for frac in (0.1, 1.0):
-        for s in range(5):
-            recs.append(current("real-simclr", frac, s, 0.3))
-            recs.append(current("real-spark", frac, s, 0.6))
-            recs.append(current("scratch", frac, s, 0.1))
-    board = aggregate(recs)
+    board = aggregate(grid({"real-simclr": 0.3, "real-spark": 0.6, "scratch": 0.1}))
     method = [c for c in board["comparisons"] if c["reference_kind"] == "method"]
     assert [(c["strategy"], c["reference"], c["fraction"]) for c in method] == [
         ("real / spark / resnet18", "real / simclr / resnet18", 0.1),
