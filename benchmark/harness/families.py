@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmark.harness.stats import holm
+from benchmark.harness.stats import holm, rounded
 
 KINDS = ("scratch", "real", "real-standard", "unpruned", "method")
 SELECTOR_KEYS = ("kind", "task", "adapter", "fraction")
@@ -99,18 +99,14 @@ def adjust(comparisons: list[dict[str, Any]], primary: list[dict[str, Any]] | No
     """
     overall = holm([c.get("p_value") for c in comparisons])
     for c, p in zip(comparisons, overall, strict=True):
-        c["p_adjusted"] = _round(p)
+        c["p_adjusted"] = rounded(p)
     if not primary:
         return
     members = [c for c in comparisons if is_primary(c, primary)]
     for c in comparisons:
         c["family"] = "secondary"
     for c, p in zip(members, holm([c.get("p_value") for c in members]), strict=True):
-        c["family"], c["p_adjusted"] = "primary", _round(p)
-
-
-def _round(p: float | None) -> float | None:
-    return None if p is None else round(float(p), 6)
+        c["family"], c["p_adjusted"] = "primary", rounded(p)
 
 
 def summary(

@@ -59,6 +59,7 @@ from benchmark.harness.stats import (
     aulc,
     fraction_to_match,
     paired_comparison,
+    rounded,
     summarize,
 )
 from pretrain.strength import strength_label
@@ -209,7 +210,7 @@ def _pretraining(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
     def mean(key: str) -> float | None:
         vals = [float(h[key]) for h in hs if h.get(key) is not None]
-        return _r(sum(vals) / len(vals)) if vals else None
+        return rounded(sum(vals) / len(vals)) if vals else None
 
     return {
         "verdict": DID_NOT_LEARN if bad else ("learned" if learned else "not checked"),
@@ -268,7 +269,7 @@ def _health_table(
             "strategy": r["strategy"],
             "pretrain_seed": pretraining_seed(rec),
             "encoder_hash": rec["encoder"].get("hash"),
-            **{k: _r(v) for k, v in h.items()},
+            **{k: rounded(v) for k, v in h.items()},
         }
         for r in rows
         for h, rec in _encoder_health(by_row[r["strategy"]])
@@ -297,7 +298,7 @@ def _pretraining_variance(
                 xs = [v for v in (vals or {}).values() if v == v]  # drop NaN
                 if not xs:
                     continue
-                means[str(m["pretrain_seed"])] = _r(statistics.fmean(xs))
+                means[str(m["pretrain_seed"])] = rounded(statistics.fmean(xs))
                 if len(xs) > 1:
                     sds.append(statistics.stdev(xs))
             if len(means) < 2:
@@ -307,8 +308,8 @@ def _pretraining_variance(
                     "strategy": pooled,
                     "cell": cell,
                     "pretraining_seed_means": means,
-                    "pretraining_spread": _r(max(means.values()) - min(means.values())),
-                    "evaluation_sd": _r(statistics.fmean(sds)) if sds else None,
+                    "pretraining_spread": rounded(max(means.values()) - min(means.values())),
+                    "evaluation_sd": rounded(statistics.fmean(sds)) if sds else None,
                 }
             )
     return out
@@ -327,10 +328,6 @@ def _row_order(row: dict[str, Any]) -> tuple[Any, ...]:
         row.get("curation") or "",
         row.get("pretrain_seed") or 0,
     )
-
-
-def _r(x: Any, nd: int = 6) -> Any:
-    return round(x, nd) if isinstance(x, float) else x
 
 
 def aggregate(
@@ -399,10 +396,10 @@ def aggregate(
         key = (strategy, task, adapter, frac)
         stats = summarize(list(seeds.values()))
         cell = {
-            **{k: _r(v) for k, v in stats.items()},
+            **{k: rounded(v) for k, v in stats.items()},
             "seeds": sorted(seeds),
-            "values": [_r(seeds[s]) for s in sorted(seeds)],
-            "metrics": {m: _r(sum(v) / len(v)) for m, v in sorted(all_metrics[key].items())},
+            "values": [rounded(seeds[s]) for s in sorted(seeds)],
+            "metrics": {m: rounded(sum(v) / len(v)) for m, v in sorted(all_metrics[key].items())},
             "first_weights_kept": sum(first_weights_kept(r) for r in by_cell[key]),
         }
         calibrated = sum(bn_calibrated(r) for r in by_cell[key])
@@ -468,8 +465,8 @@ def _case_interval(records: list[dict[str, Any]], stats_kw: dict[str, Any]) -> d
         return {"interval_note": str(exc)}
     low, high = _clip(ci["low"], ci["high"], records[0].get("primary_metric"))
     out = {
-        "ci_low": _r(low),
-        "ci_high": _r(high),
+        "ci_low": rounded(low),
+        "ci_high": rounded(high),
         "deterministic": bool(ci["deterministic"]),
         "n_cases": ci["n_cases"],
     }
@@ -524,8 +521,8 @@ def _ranking(tasks: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str
                 entries.append(
                     {
                         "strategy": r["strategy"],
-                        "aulc": _r(aulc(fr, curve)),
-                        "fraction_to_match_scratch_full": _r(match),
+                        "aulc": rounded(aulc(fr, curve)),
+                        "fraction_to_match_scratch_full": rounded(match),
                     }
                 )
             if all(e["aulc"] is None for e in entries):
@@ -630,7 +627,7 @@ def _comparisons(
                                 "adapter": adapter,
                                 "fraction": frac,
                                 "seeds": seeds,
-                                **{k: _r(v) for k, v in test.items()},
+                                **{k: rounded(v) for k, v in test.items()},
                             }
                         )
     if protocol != "legacy":

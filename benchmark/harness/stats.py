@@ -189,6 +189,15 @@ def _finite_pvalues(pvalues: Sequence[float | None]) -> tuple[np.ndarray, list[i
     return arr, keep
 
 
+def rounded(x: Any, nd: int = 6) -> Any:
+    """``x`` rounded to ``nd`` decimals if it is a float, otherwise ``x`` unchanged.
+
+    The one rounding of every figure a leaderboard writes (means, intervals, p-values),
+    so that regenerated JSON is byte-identical.
+    """
+    return round(x, nd) if isinstance(x, float) else x
+
+
 def _put_back(
     pvalues: Sequence[float | None], adj: np.ndarray, keep: list[int]
 ) -> list[float | None]:

@@ -17,6 +17,7 @@ from benchmark.harness.stats import (
     holm,
     paired_comparison,
     rank_biserial,
+    rounded,
     summarize,
 )
 
@@ -117,3 +118,11 @@ def test_bh_hand_computed() -> None:
         bh([0.5, 1.5])
     with pytest.raises(SSLBenchError, match="pvalues"):
         holm([-0.1])
+
+
+def test_rounded_touches_floats_only() -> None:
+    assert rounded(0.12345678) == 0.123457 and rounded(2.5e-7) == 0.0
+    assert rounded(0.123456789, nd=3) == 0.123
+    # ints, None, strings and lists pass through: a p-value never tested stays None
+    assert rounded(7) == 7 and rounded(None) is None and rounded("n/a") == "n/a"
+    assert rounded([0.12345678]) == [0.12345678]
