@@ -10,9 +10,10 @@ ResNet-18 with that stem; everything after the stem is timm's (same blocks, same
 state-dict keys from ``bn1`` on).
 
 Cost: at a given input size about 16x the FLOPs of ``resnet18`` (every map is 4x
-larger per side) but 9-10x its training time on 2 CPU cores (100-epoch BreastMNIST cells of
-``breastmnist-medmnist``: 16.3-17.1 min against 1.7-1.8 min), the figure the planner uses. Inputs must be multiples of 8 px (MedMNIST's 28 px images are
-upsampled to 32 px by the task spec; 28 px would give a 3.5 px last stage).
+larger per side) but 9-10x its training time on 2 CPU cores (100-epoch BreastMNIST cells
+of ``breastmnist-medmnist``: 16.3-17.1 min against 1.7-1.8 min), the figure the planner
+uses. Inputs must be multiples of 8 px (MedMNIST's 28 px images are upsampled to 32 px by
+the task spec; 28 px would give a 3.5 px last stage).
 ``init`` is ``random`` only: ImageNet weights were trained with the other stem.
 """
 
